@@ -1,0 +1,1 @@
+"""The science: plain PyTorch / scikit-learn. Never imports ray or mlflow."""

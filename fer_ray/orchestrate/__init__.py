@@ -1,0 +1,1 @@
+"""The shell around the science: the only package that imports ray and mlflow."""

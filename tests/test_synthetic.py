@@ -1,0 +1,165 @@
+"""Synthetic KDEF-format faces: layout, determinism, expression signal, the cached default root."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.linear_model import RidgeClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fer_ray.core.config import DataConfig, SyntheticConfig
+from fer_ray.core.data import EXPRESSIONS
+from fer_ray.core.data import synthetic
+from fer_ray.core.data.kdef import read_kdef
+from fer_ray.core.data.sources import default_cache_dir, read_dataset
+from fer_ray.core.data.synthetic import generate_synthetic_kdef, synthetic_root
+
+TINY = SyntheticConfig(identities=2, angles=["S", "HR"], width=40, height=52, seed=3)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _gray32(path: Path) -> np.ndarray:
+    """float32 (32, 32) grayscale in [0, 1]."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+
+
+@pytest.fixture(scope="module")
+def fixture_faces(synthetic_root):
+    """The conftest set read back: (dataset, (N, 32, 32) grayscale pixels)."""
+    dataset = read_kdef(synthetic_root)
+    return dataset, np.stack([_gray32(im.path) for im in dataset.images])
+
+
+def test_layout_counts_and_names(synthetic_root, fixture_faces):
+    dataset, _ = fixture_faces
+    assert len(dataset) == 2 * 2 * 12 * 7  # sessions x genders x people x expressions (angle S)
+    assert len(set(dataset.identities)) == 24
+    assert set(dataset.attribute("angle")) == {"S"} and set(dataset.attribute("session")) == {"A", "B"}
+    assert sorted(set(dataset.labels.tolist())) == list(range(7))
+    assert (synthetic_root / "BM12" / "BM12SUS.JPG").is_file()
+    assert {p.parent.name[:4] == p.name[:4] for p in synthetic_root.rglob("*.JPG")} == {True}
+    with Image.open(dataset.images[0].path) as image:
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (64, 88))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a single odd file name would raise here
+        read_kdef(synthetic_root)
+
+
+def test_generation_is_deterministic_and_people_are_stable(tmp_path):
+    first = _files(generate_synthetic_kdef(tmp_path / "one", TINY))
+    second = _files(generate_synthetic_kdef(tmp_path / "two", TINY))
+    assert len(first) == 2 * 2 * 2 * 7 * 2
+    assert first == second
+
+    # A person looks the same however many people are generated ...
+    more_people = _files(generate_synthetic_kdef(tmp_path / "three", TINY.model_copy(update={"identities": 3})))
+    assert {name: more_people[name] for name in first} == first
+    # ... and another seed draws other people.
+    other_seed = _files(generate_synthetic_kdef(tmp_path / "four", TINY.model_copy(update={"seed": 4})))
+    assert all(other_seed[name] != data for name, data in first.items())
+
+
+def test_angle_changes_the_image_more_than_the_session(tmp_path):
+    root = generate_synthetic_kdef(tmp_path, TINY)
+    angle_gap, session_gap = [], []
+    for person in ("F01", "F02", "M01", "M02"):
+        for code in ("AF", "AN", "DI", "HA", "NE", "SA", "SU"):
+            straight = _gray32(root / f"A{person}" / f"A{person}{code}S.JPG")
+            angle_gap.append(np.abs(straight - _gray32(root / f"A{person}" / f"A{person}{code}HR.JPG")).mean())
+            session_gap.append(np.abs(straight - _gray32(root / f"B{person}" / f"B{person}{code}S.JPG")).mean())
+    assert np.mean(angle_gap) > 1.5 * np.mean(session_gap)
+
+
+def test_expressions_differ_more_than_sessions(fixture_faces):
+    dataset, pixels = fixture_faces
+    row = {(im.identity, im.session, im.expression): i for i, im in enumerate(dataset.images)}
+    people = sorted(set(dataset.identities))
+    session_gap = [
+        np.abs(pixels[row[p, "A", e]] - pixels[row[p, "B", e]]).mean() for p in people for e in EXPRESSIONS
+    ]
+    expression_gap = [
+        np.abs(pixels[row[p, s, e1]] - pixels[row[p, s, e2]]).mean()
+        for p in people
+        for s in ("A", "B")
+        for k, e1 in enumerate(EXPRESSIONS)
+        for e2 in EXPRESSIONS[k + 1 :]
+    ]
+    assert np.mean(expression_gap) > np.mean(session_gap)
+
+
+def test_expressions_are_learnable_across_people(fixture_faces):
+    """A linear classifier on raw 32x32 pixels, trained on people 1-8 and tested on 9-12 of each
+    gender, must beat chance (1/7) clearly."""
+    dataset, pixels = fixture_faces
+    person_number = np.array([int(identity[1:]) for identity in dataset.identities])
+    train, test = person_number <= 8, person_number > 8
+    features = pixels.reshape(len(pixels), -1)
+    classifier = make_pipeline(StandardScaler(), RidgeClassifier(alpha=100.0))
+    classifier.fit(features[train], dataset.labels[train])
+    accuracy = float((classifier.predict(features[test]) == dataset.labels[test]).mean())
+    assert accuracy > 0.35, f"held-out-people accuracy {accuracy:.3f} (chance 0.143)"
+
+
+def test_synthetic_root_is_made_once_and_reused(tmp_path):
+    cache = tmp_path / "cache"
+    root = synthetic_root(TINY, cache)
+    assert root.parent == cache / "synthetic"
+    assert len(read_kdef(root)) == 112
+    stamp = (root / "AF01" / "AF01HAS.JPG").stat().st_mtime_ns
+
+    assert synthetic_root(TINY, cache) == root
+    assert (root / "AF01" / "AF01HAS.JPG").stat().st_mtime_ns == stamp
+    other = synthetic_root(TINY.model_copy(update={"angles": ["S"]}), cache)
+    assert other != root
+    assert sorted(p.name for p in (cache / "synthetic").iterdir()) == sorted([root.name, other.name])
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    # Fault injection: the 5th face fails to render, as a crash or Ctrl-C halfway through would.
+    render = synthetic.render_synthetic_face
+    calls = []
+
+    def failing_render(name, cfg):
+        calls.append(name)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return render(name, cfg)
+
+    monkeypatch.setattr(synthetic, "render_synthetic_face", failing_render)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic_root(TINY, tmp_path)
+    assert list((tmp_path / "synthetic").iterdir()) == []
+
+    monkeypatch.setattr(synthetic, "render_synthetic_face", render)
+    assert len(read_kdef(synthetic_root(TINY, tmp_path))) == 112
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("FER_RAY_CACHE", str(tmp_path / "here"))
+    assert default_cache_dir() == tmp_path / "here"
+    monkeypatch.delenv("FER_RAY_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "fer_ray"
+
+
+def test_read_dataset_synthetic(tmp_path, synthetic_root):
+    cfg = DataConfig(
+        synthetic=SyntheticConfig(identities=36, sessions=["A"], width=16, height=16), cache_dir=tmp_path
+    )
+    dataset = read_dataset(cfg)
+    assert dataset.name == "synthetic"
+    assert len(dataset) == 36 * 2 * 7
+    assert "M36" in set(dataset.identities)  # beyond the 35 people of the real KDEF
+    assert next((tmp_path / "synthetic").iterdir()) == dataset.images[0].path.parents[1]
+
+    given_root = read_dataset(DataConfig(root=synthetic_root, sessions=["B"]))
+    assert len(given_root) == 12 * 2 * 7 and set(given_root.attribute("session")) == {"B"}
