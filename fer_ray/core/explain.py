@@ -1,0 +1,331 @@
+"""What a trained FER network looks at, and how its features cluster: saliency and t-SNE.
+
+Saliency (vanilla gradients, guided backpropagation, Grad-CAM) comes from captum and is taken with
+respect to the [0,1] input images (B, 3, H, W): normalisation sits inside FerNet, so the maps live in
+the same space as noise and attacks. Every map function puts the model in eval mode for the call,
+restores its previous mode afterwards and returns float32 CPU tensors.
+
+Guided backpropagation and torchvision ResNets: a BasicBlock calls its one in-place ``nn.ReLU``
+twice (a Bottleneck three times), and captum's GuidedBackprop hooks modules. Captum registers its
+tensor hooks afresh on every call of a hooked module (a forward pre-hook that clones the input), so
+the guided rule does apply at every call, the reused in-place ones included; tests/test_explain.py
+proves it against hand-written references, and ``CheckedGuidedBackprop`` re-checks it on every run
+(ReLU calls seen in the forward == guided-rule applications in the backward), so a model whose
+ReLUs escape the hooks (``F.relu`` in its forward, say) raises instead of giving a silently
+half-guided map. One limit no count can see: captum applies the rule to the whole gradient of a
+ReLU's input tensor, so a model that also uses that tensor elsewhere (not the case in torchvision
+ResNets, where each ReLU input feeds only its ReLU) would get a wrong map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+import torch
+from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Saliency
+from scipy import stats
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE, trustworthiness
+from sklearn.neighbors import KNeighborsClassifier
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from fer_ray.core.device import autocast, use_channels_last
+from fer_ray.core.evaluate import as_float_images
+
+#: Upper percentile of the grayscale guided map that becomes 1 (the seed's convert_to_grayscale).
+GRAYSCALE_CLIP_PERCENTILE = 99.0
+
+
+class ExplainError(ValueError):
+    """Bad input to an explanation function; the message names the argument and its value."""
+
+
+class GuidedBackpropError(RuntimeError):
+    """The guided rule was not applied at every ReLU call of the model's forward pass."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Saliency
+# ----------------------------------------------------------------------------------------------
+
+
+def vanilla_saliency(model: nn.Module, images: torch.Tensor, target) -> torch.Tensor:
+    """Vanilla gradient saliency: float32 (B, H, W) in [0,1] on the CPU.
+
+    images: (B, 3, H, W) float [0,1] or uint8 0..255. target: class index, int or (B,) ints.
+    The map is max over channels of |d score_target / d input|, divided by its per-image maximum;
+    an image whose gradient is all zero gets an all-zero map (never NaN).
+    """
+    inputs, targets = _prepare_inputs(model, images, target)
+    with _eval_mode(model):
+        gradients = Saliency(model).attribute(inputs, target=targets, abs=True)
+    return _normalise_by_max(gradients.detach().amax(dim=1)).cpu()
+
+
+class CheckedGuidedBackprop(GuidedBackprop):
+    """captum GuidedBackprop that counts, per ``attribute`` call, the ReLU calls of the forward
+    pass (``relu_calls``, seen through a TorchFunctionMode, so ``F.relu`` / ``torch.relu`` count
+    too) and the guided-rule applications of the backward pass (``rule_applications``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.forward_func = self._counted_forward
+        self.relu_calls = 0
+        self.rule_applications = 0
+
+    def attribute(self, inputs, target=None, additional_forward_args=None):
+        self.relu_calls = self.rule_applications = 0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
+            return super().attribute(inputs, target=target, additional_forward_args=additional_forward_args)
+
+    def _counted_forward(self, *args):
+        with _ReluCallCounter() as counter:
+            output = self.model(*args)
+        self.relu_calls += counter.calls
+        return output
+
+    # Overrides captum's (private) per-ReLU-call backward hook only to count it.
+    def _backward_hook(self, module, grad_input, grad_output):
+        self.rule_applications += 1
+        return super()._backward_hook(module, grad_input, grad_output)
+
+
+def guided_backprop(model: nn.Module, images: torch.Tensor, target) -> torch.Tensor:
+    """Raw guided-backpropagation gradients w.r.t. the [0,1] input: float32 (B, 3, H, W), CPU.
+
+    At every ReLU call the gradient passed back is kept only where it is positive AND the ReLU's
+    forward input was positive (Springenberg et al. 2015). images / target: as vanilla_saliency.
+    Raises GuidedBackpropError when some ReLU call of the forward pass escaped the rule.
+    """
+    inputs, targets = _prepare_inputs(model, images, target)
+    explainer = CheckedGuidedBackprop(model)
+    with _eval_mode(model):
+        gradients = explainer.attribute(inputs, target=targets)
+    if explainer.rule_applications != explainer.relu_calls:
+        raise GuidedBackpropError(
+            f"guided backprop applied its rule {explainer.rule_applications} times but the forward "
+            f"pass of {type(model).__name__} called ReLU {explainer.relu_calls} times: every ReLU "
+            "must be an nn.ReLU module call (not F.relu / torch.relu) for the map to be guided"
+        )
+    return gradients.detach().cpu()
+
+
+def saliency_panels(guided: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The seed's four guided-backprop panels per image, each float32 in [0,1], normalised per image.
+
+    guided: raw guided gradients (B, 3, H, W). Returns
+      "grayscale": (B, H, W) sum of |gradient| over channels, min -> 0 and 99th percentile -> 1
+                   (clipped above), as the seed's convert_to_grayscale;
+      "colour":    (B, 3, H, W) the gradient min-max scaled to an RGB image;
+      "positive":  (B, 3, H, W) max(gradient, 0) / its maximum;
+      "negative":  (B, 3, H, W) max(-gradient, 0) / its maximum.
+    A panel with nothing to show (e.g. no negative gradient) is all zeros, never NaN.
+    """
+    if guided.ndim != 4 or guided.shape[1] != 3:
+        raise ExplainError(f"guided gradients must be (B, 3, H, W), got shape {tuple(guided.shape)}")
+    guided = guided.detach().float()
+    return {
+        "grayscale": _grayscale(guided.abs().sum(dim=1)),
+        "colour": _normalise_min_max(guided),
+        "positive": _normalise_by_max(guided.clamp(min=0)),
+        "negative": _normalise_by_max((-guided).clamp(min=0)),
+    }
+
+
+def grad_cam(model: nn.Module, images: torch.Tensor, target, layer: str | nn.Module = "layer4") -> torch.Tensor:
+    """Grad-CAM at ``layer``, bilinearly upsampled to the image: float32 (B, H, W) in [0,1], CPU.
+
+    layer: a module, or its name in ``model`` or in ``model.backbone`` (so 'layer4' works for
+    FerNet and plain torchvision ResNets). The ReLU'd class activation map is divided by its
+    per-image maximum; an image with no positive evidence gets an all-zero map.
+    """
+    inputs, targets = _prepare_inputs(model, images, target)
+    cam_layer = _resolve_layer(model, layer)
+    with _eval_mode(model):
+        cam = LayerGradCam(model, cam_layer).attribute(inputs, target=targets, relu_attributions=True)
+    upsampled = LayerAttribution.interpolate(cam.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")
+    return _normalise_by_max(upsampled[:, 0].clamp(min=0)).cpu()
+
+
+# ----------------------------------------------------------------------------------------------
+# Features and t-SNE
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None
+) -> torch.Tensor:
+    """Penultimate features ``model.features(x)`` of every image: float32 (N, D) on the CPU.
+
+    images: uint8 (N, 3, H, W) 0..255 or float [0,1]. device: default the model's own; a model
+    elsewhere is moved there (in place). Eval mode (bf16 autocast + channels_last on CUDA), the
+    model's previous mode restored afterwards.
+    """
+    if not hasattr(model, "features"):
+        raise ExplainError(f"extract_features needs a model with a features(x) method; {type(model).__name__} has none")
+    device = device or _model_device(model)
+    model.to(device)
+    outputs = []
+    with _eval_mode(model):
+        for start in range(0, images.shape[0], batch_size):
+            batch = as_float_images(images[start : start + batch_size].to(device, non_blocking=True))
+            if use_channels_last(device):
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                outputs.append(model.features(batch).float().cpu())
+    if not outputs:
+        return torch.empty((0, getattr(model, "feature_dim", 0)), dtype=torch.float32)
+    return torch.cat(outputs)
+
+
+def embed_tsne(features, perplexity: float = 30.0, dims: int = 2, seed: int = 0, pca_dims: int = 50) -> np.ndarray:
+    """t-SNE embedding of ``features`` (N, D) (numpy or tensor): float64 (N, dims).
+
+    The features are first reduced by PCA to min(pca_dims, N - 1, D) dimensions, then embedded by
+    sklearn's TSNE (init='pca', learning_rate='auto', random_state=seed). perplexity must be
+    positive and below N; dims must be 2 or 3.
+    """
+    array = _as_2d_array(features, "features")
+    n_samples, n_features = array.shape
+    if dims not in (2, 3):
+        raise ExplainError(f"t-SNE dims must be 2 or 3, got {dims}")
+    if not 0 < perplexity < n_samples:
+        raise ExplainError(
+            f"t-SNE perplexity ({perplexity}) must be positive and below the number of samples ({n_samples})"
+        )
+    components = min(pca_dims, n_samples - 1, n_features)
+    if components < 1:
+        raise ExplainError(f"cannot embed {n_samples} samples of {n_features} features (pca_dims={pca_dims})")
+    reduced = PCA(n_components=components, random_state=seed).fit_transform(array)
+    tsne = TSNE(n_components=dims, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
+    return tsne.fit_transform(reduced)
+
+
+def embedding_quality(features_high, embedding, labels, k: int = 5) -> dict[str, float]:
+    """How well an embedding keeps the features' neighbourhoods and classes, each in [0,1].
+
+    features_high: (N, D); embedding: (N, d); labels: (N,) any class labels.
+    Returns {"trustworthiness": sklearn.manifold.trustworthiness(n_neighbors=k),
+    "knn_accuracy": leave-one-out k-NN accuracy in the embedding (each point classified by the
+    majority label of its k nearest other points; ties -> the smallest label)}.
+    """
+    high = _as_2d_array(features_high, "features_high")
+    low = _as_2d_array(embedding, "embedding")
+    labels = np.asarray(labels)
+    if not (len(high) == len(low) == len(labels)):
+        raise ExplainError(
+            f"features_high ({len(high)}), embedding ({len(low)}) and labels ({len(labels)}) must have the same length"
+        )
+    if not 1 <= k < len(low) / 2:
+        raise ExplainError(f"k ({k}) must be at least 1 and below half the number of samples ({len(low)})")
+    _, label_ids = np.unique(labels, return_inverse=True)
+    # kneighbors() without X leaves each point out of its own neighbours: leave-one-out in one fit.
+    neighbours = KNeighborsClassifier(n_neighbors=k).fit(low, label_ids).kneighbors(return_distance=False)
+    votes = stats.mode(label_ids[neighbours], axis=1, keepdims=False).mode
+    return {
+        "trustworthiness": float(trustworthiness(high, low, n_neighbors=k)),
+        "knn_accuracy": float(np.mean(votes == label_ids)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+class _ReluCallCounter(TorchFunctionMode):
+    """Counts relu calls (nn.ReLU, F.relu, torch.relu, Tensor.relu, in place or not) while active."""
+
+    _RELU_NAMES = frozenset({"relu", "relu_"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self._RELU_NAMES:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _prepare_inputs(model: nn.Module, images: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """[0,1] float32 copy of ``images`` on the model's device, and targets as a (B,) long tensor."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ExplainError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+    device = _model_device(model)
+    inputs = as_float_images(images.detach().to(device)).float().clone().requires_grad_(True)
+    targets = torch.as_tensor(target, dtype=torch.long, device=device)
+    if targets.ndim == 0:
+        targets = targets.expand(inputs.shape[0])
+    if targets.shape != (inputs.shape[0],):
+        raise ExplainError(
+            f"target must be one class index or one per image ({inputs.shape[0]}), got shape {tuple(targets.shape)}"
+        )
+    return inputs, targets
+
+
+def _resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    if isinstance(layer, nn.Module):
+        return layer
+    for owner in (model, getattr(model, "backbone", None)):
+        if isinstance(owner, nn.Module):
+            try:
+                return owner.get_submodule(layer)
+            except AttributeError:
+                continue
+    names = [name for name, _ in model.named_modules() if name and name.count(".") <= 1]
+    raise ExplainError(f"layer {layer!r} is not a module of {type(model).__name__}; some of its modules: {names[:12]}")
+
+
+def _normalise_by_max(maps: torch.Tensor) -> torch.Tensor:
+    """Non-negative maps (B, ...) divided by their per-image maximum; all-zero maps stay zero."""
+    peak = maps.flatten(1).amax(dim=1).view(-1, *([1] * (maps.ndim - 1)))
+    return torch.where(peak > 0, maps / peak.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+
+
+def _normalise_min_max(maps: torch.Tensor) -> torch.Tensor:
+    """(maps - min) / (max - min) per image; a constant map becomes zeros."""
+    low = maps.flatten(1).amin(dim=1).view(-1, *([1] * (maps.ndim - 1)))
+    return _normalise_by_max(maps - low)
+
+
+def _grayscale(magnitude: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) magnitudes: min -> 0, 99th percentile (or the max when that is the min) -> 1."""
+    flat = magnitude.flatten(1)
+    low = flat.amin(dim=1)
+    high = torch.quantile(flat, GRAYSCALE_CLIP_PERCENTILE / 100, dim=1)
+    high = torch.where(high > low, high, flat.amax(dim=1))  # a sparse map whose 99th percentile is its min
+    span = (high - low).view(-1, 1, 1)
+    scaled = (magnitude - low.view(-1, 1, 1)) / span.clamp(min=torch.finfo(magnitude.dtype).tiny)
+    return torch.where(span > 0, scaled.clamp(0, 1), torch.zeros_like(magnitude))
+
+
+def _as_2d_array(values, name: str) -> np.ndarray:
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    array = array.astype(np.float64, copy=False)
+    if array.ndim != 2:
+        raise ExplainError(f"{name} must be a 2-D (N, D) array, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ExplainError(f"{name} holds non-finite values (NaN or inf)")
+    return array
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
