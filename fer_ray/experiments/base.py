@@ -1,0 +1,84 @@
+"""What every experiment receives: the trial's configuration and a Reporter to publish results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from fer_ray.core.config import DataConfig, ModelConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Trial:
+    """The fully resolved configuration of one trial (grid / Optuna values already applied)."""
+
+    sweep: str
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: BaseModel
+    #: evaluation experiments: the trained model to evaluate (a fer_ray model file, local to the trial)
+    model_file: Path | None = None
+    #: where that model came from (an MLflow run id, models:/ URI or file path), for the record
+    model_source: str | None = None
+
+
+class Reporter(Protocol):
+    """Where an experiment sends what it produces. The orchestrator implements it with Ray Tune
+    (progress, checkpoints, early stopping) and MLflow (metrics, figures, artifacts); tests can use
+    a plain in-memory one."""
+
+    #: a private folder for this trial's files (checkpoints, model, figures before upload)
+    work_dir: Path
+
+    def epoch(self, metrics: dict[str, float], step: int, checkpoint: Path | None = None) -> None:
+        """Per-epoch metrics (and the checkpoint file written for that epoch, if any)."""
+
+    def figure(self, figure, name: str) -> None:
+        """A matplotlib Figure, stored as ``name`` (a .png file name)."""
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        """A file produced by the trial, stored under ``folder``."""
+
+    def tags(self, tags: dict[str, str]) -> None:
+        """Facts about the run (dataset fingerprint, protocol, ...)."""
+
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint to continue from when the trial is retried or resumed, else None."""
+
+
+class LocalReporter:
+    """A Reporter that keeps everything in memory and on local disk: for running one experiment from
+    Python (a notebook, a test) without Ray or MLflow."""
+
+    def __init__(self, work_dir: Path, resume_from: Path | None = None):
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.checkpoints: list[Path] = []
+        self.figures: dict[str, Path] = {}
+        self.artifacts: list[tuple[Path, str | None]] = []
+        self.tag_values: dict[str, str] = {}
+        self._resume_from = resume_from
+
+    def epoch(self, metrics: dict[str, float], step: int, checkpoint: Path | None = None) -> None:
+        self.history.append((step, dict(metrics)))
+        if checkpoint is not None:
+            self.checkpoints.append(checkpoint)
+
+    def figure(self, figure, name: str) -> None:
+        path = self.work_dir / name
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        self.figures[name] = path
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        self.artifacts.append((Path(path), folder))
+
+    def tags(self, tags: dict[str, str]) -> None:
+        self.tag_values.update(tags)
+
+    def resume_checkpoint(self) -> Path | None:
+        return self._resume_from

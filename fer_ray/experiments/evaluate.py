@@ -1,0 +1,42 @@
+"""Evaluate a trained model on the test split of a dataset: the plainest evaluation experiment.
+
+Useful on its own (score a KDEF-trained model on RADIATE, or on another split seed) and the smallest
+example of an evaluation experiment: ``EVALUATES_MODEL = True`` makes the orchestrator resolve or train
+the model first and hand its file to ``run`` as ``trial.model_file``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from fer_ray.core.config import Strict
+from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.evaluate import evaluate_model
+from fer_ray.core.models import count_parameters
+from fer_ray.core.plots import confusion_matrix_figure
+from fer_ray.core.train import load_model
+from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.finetune import final_metrics
+
+EVALUATES_MODEL = True
+
+
+class EvalConfig(Strict):
+    confusion_matrix: bool = Field(True, description="log the test confusion matrix PNG")
+
+
+def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
+    """Clean test metrics of ``trial.model_file`` on ``trial.data``'s test split."""
+    model, classes = load_model(trial.model_file)
+    data = prepare_data(trial.data)
+    if tuple(classes) != tuple(data.dataset.classes):
+        raise ValueError(
+            f"model {trial.model_source} predicts classes {list(classes)} but data.dataset="
+            f"{trial.data.dataset!r} has {list(data.dataset.classes)}"
+        )
+    reporter.tags({"fer_ray.dataset_fingerprint": data.fingerprint, "fer_ray.protocol": data.protocol})
+    evaluation = evaluate_model(model, data.test, data.dataset)
+    if trial.eval.confusion_matrix:
+        reporter.figure(confusion_matrix_figure(evaluation["confusion"], classes, title="test confusion"), "confusion_matrix.png")
+    metrics = final_metrics(evaluation, best_val_acc=float("nan"), epochs_run=0, n_params=count_parameters(model)["total"])
+    return {k: v for k, v in metrics.items() if k not in ("best_val_acc", "epochs_run")}

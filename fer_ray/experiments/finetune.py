@@ -1,0 +1,90 @@
+"""Fine-tuning: a ResNet with a new dense head on a face dataset, evaluated on the held-out test set.
+
+Used by the quickstart, dataset-fraction, model-size and Optuna sweeps (they differ only in what the
+sweep varies). Per epoch: train_loss, train_acc, val_loss, val_acc (and a checkpoint). At the end:
+test_acc, test_macro_f1, per-class recall, per-group accuracy, the confusion matrix figure and the
+trained model file (artifact ``model/model.pt``, loadable by run id by later sweeps).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from fer_ray.core.config import Strict
+from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.evaluate import evaluate_model
+from fer_ray.core.models import build_model, count_parameters
+from fer_ray.core.plots import confusion_matrix_figure
+from fer_ray.core.train import fit, save_model
+from fer_ray.experiments.base import Reporter, Trial
+
+MODEL_FILE = "model.pt"
+MODEL_ARTIFACT_DIR = "model"
+
+
+class EvalConfig(Strict):
+    """What the fine-tuning trial produces besides its metrics."""
+
+    confusion_matrix: bool = Field(True, description="log the test confusion matrix PNG")
+    save_model: bool = Field(True, description="log the trained model file (needed by evaluation sweeps)")
+
+
+def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
+    """Train on the trial's data/model/train config; returns the final (test) metrics."""
+    data = prepare_data(trial.data)
+    reporter.tags({
+        "fer_ray.dataset_fingerprint": data.fingerprint,
+        "fer_ray.protocol": data.protocol,
+        "fer_ray.n_train": str(len(data.train)),
+        "fer_ray.n_val": str(len(data.val)),
+        "fer_ray.n_test": str(len(data.test)),
+    })
+    model = build_model(trial.model, num_classes=len(data.dataset.classes))
+    checkpoint_path = reporter.work_dir / "checkpoint.pt"
+    result = fit(
+        model,
+        data.train,
+        data.val,
+        trial.train,
+        on_epoch=lambda epoch, checkpoint: reporter.epoch(epoch_metrics(epoch), epoch.epoch, checkpoint),
+        checkpoint_path=checkpoint_path,
+        resume_from=reporter.resume_checkpoint(),
+        model_config=trial.model.model_dump(mode="json"),
+    )
+    evaluation = evaluate_model(model, data.test, data.dataset)
+    if trial.eval.confusion_matrix:
+        figure = confusion_matrix_figure(evaluation["confusion"], data.dataset.classes, title=f"{trial.sweep}: test confusion")
+        reporter.figure(figure, "confusion_matrix.png")
+    if trial.eval.save_model:
+        model_path = reporter.work_dir / MODEL_FILE
+        save_model(model_path, model, trial.model, data.dataset.classes)
+        reporter.artifact(model_path, MODEL_ARTIFACT_DIR)
+    return final_metrics(evaluation, result.best_val_acc, result.epochs_run, count_parameters(model)["total"])
+
+
+def epoch_metrics(epoch) -> dict[str, float]:
+    """The per-epoch numbers every training sweep reports (same names across experiments)."""
+    return {
+        "train_loss": epoch.train_loss,
+        "train_acc": epoch.train_acc,
+        "val_loss": epoch.val_loss,
+        "val_acc": epoch.val_acc,
+        "lr": epoch.lr,
+        "images_per_s": epoch.images_per_s,
+    }
+
+
+def final_metrics(evaluation: dict, best_val_acc: float, epochs_run: int, n_params: int) -> dict[str, float]:
+    """test_acc, test_macro_f1, test_recall/<class>, test_acc/<attribute>/<value>, plus training facts."""
+    metrics = {
+        "test_acc": float(evaluation["accuracy"]),
+        "test_macro_f1": float(evaluation["macro_f1"]),
+        "best_val_acc": float(best_val_acc),
+        "epochs_run": float(epochs_run),
+        "n_params": float(n_params),
+    }
+    metrics.update({f"test_recall/{name}": float(r) for name, r in evaluation["per_class_recall"].items()})
+    for attribute in ("angle", "gender", "race"):
+        for value, group in evaluation.get(f"per_{attribute}", {}).items():
+            metrics[f"test_acc/{attribute}/{value}"] = float(group["acc"])
+    return metrics

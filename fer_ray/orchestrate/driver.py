@@ -1,0 +1,227 @@
+"""The driver side of one sweep invocation: Ray up, MLflow parent run, Tuner fit or restore, report.
+
+MLflow is the registry of sweeps: the parent run carries the Tune experiment path and the resolved
+spec, so ``--resume`` finds the latest unfinished run of a sweep from the tracking server alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from fer_ray.experiments import evaluates_model
+from fer_ray.orchestrate.report import write_report
+from fer_ray.orchestrate.stages import check_source, resolve_models
+from fer_ray.orchestrate.spec import SweepSpec
+from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
+from fer_ray.orchestrate.tune import build_tuner, trainable, trial_plan
+
+SPEC_ARTIFACT = "spec.json"
+PROTOCOL_LABELS = {"identity": "subject-disjoint", "image": "subject-dependent (image-level split)"}
+
+
+class SweepFailed(RuntimeError):
+    """The sweep could not start or resume; the message says why and what to do."""
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    tune_path: str
+    report_dir: Path | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def all_succeeded(self) -> bool:
+        return not self.interrupted and all(row["status"] != "error" for row in self.rows)
+
+    def summary(self) -> str:
+        """The end-of-sweep table and where everything is."""
+        metric_names = ["val_acc", "test_acc", "test_macro_f1"]
+        header = f"{'trial':<40} {'status':<8} " + " ".join(f"{m:>13}" for m in metric_names)
+        lines = [f"\nSweep {self.name}: {len(self.rows)} trials", header, "-" * len(header)]
+        for row in self.rows:
+            values = " ".join(_fmt(row["metrics"].get(m)) for m in metric_names)
+            lines.append(f"{row['name'][:40]:<40} {row['status']:<8} {values}")
+        lines += [
+            "",
+            f"MLflow parent run: {self.parent_run_id}  ({self.tracking_uri})",
+            f"  compare trials:  mlflow ui --backend-store-uri {self.tracking_uri}",
+            f"Tune state:        {self.tune_path}",
+        ]
+        if self.report_dir is not None:
+            lines.append(f"Report:            {self.report_dir}/report.md")
+        if self.interrupted:
+            lines.append(f"Interrupted: finish it with  python -m fer_ray.sweep <this sweep file> --resume")
+        return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:>13.4f}" if isinstance(value, (int, float)) else f"{'-':>13}"
+
+
+def absolute_storage(path: str) -> str:
+    """Tune needs an absolute local path or a URI (file://, s3://, gs://)."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def tracker_for(spec: SweepSpec) -> Tracker:
+    """The sweep's MLflow target (a relative sqlite path becomes absolute, so workers agree)."""
+    return Tracker(uri=spec.tracking.uri, experiment=spec.tracking.experiment)
+
+
+def dry_run(spec: SweepSpec, address: str | None = None, num_cpus: int | None = None) -> str:
+    """The trial plan as text; starts nothing (a cluster address is only used for its CPU count)."""
+    cpus = float(num_cpus or os.cpu_count() or 1)
+    plan = trial_plan(spec, cpus)
+    lines = [
+        f"Sweep {spec.name} ({spec.experiment}), profile {spec.profile}: {plan.n_trials} trials",
+        f"  resources per trial: {plan.resources['cpu']:g} CPU, {plan.resources['gpu']:g} GPU"
+        f"  -> up to {plan.concurrent} at once on {cpus:g} local CPUs",
+        f"  data: {spec.data.dataset} at {spec.data.image_size} px, split by {spec.data.split.by}",
+        f"  model: {spec.model.arch} (weights {spec.model.weights}), {spec.train.epochs} epochs",
+        "  varies:",
+        *[f"    {key}: {values}" for key, values in plan.varying.items()],
+        f"  rough cost: {plan.rough_cost}",
+        f"  tracking: {spec.tracking.uri} (experiment {spec.tracking.experiment}); storage: {spec.storage.path}",
+        "Nothing was run (--dry-run).",
+    ]
+    return "\n".join(lines)
+
+
+def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None) -> SweepOutcome:
+    """Run (or resume) the sweep end to end and write its report."""
+    tracker = tracker_for(spec)
+    tracker.check()  # fail before any trial runs when MLflow is unreachable
+    if evaluates_model(spec.experiment):
+        check_source(spec)
+    _start_ray(address, num_cpus)
+    if resume:
+        spec, parent_id, tune_path = _find_resumable(spec, tracker)
+        tuner = tune.Tuner.restore(tune_path, trainable(spec, tracker, parent_id), resume_errored=True)
+    else:
+        spec = with_model_sources(spec, tracker, address, num_cpus)
+        storage = absolute_storage(spec.storage.path)
+        run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tune_path = f"{storage.rstrip('/')}/{run_name}"
+        parent_id = _open_parent(spec, tracker, run_name, tune_path)
+        tuner = build_tuner(spec, tracker, parent_id, storage, run_name)
+    results = tuner.fit()
+    rows = [_row(result) for result in results]
+    if was_interrupted(tune_path):
+        tracker.finish(parent_id, "KILLED")
+        return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, None, rows, interrupted=True)
+    _close_stopped_trials(tracker, parent_id)
+    report_dir = write_report(spec, tracker, parent_id, Path("reports") / spec.name)
+    tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
+    return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows)
+
+
+def with_model_sources(spec: SweepSpec, tracker: Tracker, address: str | None, num_cpus: int | None) -> SweepSpec:
+    """Evaluation sweeps: resolve (training first where needed) the models and fan trials over them."""
+    if not evaluates_model(spec.experiment):
+        return spec
+
+    def run_training(training: SweepSpec) -> None:
+        print(f"Training stage: {training.name} ({len(training.search.seeds)} model(s); reused later by hash)")
+        outcome = run_sweep(training, address=address, num_cpus=num_cpus)
+        print(outcome.summary())
+        if not outcome.all_succeeded:
+            raise SweepFailed(f"training stage {training.name} did not finish; its runs are under parent {outcome.parent_run_id}")
+
+    models = resolve_models(spec, tracker, run_training)
+    grid = {"source.model": models, **spec.search.grid}
+    return spec.model_copy(update={"search": spec.search.model_copy(update={"grid": grid})})
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> None:
+    # Per-epoch checkpoints of short trials trip Tune's "snapshotting too often" warning; it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def _open_parent(spec: SweepSpec, tracker: Tracker, run_name: str, tune_path: str) -> str:
+    """The sweep's parent run: tags to find it again (--resume) and the resolved spec as spec.json."""
+    parent_id = tracker.parent_run(
+        spec.name,
+        sweep_id=run_name,
+        tags={
+            "fer_ray.tune_path": tune_path,
+            "fer_ray.experiment": spec.experiment,
+            "fer_ray.profile": spec.profile,
+            "fer_ray.protocol": PROTOCOL_LABELS[spec.data.split.by],
+        },
+    )
+    tracker.log_spec(parent_id, spec.model_dump(mode="json"), SPEC_ARTIFACT)
+    return parent_id
+
+
+def _find_resumable(spec: SweepSpec, tracker: Tracker) -> tuple[SweepSpec, str, str]:
+    """The latest parent run of this sweep that did not finish, its stored spec and Tune path."""
+    runs = tracker.find_runs(f"{tag_filter(TAG_ROLE, ROLE_PARENT)} and {tag_filter(TAG_SWEEP, spec.name)}")
+    unfinished = [r for r in runs if r.info.status != "FINISHED"]
+    if not unfinished:
+        raise SweepFailed(
+            f"--resume: no unfinished run of sweep {spec.name!r} in {tracker.uri} "
+            f"(experiment {tracker.experiment}); run it without --resume"
+        )
+    latest = max(unfinished, key=lambda r: r.info.start_time)
+    tune_path = latest.data.tags["fer_ray.tune_path"]
+    if not tune.Tuner.can_restore(tune_path):
+        raise SweepFailed(f"--resume: Tune state {tune_path} of run {latest.info.run_id} cannot be restored (missing or incomplete)")
+    with tempfile.TemporaryDirectory() as folder:
+        stored = tracker.download_artifact(latest.info.run_id, SPEC_ARTIFACT, Path(folder))
+        spec = SweepSpec.model_validate(json.loads(Path(stored).read_text()))
+    return spec, latest.info.run_id, tune_path
+
+
+def was_interrupted(tune_path: str) -> bool:
+    """True when Tune stopped on Ctrl-C (SIGINT) with trials left to run.
+
+    After an interrupt Tune marks every trial TERMINATED in memory, so the returned ResultGrid cannot
+    tell an interrupted trial from one that ASHA stopped; the experiment state Tune saved can: there
+    the unfinished trials are still PENDING or RUNNING.
+    """
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns about every trial that never wrote a result
+    try:
+        saved = tune.ExperimentAnalysis(tune_path)
+    finally:
+        quiet.setLevel(level)
+    return any(trial.status not in ("TERMINATED", "ERROR") for trial in saved.trials)
+
+
+def _close_stopped_trials(tracker: Tracker, parent_id: str) -> None:
+    """Trials the scheduler stopped early (ASHA) never reach their own finish(): mark their runs."""
+    children = tracker.children(parent_id)
+    if children.empty:
+        return
+    for run_id in children.loc[children["status"] == "RUNNING", "run_id"]:
+        tracker.set_tags(run_id, {"fer_ray.stopped_early": "true"})
+        tracker.finish(run_id, "KILLED")
+
+
+def _row(result) -> dict[str, Any]:
+    metrics = dict(result.metrics or {})
+    point = (result.config or {}).get("point", result.config or {})
+    name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
+    status = "error" if result.error is not None else "done" if metrics.get("done") else "stopped" if metrics else "not run"
+    return {"name": name, "status": status, "metrics": metrics}

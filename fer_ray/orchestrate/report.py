@@ -1,0 +1,146 @@
+"""After a sweep: gather its child runs from MLflow, aggregate over seeds, draw, publish.
+
+The report is built from MLflow alone (``Tracker.children``), so it holds exactly the numbers the
+MLflow UI shows. Per grid point: mean and 95 % CI over seeds (Student t). Outputs go to
+``reports/<sweep>/`` (report.md, summary.csv, PNGs) and to the parent run's artifacts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fer_ray.core.plots import metric_curve_figure
+from fer_ray.core.stats import mean_ci
+from fer_ray.experiments import load_experiment
+from fer_ray.orchestrate.spec import SweepSpec
+from fer_ray.orchestrate.tracking import Tracker
+
+#: metrics summarised when a run has them, in this order
+REPORT_METRICS = ("test_acc", "test_macro_f1", "val_acc", "n_params")
+ARCH_ORDER = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Path) -> Path | None:
+    """Aggregate the parent's finished child runs; write and log the report. None if no run finished."""
+    runs = tracker.children(parent_id)
+    if runs.empty:
+        return None
+    runs = runs[runs["status"] == "FINISHED"]
+    if runs.empty:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # seeds (and, for evaluation sweeps, the models trained with different seeds) are what the
+    # mean and CI run over; every other grid key is a row of the table
+    keys = [k for k in spec.search.grid if k not in ("train.seed", "source.model")]
+    table = aggregate(runs, keys)
+    table.to_csv(out_dir / "summary.csv", index=False)
+    figures = _figures(table, keys)
+    markdown = _markdown(spec, runs, table, keys, list(figures))
+    experiment = load_experiment(spec.experiment)
+    if hasattr(experiment, "report"):  # the experiment's own tables, statistics and figures
+        extra_markdown, extra_figures, *extra_metrics = experiment.report(runs, spec)
+        if extra_metrics:  # sweep-level numbers (e.g. the SVM's refit test accuracy) on the parent run
+            tracker.log_metrics(parent_id, extra_metrics[0])
+        markdown += "\n" + extra_markdown + "\n" + "".join(f"![{name}]({name})\n" for name in extra_figures)
+        figures.update(extra_figures)
+    for name, figure in figures.items():
+        figure.savefig(out_dir / name, dpi=120, bbox_inches="tight")
+    (out_dir / "report.md").write_text(markdown)
+    print(markdown)
+    for path in sorted(out_dir.iterdir()):
+        tracker.log_artifact(parent_id, path, "report")
+    return out_dir
+
+
+def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per grid point (the values of ``keys``): mean, CI low/high and n of each metric."""
+    metrics = [m for m in REPORT_METRICS if f"metrics.{m}" in runs.columns]
+    param_columns = [f"params.{k}" for k in keys]
+    groups = runs.groupby(param_columns, sort=False) if keys else [((), runs)]
+    rows = []
+    for values, group in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        row = dict(zip(keys, values))
+        for metric in metrics:
+            summary = mean_ci(group[f"metrics.{metric}"].astype(float))
+            row.update({metric: summary["mean"], f"{metric}_low": summary["low"], f"{metric}_high": summary["high"]})
+        row["n_seeds"] = len(group)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return _sorted(table, keys)
+
+
+def _sorted(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if "model.arch" in keys:
+        table["_order"] = table["model.arch"].map({a: i for i, a in enumerate(ARCH_ORDER)})
+        return table.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    numeric = [k for k in keys if pd.to_numeric(table[k], errors="coerce").notna().all()]
+    for key in numeric:
+        table[key] = pd.to_numeric(table[key])
+    return table.sort_values(keys, ascending=False).reset_index(drop=True) if keys else table
+
+
+def _figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
+    """The seed's graphs: accuracy vs training fraction, accuracy vs model size (parameters)."""
+    if len(keys) != 1 or "test_acc" not in table:
+        return {}
+    key = keys[0]
+    ci = (table["test_acc_low"], table["test_acc_high"])
+    if key == "data.train_fraction":
+        figure = metric_curve_figure(
+            table[key] * 100, table["test_acc"], *ci,
+            xlabel="training identities used (%)", ylabel="test accuracy", title="Accuracy vs dataset size",
+        )
+        return {"accuracy_vs_fraction.png": figure}
+    if key == "model.arch" and "n_params" in table:
+        figure = metric_curve_figure(
+            table["n_params"] / 1e6, table["test_acc"], *ci,
+            xlabel="parameters (millions)", ylabel="test accuracy", title="Accuracy vs model size",
+            point_labels=list(table[key]),
+        )
+        return {"accuracy_vs_model_size.png": figure}
+    return {}
+
+
+def _markdown(spec: SweepSpec, runs: pd.DataFrame, table: pd.DataFrame, keys: list[str], figures: list[str]) -> str:
+    protocol = (
+        "subject-dependent (image-level split: the same person can be in train and test)"
+        if spec.data.split.by == "image" else "subject-disjoint (no person in two of train/val/test)"
+    )
+    lines = [
+        f"# {spec.name}",
+        "",
+        spec.description.strip(),
+        "",
+        f"- experiment: {spec.experiment}; profile: {spec.profile}; finished trials: {len(runs)}",
+        f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {protocol}",
+        f"- model: {spec.model.arch} (weights {spec.model.weights}); {spec.train.epochs} epochs",
+        "- cells: mean over seeds [95 % CI, Student t; '-' with one seed]",
+        "",
+        _table_markdown(table, keys),
+        "",
+    ]
+    lines += [f"![{name}]({name})" for name in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _table_markdown(table: pd.DataFrame, keys: list[str]) -> str:
+    metrics = [m for m in REPORT_METRICS if m in table]
+    header = "| " + " | ".join([*keys, *metrics, "seeds"]) + " |"
+    lines = [header, "|" + "---|" * (len(keys) + len(metrics) + 1)]
+    for _, row in table.iterrows():
+        cells = [str(row[k]) for k in keys]
+        for metric in metrics:
+            cells.append(_cell(row[metric], row[f"{metric}_low"], row[f"{metric}_high"], metric))
+        cells.append(str(int(row["n_seeds"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(mean: float, low: float, high: float, metric: str) -> str:
+    if metric == "n_params":
+        return f"{mean / 1e6:.1f} M"
+    interval = "-" if pd.isna(low) else f"{low:.3f}–{high:.3f}"
+    return f"{mean:.3f} [{interval}]"

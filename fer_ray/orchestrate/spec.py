@@ -1,0 +1,375 @@
+"""The sweep file: schema, loading, profiles and ``--set`` overrides.
+
+A sweep file is YAML with these top-level sections (each a pydantic model; unknown keys are errors):
+
+    name, experiment, description   what runs (experiment = a module in fer_ray/experiments)
+    data, model, train              the science config (fer_ray/core/config.py)
+    eval                            the experiment's own section (validated by that experiment)
+    search                          grid values / seeds, or Optuna (+ ASHA)
+    resources                       cpu and gpu per trial (fractions allowed)
+    failure                         retries of a failed trial
+    tracking                        MLflow URI and experiment name
+    storage                         where Ray Tune keeps trial state (local path, file://, s3://)
+    profile, profiles               named override sets; ``profile`` picks the one applied
+
+Resolution order, later wins: file values < the chosen profile's overrides < ``--set`` overrides <
+the trial's own grid/Optuna values. Every error is a :class:`SpecError` that names the file, the
+dotted key path and the valid choices (with the closest match for a misspelt key).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from fer_ray.core.config import DataConfig, ModelConfig, Strict, TrainConfig
+from fer_ray.experiments import eval_config_model, evaluates_model, experiment_names
+
+
+class SpecError(ValueError):
+    """A sweep file or override that cannot run: the message names where and why."""
+
+
+# --------------------------------------------------------------------------------------- sections
+
+
+class Distribution(Strict):
+    """One Optuna search dimension: exactly one of the keys is set."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = Field(None, description="[low, high) integers")
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Distribution":
+        set_keys = [k for k in ("loguniform", "uniform", "randint", "choice") if getattr(self, k) is not None]
+        if len(set_keys) != 1:
+            raise ValueError(
+                f"give exactly one of loguniform/uniform/randint/choice (got {set_keys or 'none'})"
+            )
+        bounds = self.loguniform or self.uniform or self.randint
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"low must be < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform bounds must be > 0, got {list(self.loguniform)}")
+        return self
+
+
+class AshaConfig(Strict):
+    """ASHA early stopping of unpromising Optuna trials (per-epoch reports)."""
+
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it may be stopped")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class OptunaConfig(Strict):
+    num_samples: int = Field(8, ge=1)
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    space: dict[str, Distribution]
+    asha: AshaConfig | None = AshaConfig()
+    seed: int = 0
+
+
+class SearchConfig(Strict):
+    """What varies across trials. Grid keys are dotted paths into the spec (e.g. model.arch)."""
+
+    grid: dict[str, list[Any]] = {}
+    seeds: list[int] = Field([0], min_length=1, description="each grid point runs once per seed")
+    optuna: OptunaConfig | None = None
+    max_concurrent: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _grid_values_present(self) -> "SearchConfig":
+        empty = [k for k, v in self.grid.items() if len(v) == 0]
+        if empty:
+            raise ValueError(f"grid values must not be empty: {empty}")
+        if self.optuna is not None and self.grid:
+            raise ValueError("use either search.grid or search.optuna, not both")
+        return self
+
+
+class ResourcesConfig(Strict):
+    cpu: float = Field(1.0, gt=0.0, description="CPUs per trial")
+    gpu: float = Field(0.0, ge=0.0, description="GPUs per trial; 0.25 = four trials share one GPU")
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> "ResourcesConfig":
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"resources.gpu above 1 must be a whole number, got {self.gpu}")
+        return self
+
+
+class FailureConfig(Strict):
+    max_retries: int = Field(2, ge=0, description="a failed trial restarts from its last checkpoint")
+
+
+class TrackingConfig(Strict):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; relative sqlite paths are from the cwd")
+    experiment: str = "fer_ray"
+
+
+class StorageConfig(Strict):
+    path: str = Field("ray_results", description="Tune storage: local path, file://, s3://, gs://")
+
+
+class SourceConfig(Strict):
+    """Which trained model an evaluation sweep (noise, fgsm, tsne, saliency, bias) evaluates.
+
+    model: 'train'   this file's data/model/train sections: a finished training run with the same
+                     config hash is reused, otherwise it is trained first (one model per train seed);
+           'runs:/<run id>/model/model.pt' or 'models:/<name>/<version>'   an MLflow model;
+           a path   a fer_ray model file (fer_ray.core.train.save_model) every node can read.
+    """
+
+    model: str = "train"
+    train_seeds: list[int] = Field([0], min_length=1, description="model='train': one model per seed")
+
+
+class SweepSpec(Strict):
+    """One experiment = one sweep file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    experiment: str
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: dict[str, Any] = {}
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    failure: FailureConfig = FailureConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+    source: SourceConfig = SourceConfig()
+    profile: str = Field("none", description="name of the entry of `profiles` applied ('none' = as written)")
+    profiles: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _known_experiment(self) -> "SweepSpec":
+        if self.experiment not in experiment_names():
+            raise ValueError(_unknown("experiment", self.experiment, experiment_names()))
+        return self
+
+    def eval_config(self) -> BaseModel:
+        """The ``eval`` section validated by the experiment's own model."""
+        return eval_config_model(self.experiment).model_validate(self.eval)
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> SweepSpec:
+    """Read a sweep file, apply its profile and ``key=value`` overrides, validate everything.
+
+    Raises SpecError naming the file and the key path for any problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: sweep file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return resolve_spec(raw, overrides, profile, source=str(path))
+
+
+def resolve_spec(
+    raw: dict[str, Any], overrides: list[str] = (), profile: str | None = None, source: str = "<spec>"
+) -> SweepSpec:
+    """file values < profile < overrides, validated. ``raw`` is not modified."""
+    raw = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    parsed_overrides = [parse_override(item, source) for item in overrides]
+    for key, value in parsed_overrides:
+        if key in ("profile",):
+            raw["profile"] = value
+    if profile is not None:
+        raw["profile"] = profile
+    chosen = raw.get("profile", "none")
+    if chosen != "none":
+        profiles = raw.get("profiles") or {}
+        if chosen not in profiles:
+            raise SpecError(f"{source}: profile: {_unknown('profile', chosen, ['none', *profiles])}")
+        for key, value in profiles[chosen].items():
+            set_dotted(raw, key, value, source=f"{source} (profile {chosen})")
+    for key, value in parsed_overrides:
+        if key != "profile":
+            set_dotted(raw, key, value, source=f"{source} (--set)")
+    spec = validate_spec(raw, source)
+    check_search_keys(spec, source)
+    return spec
+
+
+def validate_spec(raw: dict[str, Any], source: str) -> SweepSpec:
+    """Pydantic validation with errors rewritten to name the key path and the valid choices."""
+    try:
+        spec = SweepSpec.model_validate(raw)
+        spec.eval_config()
+    except ValidationError as err:
+        prefix = "eval." if err.title != SweepSpec.__name__ else ""
+        model = eval_config_model(raw.get("experiment", "")) if prefix else SweepSpec
+        raise SpecError(f"{source}: " + _explain(err, model, prefix)) from None
+    return spec
+
+
+def check_search_keys(spec: SweepSpec, source: str) -> None:
+    """Every grid / Optuna key must name a real key, and every grid value must validate there."""
+    base = spec.model_dump(mode="json")
+    for key, values in spec.search.grid.items():
+        for value in values:
+            trial = apply_overrides(base, {key: value}, source=f"{source} search.grid")
+            validate_spec(trial, f"{source} search.grid[{key}={value!r}]")
+    if spec.search.optuna is not None:
+        for key, dist in spec.search.optuna.space.items():
+            sample = (dist.choice or [None])[0] if dist.choice else (dist.loguniform or dist.uniform or dist.randint)[0]
+            trial = apply_overrides(base, {key: sample}, source=f"{source} search.optuna.space")
+            validate_spec(trial, f"{source} search.optuna.space[{key}]")
+
+
+# ----------------------------------------------------------------------------------- overrides
+
+
+def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ("train.lr", 0.0003). Values are parsed as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise SpecError(f"{source}: override {item!r} must look like key.path=value")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set ``raw[a][b][c] = value`` for ``dotted = "a.b.c"``, checking every key exists in the schema.
+
+    Below a free-form mapping (``eval``, ``search.grid``, ``search.optuna.space``) the rest of the
+    path is one key, so ``search.optuna.space.train.lr`` addresses the ``train.lr`` dimension.
+    """
+    keys = _schema_keys(dotted.split("."), source)
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"{source}: {dotted}: {key} holds a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of ``base`` with dotted overrides applied."""
+    out = json.loads(json.dumps(base))
+    for key, value in overrides.items():
+        set_dotted(out, key, value, source)
+    return out
+
+
+def _schema_keys(parts: list[str], source: str) -> list[str]:
+    """Walk the pydantic schema along ``parts``; return the keys to set (see set_dotted)."""
+    model: type[BaseModel] = SweepSpec
+    keys: list[str] = []
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(keys) or "top level"
+            raise SpecError(f"{source}: {'.'.join(parts)}: {_unknown(f'key at {where}', part, list(fields))}")
+        keys.append(part)
+        annotation = fields[part].annotation
+        rest = parts[i + 1:]
+        if not rest:
+            return keys
+        if _is_mapping(annotation):
+            return keys + [".".join(rest)]
+        submodel = _submodel(annotation)
+        if submodel is None:
+            raise SpecError(f"{source}: {'.'.join(parts)}: {'.'.join(keys)} holds a value, not a section")
+        model = submodel
+    return keys
+
+
+def _options(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of a field type: the members of a Union/Optional, else the type itself."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return any(typing.get_origin(option) is dict for option in _options(annotation))
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (through Optional), or None for plain values and mappings."""
+    for option in _options(annotation):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            return option
+    return None
+
+
+# -------------------------------------------------------------------------------- trial points
+
+
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every trial of a grid sweep as its dotted overrides.
+
+    Training sweeps: grid product x search.seeds (train.seed last). Evaluation sweeps: the grid
+    product alone (their models, one per training seed, enter the grid as ``source.model``).
+    """
+    keys = list(spec.search.grid)
+    seeds = [{}] if evaluates_model(spec.experiment) else [{"train.seed": s} for s in spec.search.seeds]
+    points = []
+    for values in itertools.product(*(spec.search.grid[k] for k in keys)):
+        for seed in seeds:
+            points.append({**dict(zip(keys, values)), **seed})
+    return points
+
+
+def trial_spec(spec: SweepSpec, overrides: dict[str, Any]) -> SweepSpec:
+    """The spec one trial runs: the sweep's spec with the trial's own values applied."""
+    raw = apply_overrides(spec.model_dump(mode="json"), overrides, source=f"trial {overrides}")
+    return validate_spec(raw, source=f"trial {overrides}")
+
+
+# ------------------------------------------------------------------------------------- errors
+
+
+def _unknown(what: str, value: Any, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {value!r}{hint} (valid: {', '.join(map(str, valid))})"
+
+
+def _explain(err: ValidationError, model: type[BaseModel], prefix: str) -> str:
+    """One line per problem: ``key.path: message``, unknown keys with the closest valid key."""
+    lines = []
+    for problem in err.errors():
+        loc = [str(p) for p in problem["loc"]]
+        path = prefix + ".".join(loc)
+        if problem["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            valid = list(parent.model_fields) if parent is not None else []
+            lines.append(f"{path}: {_unknown('key', loc[-1], valid)}")
+        else:
+            lines.append(f"{path}: {problem['msg']} (got {problem.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(part)
+        model = _submodel(field.annotation) if field is not None else None
+        if model is None:
+            return None
+    return model

@@ -1,0 +1,78 @@
+"""Train once, evaluate many: resolve (or produce) the trained models an evaluation sweep needs.
+
+An evaluation sweep names its model in ``source.model`` (see spec.SourceConfig). For ``train`` the
+training config (data + model + train sections, one per training seed) is hashed; every fine-tuning
+trial tags its run with that hash (``fer_ray.train_hash``), so a FINISHED run carrying it is reused and
+only the missing seeds are trained, as an ordinary fine-tuning sweep run first. Running noise_sig.yaml
+and then epsilon.yaml on the same model trains once in total; a second run of either trains nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from fer_ray.orchestrate.provenance import spec_hash
+from fer_ray.orchestrate.spec import SpecError, SweepSpec, validate_spec
+from fer_ray.orchestrate.tracking import Tracker
+
+TAG_TRAIN_HASH = "fer_ray.train_hash"
+MODEL_ARTIFACT = "model/model.pt"  # where the finetune experiment logs its trained model
+
+
+def training_config(spec: SweepSpec) -> dict[str, Any]:
+    """What determines a trained model: data, model and train sections (cache location excluded)."""
+    data = spec.data.model_dump(mode="json", exclude={"cache_dir"})
+    return {"data": data, "model": spec.model.model_dump(mode="json"), "train": spec.train.model_dump(mode="json")}
+
+
+def training_hash(spec: SweepSpec) -> str:
+    """The identity of a trained model's recipe (same hash -> the same model would be trained)."""
+    return spec_hash(training_config(spec))
+
+
+def training_spec(spec: SweepSpec, seeds: list[int]) -> SweepSpec:
+    """The fine-tuning sweep that trains ``spec``'s model for ``seeds`` (one trial per seed)."""
+    raw = spec.model_dump(mode="json", include={"data", "model", "train", "resources", "failure", "tracking", "storage"})
+    raw.update(
+        name=f"{spec.name}-train",
+        experiment="finetune",
+        description=f"Training stage of the evaluation sweep {spec.name}.",
+        search={"seeds": seeds},
+    )
+    return validate_spec(raw, source=f"{spec.name} (training stage)")
+
+
+def check_source(spec: SweepSpec) -> None:
+    """A model file named as the source must exist (checked in the driver before Ray starts)."""
+    source = spec.source.model
+    if source == "train" or source.startswith(("runs:/", "models:/")):
+        return
+    if not Path(source).is_file():
+        raise SpecError(f"source.model: model file {source!r} not found (give a path every node can read)")
+
+
+def resolve_models(spec: SweepSpec, tracker: Tracker, run_training: Callable[[SweepSpec], None]) -> list[str]:
+    """The model sources an evaluation sweep fans out over, one per training seed or the one named.
+
+    Returns model URIs: ``runs:/<run id>/model/model.pt``, ``models:/...`` or a local file path.
+    ``run_training(train_spec)`` runs a fine-tuning sweep; it is called only for missing seeds.
+    """
+    check_source(spec)
+    if spec.source.model != "train":
+        return [spec.source.model]
+    runs = {seed: _finished_training_run(spec, seed, tracker) for seed in spec.source.train_seeds}
+    missing = [seed for seed, run_id in runs.items() if run_id is None]
+    if missing:
+        run_training(training_spec(spec, missing))
+        runs.update({seed: _finished_training_run(spec, seed, tracker) for seed in missing})
+    failed = [seed for seed, run_id in runs.items() if run_id is None]
+    if failed:
+        raise RuntimeError(f"training stage of {spec.name}: no finished model for train seeds {failed}; see the training sweep's runs")
+    return [f"runs:/{runs[seed]}/{MODEL_ARTIFACT}" for seed in spec.source.train_seeds]
+
+
+def _finished_training_run(spec: SweepSpec, seed: int, tracker: Tracker) -> str | None:
+    seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
+    run = tracker.find_finished_run(TAG_TRAIN_HASH, training_hash(seeded))
+    return None if run is None else run.info.run_id

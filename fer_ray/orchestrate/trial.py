@@ -1,0 +1,137 @@
+"""What runs inside one Ray Tune trial: resolve its spec, open its MLflow child run, run the experiment.
+
+The child run is created here, inside the trial, so artifacts upload from the node that made them
+(Ray's MLflowLoggerCallback does not nest runs and loses worker artifacts: ray#19909, ray#46569).
+A retried or resumed trial has the same trial key and so finds and reuses its run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow.artifacts
+from dataclasses import replace
+from ray import tune
+
+from fer_ray.experiments import evaluates_model, load_experiment
+from fer_ray.experiments.base import Trial
+from fer_ray.experiments.finetune import MODEL_FILE
+from fer_ray.orchestrate.stages import TAG_TRAIN_HASH, training_hash
+from fer_ray.orchestrate.spec import SweepSpec, trial_spec
+from fer_ray.orchestrate.tracking import Tracker, flatten
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def trial_key(overrides: dict[str, Any]) -> str:
+    """Stable id of a trial from the values that make it unique (its grid point / sampled values)."""
+    canonical = json.dumps(overrides, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """Grid trials carry their point under "point"; Optuna trials carry flat dotted keys."""
+    overrides = dict(config.get("point", {}))
+    overrides.update({k: v for k, v in config.items() if k != "point"})
+    return overrides
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+    """A readable MLflow run name: ``arch=resnet18,seed=0``."""
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()) or "trial"
+
+
+class TuneMlflowReporter:
+    """Reporter (fer_ray.experiments.base) that reports to Ray Tune and logs to one MLflow run."""
+
+    def __init__(self, tracker: Tracker, run_id: str, work_dir: Path):
+        self.tracker = tracker
+        self.run_id = run_id
+        self.work_dir = work_dir
+        #: the latest per-epoch metrics; the trial's final Tune report repeats them (Optuna reads its
+        #: metric, e.g. val_acc, from the last report)
+        self.last_epoch_metrics: dict[str, float] = {}
+
+    def epoch(self, metrics: dict[str, float], step: int, checkpoint: Path | None = None) -> None:
+        self.tracker.log_metrics(self.run_id, metrics, step=step)
+        self.last_epoch_metrics = dict(metrics)
+        if checkpoint is None:
+            tune.report({**metrics, "epoch": step})
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy2(checkpoint, Path(folder) / CHECKPOINT_FILE)
+            tune.report({**metrics, "epoch": step}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def figure(self, figure, name: str) -> None:
+        self.tracker.log_figure(self.run_id, figure, name)
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        self.tracker.log_artifact(self.run_id, path, folder)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        self.tracker.set_tags(self.run_id, tags)
+
+    def resume_checkpoint(self) -> Path | None:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            target = self.work_dir / "resume" / CHECKPOINT_FILE
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(folder) / CHECKPOINT_FILE, target)
+        return target
+
+
+def fetch_model(tracker: Tracker, source: str, folder: Path) -> Path:
+    """A local copy of the model to evaluate: MLflow URIs (runs:/, models:/) are downloaded from the
+    tracking server (so any node can fetch them); a plain path is used where it is."""
+    if not source.startswith(("runs:/", "models:/")):
+        return Path(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder), tracking_uri=tracker.uri)
+    path = Path(local)
+    return path if path.is_file() else path / MODEL_FILE
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """Which model an evaluation run used (the training run id when it came from one)."""
+    tags = {"fer_ray.source_model": source}
+    if source.startswith("runs:/"):
+        tags["fer_ray.source_run"] = source.split("/")[1]
+    return tags
+
+
+def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tracker, parent_id: str) -> None:
+    """The Tune trainable: config = this trial's overrides; the sweep spec arrives via the object store."""
+    overrides = trial_overrides(config)
+    spec = trial_spec(SweepSpec.model_validate(spec_data), overrides)
+    key = trial_key(overrides)
+    run_id = tracker.child_run(
+        parent_id,
+        key,
+        run_name=run_name(overrides),
+        params=flatten(spec.model_dump(mode="json", include={"data", "model", "train", "eval"})),
+        tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id()},
+    )
+    experiment = load_experiment(spec.experiment)
+    with tempfile.TemporaryDirectory(prefix="fer_ray_trial_") as folder:
+        reporter = TuneMlflowReporter(tracker, run_id, Path(folder))
+        try:
+            trial = Trial(sweep=spec.name, data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config())
+            if evaluates_model(spec.experiment):
+                trial = replace(trial, model_file=fetch_model(tracker, spec.source.model, Path(folder) / "source"), model_source=spec.source.model)
+                reporter.tags(source_tags(spec.source.model))
+            else:
+                reporter.tags({TAG_TRAIN_HASH: training_hash(spec)})
+            final_metrics = experiment.run(trial, reporter)
+        except BaseException:
+            tracker.finish(run_id, "FAILED")
+            raise
+    tracker.log_metrics(run_id, final_metrics)
+    tracker.finish(run_id, "FINISHED")
+    tune.report({**reporter.last_epoch_metrics, **final_metrics, "done": True, "mlflow_run_id": run_id})

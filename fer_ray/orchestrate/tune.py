@@ -1,0 +1,163 @@
+"""Sweep spec -> Ray Tune ``Tuner``: search space, resources, search algorithm, scheduler, failures,
+storage. Also the trial plan that ``--dry-run`` prints."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from fer_ray.experiments import evaluates_model
+from fer_ray.orchestrate.spec import Distribution, SweepSpec, grid_points
+from fer_ray.orchestrate.tracking import Tracker
+from fer_ray.orchestrate.trial import run_trial
+
+# Forward+backward GFLOPs per image at 224 px (forward from torchvision's weight metadata, x3 for
+# the backward pass); scaled by (size/224)^2. Only for the rough cost line of --dry-run.
+_TRAIN_GFLOPS_224 = {"resnet18": 3 * 1.81, "resnet34": 3 * 3.66, "resnet50": 3 * 4.09, "resnet101": 3 * 7.80, "resnet152": 3 * 11.51}
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What a sweep will run, for --dry-run and the start-up banner."""
+
+    n_trials: int
+    varying: dict[str, list[Any]]
+    resources: dict[str, float]
+    concurrent: int
+    rough_cost: str
+
+
+def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
+    """Grid: one grid_search over the expanded points (grid x seeds). Optuna: one Tune domain per key."""
+    if spec.search.optuna is None:
+        return {"point": tune.grid_search(grid_points(spec))}
+    space: dict[str, Any] = {key: _domain(dist) for key, dist in spec.search.optuna.space.items()}
+    space["train.seed"] = spec.search.seeds[0]
+    return space
+
+
+def _domain(dist: Distribution):
+    if dist.loguniform is not None:
+        return tune.loguniform(*dist.loguniform)
+    if dist.uniform is not None:
+        return tune.uniform(*dist.uniform)
+    if dist.randint is not None:
+        return tune.randint(*dist.randint)
+    return tune.choice(dist.choice)
+
+
+def build_tuner(spec: SweepSpec, tracker: Tracker, parent_id: str, storage_path: str, run_name: str) -> tune.Tuner:
+    """The Tuner for a fresh sweep. Trials get spec/tracker/parent through the object store."""
+    return tune.Tuner(
+        trainable(spec, tracker, parent_id),
+        param_space=tune_search_space(spec),
+        tune_config=_tune_config(spec),
+        run_config=run_config(spec, storage_path, run_name),
+    )
+
+
+def trainable(spec: SweepSpec, tracker: Tracker, parent_id: str):
+    """run_trial with the sweep's shared inputs bound (tune.with_parameters) and resources attached."""
+    bound = tune.with_parameters(run_trial, spec_data=spec.model_dump(mode="json"), tracker=tracker, parent_id=parent_id)
+    return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _tune_config(spec: SweepSpec) -> tune.TuneConfig:
+    optuna = spec.search.optuna
+    if optuna is None:
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.search.max_concurrent)
+    scheduler = None
+    if optuna.asha is not None:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            # one report per epoch plus the trial's final (test) report: ASHA stops a trial once it
+            # reaches max_t, so max_t must leave room for that last report
+            max_t=spec.train.epochs + 1,
+            grace_period=min(optuna.asha.grace_period, spec.train.epochs),
+            reduction_factor=optuna.asha.reduction_factor,
+        )
+    return tune.TuneConfig(
+        metric=optuna.metric,
+        mode=optuna.mode,
+        search_alg=OptunaSearch(seed=optuna.seed),
+        scheduler=scheduler,
+        num_samples=optuna.num_samples,
+        max_concurrent_trials=spec.search.max_concurrent,
+    )
+
+
+def run_config(spec: SweepSpec, storage_path: str, run_name: str) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=run_name,
+        storage_path=storage_path,
+        failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        progress_reporter=progress_reporter(spec),
+        verbose=1,
+    )
+
+
+def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
+    """A compact live table: status, epoch and the key metrics of every trial."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy engine honours progress_reporter
+    varying = list(spec.search.grid) or list((spec.search.optuna.space if spec.search.optuna else {}))
+    return tune.CLIReporter(
+        metric_columns={"epoch": "epoch", "train_loss": "loss", "val_acc": "val_acc", "test_acc": "test_acc"},
+        parameter_columns={f"point/{k}" if not spec.search.optuna else k: k.split(".")[-1] for k in varying},
+        max_report_frequency=15,
+        max_progress_rows=30,
+    )
+
+
+def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
+    """Number of trials, what varies, resources per trial and a rough compute cost."""
+    if spec.search.optuna is None and evaluates_model(spec.experiment):
+        n_models = len(spec.source.train_seeds) if spec.source.model == "train" else 1
+        n_trials = len(grid_points(spec)) * n_models
+        varying = {**spec.search.grid, "source.model": [f"{spec.source.model} (train seeds {spec.source.train_seeds})"]}
+    elif spec.search.optuna is None:
+        n_trials = len(grid_points(spec))
+        varying = {**spec.search.grid, "train.seed": spec.search.seeds}
+    else:
+        n_trials = spec.search.optuna.num_samples
+        varying = {k: [v.model_dump(exclude_none=True)] for k, v in spec.search.optuna.space.items()}
+    varying = {k: v for k, v in varying.items() if len(v) > 1 or spec.search.optuna}
+    concurrent = max(1, int(total_cpus // spec.resources.cpu))
+    if spec.search.max_concurrent:
+        concurrent = min(concurrent, spec.search.max_concurrent)
+    return TrialPlan(
+        n_trials=n_trials,
+        varying=varying,
+        resources={"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        concurrent=concurrent,
+        rough_cost=_rough_cost(spec, n_trials),
+    )
+
+
+def _rough_cost(spec: SweepSpec, n_trials: int) -> str:
+    """Upper bound of training compute: trials x epochs x training images x GFLOPs per image."""
+    if spec.experiment != "finetune":
+        return "evaluation sweep: cost depends on the trained model(s)"
+    n_images = _approx_training_images(spec)
+    archs = spec.search.grid.get("model.arch", [spec.model.arch])
+    gflops = sum(_TRAIN_GFLOPS_224[a] for a in archs) / len(archs) * (spec.data.image_size / 224) ** 2
+    total_pflop = n_trials * spec.train.epochs * (n_images or 0) * gflops / 1e6
+    images = f"~{n_images} training images per trial" if n_images else "training images: counted at run time"
+    return f"{images}; <= {total_pflop:.2f} PFLOP of training in all (epochs x images x {gflops:.2f} GFLOP)"
+
+
+def _approx_training_images(spec: SweepSpec) -> int | None:
+    if spec.data.dataset != "synthetic":
+        return None
+    synthetic = spec.data.synthetic
+    sessions = spec.data.sessions or synthetic.sessions
+    angles = spec.data.angles or synthetic.angles
+    total = 2 * synthetic.identities * len(sessions) * len(angles) * 7
+    fractions = spec.search.grid.get("data.train_fraction", [spec.data.train_fraction])
+    return math.ceil(total * (1 - spec.data.split.val - spec.data.split.test) * max(fractions))

@@ -1,0 +1,153 @@
+"""The sweep engine end to end: real Ray (local), real MLflow (sqlite in a temp dir), real torch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from fer_ray.sweep import main
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEPS = REPO / "sweeps"
+# Small enough for seconds per trial on 2 cores, big enough to learn something.
+TINY = [
+    "data.image_size=32", "data.synthetic.identities=6", "data.synthetic.width=64", "data.synthetic.height=88",
+    "train.epochs=2", "train.batch_size=32",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(tracking_uri: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(search_all_experiments=True)
+
+
+def _children(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["tags.fer_ray.role"] != "parent"]
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    """Each test runs in its own folder: reports/, mlflow.db and ray_results/ land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture()
+def local_ray():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def test_quickstart_end_to_end(workdir, local_ray, capsys):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    code = main([str(SWEEPS / "quickstart.yaml"), "--set", *TINY, "search.seeds=[0]", "--tracking-uri", uri, "--num-cpus", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+
+    runs = _runs(uri)
+    parents = runs[runs["tags.fer_ray.role"] == "parent"]
+    children = _children(runs)
+    assert len(parents) == 1
+    assert len(children) == 2, "two learning rates x one seed"
+    assert set(children["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
+    assert set(children["status"]) == {"FINISHED"}
+    assert children["metrics.test_acc"].between(0, 1).all()
+    assert children["tags.fer_ray.protocol"].eq("subject-disjoint").all()
+    client = mlflow.MlflowClient(uri)
+    for run_id in children["run_id"]:
+        assert len(client.get_metric_history(run_id, "val_acc")) == 2, "one val_acc per epoch"
+        artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
+        assert "model/model.pt" in artifacts and "confusion_matrix.png" in artifacts
+
+    # the report holds the numbers that are in MLflow
+    summary = pd.read_csv(workdir / "reports" / "quickstart" / "summary.csv")
+    by_lr = children.groupby(children["params.train.lr"].astype(float))["metrics.test_acc"].mean()
+    for _, row in summary.iterrows():
+        assert row["test_acc"] == pytest.approx(by_lr[float(row["train.lr"])])
+    report = (workdir / "reports" / "quickstart" / "report.md").read_text()
+    assert f"{summary['test_acc'].iloc[0]:.3f}" in report
+    parent_artifacts = {a.path for a in client.list_artifacts(parents["run_id"].iloc[0], "report")}
+    assert "report/report.md" in parent_artifacts
+    assert "Report:" in out and "quickstart" in out
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(workdir, capsys):
+    code = main([str(SWEEPS / "dataset_fraction.yaml"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "10 trials" in out, out  # 5 fractions x 2 seeds in the embedded profile
+    assert "data.train_fraction: [0.8, 0.7, 0.5, 0.2, 0.1]" in out
+    assert "1 CPU" in out and "rough cost" in out
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "ray_results").exists()
+
+
+def test_bad_spec_fails_with_key_path_and_exit_code_2(workdir, capsys):
+    code = main([str(SWEEPS / "quickstart.yaml"), "--set", "train.lrr=0.1", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "train.lrr" in err and "did you mean 'lr'" in err
+
+
+def test_interrupted_sweep_resumes_without_duplicate_runs(workdir):
+    """SIGINT the driver once the first trial has finished; --resume completes the rest."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    args = [sys.executable, "-m", "fer_ray.sweep", str(SWEEPS / "quickstart.yaml"), "--num-cpus", "1",
+            "--tracking-uri", uri, "--set", *TINY, "train.epochs=3", "search.seeds=[0,1]"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    _runs(uri)  # create the MLflow tables now: two processes migrating one new sqlite file collide
+    driver = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            runs = _runs(uri)
+            if not runs.empty and (_children(runs)["status"] == "FINISHED").sum() >= 1:
+                break
+            time.sleep(1.0)
+        else:
+            pytest.fail("no trial finished within 240 s")
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before = _children(_runs(uri))
+    assert (before["status"] == "FINISHED").sum() < 4, "the interrupt came before the sweep ended"
+
+    resumed = subprocess.run(args + ["--resume"], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    runs = _runs(uri)
+    children = _children(runs)
+    assert len(runs[runs["tags.fer_ray.role"] == "parent"]) == 1
+    assert len(children) == 4, "2 learning rates x 2 seeds, each recorded once"
+    assert children["tags.fer_ray.trial_key"].nunique() == 4
+    assert set(children["status"]) == {"FINISHED"}
+
+
+def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    code = main([
+        str(SWEEPS / "hpo.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
+        "--set", *TINY, "train.epochs=4", "search.optuna.num_samples=6",
+        "search.optuna.asha={grace_period: 1, reduction_factor: 3}",
+    ])
+    assert code == 0
+    children = _children(_runs(uri))
+    assert len(children) == 6
+    assert children["params.train.lr"].nunique() == 6, "Optuna proposed distinct learning rates"
+    epochs_run = [len(mlflow.MlflowClient(uri).get_metric_history(r, "val_acc")) for r in children["run_id"]]
+    assert max(epochs_run) == 4
+    assert min(epochs_run) < 4, f"ASHA stopped no trial early: {epochs_run}"
+    stopped = children[children["status"] != "FINISHED"]
+    assert (stopped["tags.fer_ray.stopped_early"] == "true").all()
