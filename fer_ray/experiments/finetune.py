@@ -8,6 +8,7 @@ trained model file (artifact ``model/model.pt``, loadable by run id by later swe
 
 from __future__ import annotations
 
+import torch
 from pydantic import Field
 
 from fer_ray.core.config import Strict
@@ -39,6 +40,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         "fer_ray.n_val": str(len(data.val)),
         "fer_ray.n_test": str(len(data.test)),
     })
+    torch.manual_seed(trial.train.seed)  # the new head's (and a random backbone's) initial weights
     model = build_model(trial.model, num_classes=len(data.dataset.classes))
     checkpoint_path = reporter.work_dir / "checkpoint.pt"
     result = fit(
