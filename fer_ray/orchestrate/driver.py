@@ -21,6 +21,7 @@ from ray import tune
 from fer_ray.experiments import evaluates_model
 from fer_ray.orchestrate.report import write_report
 from fer_ray.orchestrate.stages import check_source, resolve_models
+from fer_ray.orchestrate.trial import trial_key, trial_overrides
 from fer_ray.orchestrate.spec import SweepSpec
 from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
 from fer_ray.orchestrate.tune import build_tuner, trainable, trial_plan
@@ -123,7 +124,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     if was_interrupted(tune_path):
         tracker.finish(parent_id, "KILLED")
         return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, None, rows, interrupted=True)
-    _close_stopped_trials(tracker, parent_id)
+    _close_open_runs(results, tracker, parent_id)
     report_dir = write_report(spec, tracker, parent_id, Path("reports") / spec.name)
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
     return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows)
@@ -209,14 +210,22 @@ def was_interrupted(tune_path: str) -> bool:
     return any(trial.status not in ("TERMINATED", "ERROR") for trial in saved.trials)
 
 
-def _close_stopped_trials(tracker: Tracker, parent_id: str) -> None:
-    """Trials the scheduler stopped early (ASHA) never reach their own finish(): mark their runs."""
+def _close_open_runs(results, tracker: Tracker, parent_id: str) -> None:
+    """Close the child runs their trials left open: FAILED for an error, KILLED + tag
+    ``fer_ray.stopped_early`` for a trial the scheduler (ASHA) stopped."""
     children = tracker.children(parent_id)
     if children.empty:
         return
-    for run_id in children.loc[children["status"] == "RUNNING", "run_id"]:
-        tracker.set_tags(run_id, {"fer_ray.stopped_early": "true"})
-        tracker.finish(run_id, "KILLED")
+    open_runs = children[children["status"] != "FINISHED"].set_index("tags.fer_ray.trial_key")["run_id"]
+    for result in results:
+        run_id = open_runs.get(trial_key(trial_overrides(result.config or {})))
+        if run_id is None:
+            continue
+        if result.error is not None:
+            tracker.finish(run_id, "FAILED")
+        else:
+            tracker.set_tags(run_id, {"fer_ray.stopped_early": "true"})
+            tracker.finish(run_id, "KILLED")
 
 
 def _row(result) -> dict[str, Any]:

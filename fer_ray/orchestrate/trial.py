@@ -59,13 +59,13 @@ class TuneMlflowReporter:
 
     def epoch(self, metrics: dict[str, float], step: int, checkpoint: Path | None = None) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step=step)
-        self.last_epoch_metrics = dict(metrics)
+        self.last_epoch_metrics = {**metrics, "epoch": step}
         if checkpoint is None:
-            tune.report({**metrics, "epoch": step})
+            tune.report(self.last_epoch_metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
             shutil.copy2(checkpoint, Path(folder) / CHECKPOINT_FILE)
-            tune.report({**metrics, "epoch": step}, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(self.last_epoch_metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     def figure(self, figure, name: str) -> None:
         self.tracker.log_figure(self.run_id, figure, name)
@@ -119,19 +119,17 @@ def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tra
         tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id()},
     )
     experiment = load_experiment(spec.experiment)
+    # A run left open here (an exception, ASHA stopping the trial, a lost node) is closed by the driver
+    # once Tune is done with the trial: it alone knows whether the trial failed or was stopped early.
     with tempfile.TemporaryDirectory(prefix="fer_ray_trial_") as folder:
         reporter = TuneMlflowReporter(tracker, run_id, Path(folder))
-        try:
-            trial = Trial(sweep=spec.name, data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config())
-            if evaluates_model(spec.experiment):
-                trial = replace(trial, model_file=fetch_model(tracker, spec.source.model, Path(folder) / "source"), model_source=spec.source.model)
-                reporter.tags(source_tags(spec.source.model))
-            else:
-                reporter.tags({TAG_TRAIN_HASH: training_hash(spec)})
-            final_metrics = experiment.run(trial, reporter)
-        except BaseException:
-            tracker.finish(run_id, "FAILED")
-            raise
+        trial = Trial(sweep=spec.name, data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config())
+        if evaluates_model(spec.experiment):
+            trial = replace(trial, model_file=fetch_model(tracker, spec.source.model, Path(folder) / "source"), model_source=spec.source.model)
+            reporter.tags(source_tags(spec.source.model))
+        else:
+            reporter.tags({TAG_TRAIN_HASH: training_hash(spec)})
+        final_metrics = experiment.run(trial, reporter)
     tracker.log_metrics(run_id, final_metrics)
     tracker.finish(run_id, "FINISHED")
     tune.report({**reporter.last_epoch_metrics, **final_metrics, "done": True, "mlflow_run_id": run_id})
