@@ -155,7 +155,8 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        # address="local": always a new local Ray, never one another process happens to run here
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def _open_parent(spec: SweepSpec, tracker: Tracker, run_name: str, tune_path: str) -> str:

@@ -69,9 +69,11 @@ def trainable(spec: SweepSpec, tracker: Tracker, parent_id: str):
 
 
 def _tune_config(spec: SweepSpec) -> tune.TuneConfig:
+    """Search algorithm and scheduler. reuse_actors: a trial process imports torch, MLflow and the
+    experiment once and then runs trial after trial (seconds saved per trial; benchmarks/overhead.py)."""
     optuna = spec.search.optuna
     if optuna is None:
-        return tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.search.max_concurrent)
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.search.max_concurrent, reuse_actors=True)
     scheduler = None
     if optuna.asha is not None:
         scheduler = ASHAScheduler(
@@ -89,6 +91,7 @@ def _tune_config(spec: SweepSpec) -> tune.TuneConfig:
         scheduler=scheduler,
         num_samples=optuna.num_samples,
         max_concurrent_trials=spec.search.max_concurrent,
+        reuse_actors=True,
     )
 
 
