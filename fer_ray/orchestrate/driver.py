@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from fer_ray.core.data.splits import PROTOCOL_LABELS
 from fer_ray.experiments import evaluates_model
 from fer_ray.orchestrate.report import write_report
 from fer_ray.orchestrate.stages import check_source, resolve_models
@@ -27,7 +28,6 @@ from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_SWEEP, ROLE_PARENT, Track
 from fer_ray.orchestrate.tune import build_tuner, trainable, trial_plan
 
 SPEC_ARTIFACT = "spec.json"
-PROTOCOL_LABELS = {"identity": "subject-disjoint", "image": "subject-dependent (image-level split)"}
 
 
 class SweepFailed(RuntimeError):

@@ -7,10 +7,13 @@ MLflow UI shows. Per grid point: mean and 95 % CI over seeds (Student t). Output
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from fer_ray.core.data.splits import PROTOCOL_LABELS
 from fer_ray.core.plots import metric_curve_figure
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import load_experiment
@@ -19,7 +22,6 @@ from fer_ray.orchestrate.tracking import Tracker
 
 #: metrics summarised when a run has them, in this order
 REPORT_METRICS = ("test_acc", "test_macro_f1", "val_acc", "n_params")
-ARCH_ORDER = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Path) -> Path | None:
@@ -33,8 +35,9 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     # seeds (and, for evaluation sweeps, the models trained with different seeds) are what the
     # mean and CI run over; every other grid key is a row of the table
-    keys = [k for k in spec.search.grid if k not in ("train.seed", "source.model")]
-    table = aggregate(runs, keys)
+    grid = {k: v for k, v in spec.search.grid.items() if k not in ("train.seed", "source.model")}
+    keys = list(grid)
+    table = aggregate(runs, grid)
     table.to_csv(out_dir / "summary.csv", index=False)
     figures = _figures(table, keys)
     markdown = _markdown(spec, runs, table, keys, list(figures))
@@ -54,32 +57,35 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     return out_dir
 
 
-def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per grid point (the values of ``keys``): mean, CI low/high and n of each metric."""
+def aggregate(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
+    """One row per grid point, in the order the sweep file lists the values: mean, CI low/high of
+    each metric over the runs of that point (seeds / models), and their count."""
+    keys = list(grid)
     metrics = [m for m in REPORT_METRICS if f"metrics.{m}" in runs.columns]
-    param_columns = [f"params.{k}" for k in keys]
-    groups = runs.groupby(param_columns, sort=False) if keys else [((), runs)]
     rows = []
-    for values, group in groups:
-        values = values if isinstance(values, tuple) else (values,)
-        row = dict(zip(keys, values))
+    for point in itertools.product(*grid.values()):
+        group = runs
+        for key, value in zip(keys, point):
+            group = group[_matches(group[f"params.{key}"], value)]
+        if group.empty:
+            continue
+        row = dict(zip(keys, point))
         for metric in metrics:
             summary = mean_ci(group[f"metrics.{metric}"].astype(float))
             row.update({metric: summary["mean"], f"{metric}_low": summary["low"], f"{metric}_high": summary["high"]})
         row["n_seeds"] = len(group)
         rows.append(row)
-    table = pd.DataFrame(rows)
-    return _sorted(table, keys)
+    return pd.DataFrame(rows)
 
 
-def _sorted(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    if "model.arch" in keys:
-        table["_order"] = table["model.arch"].map({a: i for i, a in enumerate(ARCH_ORDER)})
-        return table.sort_values("_order").drop(columns="_order").reset_index(drop=True)
-    numeric = [k for k in keys if pd.to_numeric(table[k], errors="coerce").notna().all()]
-    for key in numeric:
-        table[key] = pd.to_numeric(table[key])
-    return table.sort_values(keys, ascending=False).reset_index(drop=True) if keys else table
+def _matches(params: pd.Series, value) -> pd.Series:
+    """Rows whose MLflow param (text) holds grid ``value``: numbers compare as numbers (YAML's 1 is
+    the spec's 1.0), lists as the JSON text tracking.flatten writes, the rest as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return pd.to_numeric(params, errors="coerce") == float(value)
+    if isinstance(value, (list, tuple)):
+        return params == json.dumps(list(value), sort_keys=True, default=str)
+    return params == str(value)
 
 
 def _figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
@@ -105,10 +111,7 @@ def _figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
 
 
 def _markdown(spec: SweepSpec, runs: pd.DataFrame, table: pd.DataFrame, keys: list[str], figures: list[str]) -> str:
-    protocol = (
-        "subject-dependent (image-level split: the same person can be in train and test)"
-        if spec.data.split.by == "image" else "subject-disjoint (no person in two of train/val/test)"
-    )
+    protocol = PROTOCOL_LABELS[spec.data.split.by]
     lines = [
         f"# {spec.name}",
         "",
@@ -119,7 +122,7 @@ def _markdown(spec: SweepSpec, runs: pd.DataFrame, table: pd.DataFrame, keys: li
         f"- model: {spec.model.arch} (weights {spec.model.weights}); {spec.train.epochs} epochs",
         "- cells: mean over seeds [95 % CI, Student t; '-' with one seed]",
         "",
-        _table_markdown(table, keys),
+        _table_markdown(table, keys) if any(m in table for m in REPORT_METRICS) else "",
         "",
     ]
     lines += [f"![{name}]({name})" for name in figures]

@@ -11,7 +11,7 @@ from fer_ray.core.config import DataConfig
 from fer_ray.core.data.cache import dataset_fingerprint, load_image_tensors
 from fer_ray.core.data.records import FaceDataset, TensorSplit
 from fer_ray.core.data.sources import read_dataset
-from fer_ray.core.data.splits import Split, split_dataset, training_subset
+from fer_ray.core.data.splits import PROTOCOL_LABELS, Split, split_dataset, training_subset
 
 
 @dataclass
@@ -32,7 +32,7 @@ class PreparedData:
     @property
     def protocol(self) -> str:
         """How people are divided between the sides, as every report labels it."""
-        return "subject-dependent (image-level split)" if self.split.subject_dependent else "subject-disjoint"
+        return PROTOCOL_LABELS[self.split.by]
 
 
 def prepare_data(cfg: DataConfig) -> PreparedData:

@@ -18,6 +18,10 @@ from fer_ray.core.config import SplitConfig
 from fer_ray.core.data.records import DataError, FaceDataset
 
 
+#: How each ``split.by`` divides people, as every run and report labels it.
+PROTOCOL_LABELS = {"identity": "subject-disjoint", "image": "subject-dependent (image-level split)"}
+
+
 @dataclass(frozen=True)
 class Split:
     """Row indices (int64, sorted, disjoint, together covering the dataset) of each side."""

@@ -1,0 +1,239 @@
+"""Saliency maps of a trained model: what it looks at when it names an expression.
+
+Per chosen image one PNG ``saliency_<file stem>.png``: the image, the vanilla gradient map, the
+seed's four guided-backpropagation panels (grayscale, colour, positive, negative) and Grad-CAM at
+``eval.gradcam_layer`` over the image; titled with the file name, its split, the true class and the
+predicted class with its probability. Maps are taken for the true class (``eval.target: true_class``)
+or the predicted one (``predicted_class``), with respect to the [0,1] input (normalisation is inside the model).
+
+Images: ``eval.images`` (file name stems such as AF01HAS, case-insensitive, from any split; the title
+says which) or ``eval.per_class: N`` (the first N held-out test images of each class, in dataset
+order); neither: one per class. Metrics, averaged over the chosen images: ``center_mass_<map>``, the
+fraction of the map's total mass inside the central box (side ``eval.center_fraction`` of the image
+side), beside ``center_area``, that box's share of the pixels (what a uniform map would give);
+``selected_acc`` (fraction of the chosen images predicted right) and ``n_images``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, model_validator
+
+from fer_ray.core.config import Strict
+from fer_ray.core.data.cache import load_image_tensors
+from fer_ray.core.data.prepare import PreparedData, prepare_data
+from fer_ray.core.data.records import DataError
+from fer_ray.core.device import pick_device
+from fer_ray.core.evaluate import as_float_images, predict_proba
+from fer_ray.core.explain import grad_cam, guided_backprop, saliency_panels, vanilla_saliency
+from fer_ray.core.insight_plots import saliency_row_figure
+from fer_ray.core.stats import mean_ci
+from fer_ray.core.train import load_model
+from fer_ray.experiments.base import Reporter, Trial
+
+EVALUATES_MODEL = True
+#: the maps whose central mass is reported, in report order
+MAP_NAMES = ("vanilla", "guided", "gradcam")
+
+
+class EvalConfig(Strict):
+    """The ``eval:`` section of a saliency sweep."""
+
+    images: list[str] = Field([], description="file name stems (e.g. AF01HAS), case-insensitive; any split")
+    per_class: int | None = Field(None, ge=1, description="first N test images of each class (neither given: 1)")
+    target: Literal["true_class", "predicted_class"] = Field("true_class", description="class whose score is explained")
+    gradcam_layer: str = Field("layer4", description="Grad-CAM layer, a module name of the model or its backbone")
+    center_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="side of the central box / image side")
+
+    @model_validator(mode="after")
+    def _one_way_of_choosing(self) -> "EvalConfig":
+        if self.images and self.per_class is not None:
+            raise ValueError(
+                f"give eval.images ({self.images}) or eval.per_class ({self.per_class}), not both; "
+                "to pick images by name from a sweep file that sets per_class, add eval.per_class=null"
+            )
+        return self
+
+
+def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
+    """Saliency PNGs of the chosen images; returns the central-mass summary (see module docstring)."""
+    cfg: EvalConfig = trial.eval
+    model, data = _model_and_data(trial)
+    rows = select_by_name(data, cfg.images) if cfg.images else select_per_class(data, cfg.per_class or 1)
+    images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)[torch.from_numpy(rows)]
+    labels = torch.from_numpy(data.dataset.labels[rows])
+    reporter.tags({
+        "fer_ray.dataset_fingerprint": data.fingerprint,
+        "fer_ray.protocol": data.protocol,
+        "fer_ray.saliency_target": cfg.target,
+        "fer_ray.saliency_images": " ".join(data.dataset.images[int(r)].path.stem for r in rows)[:5000],
+    })
+
+    probs = predict_proba(model, images)
+    predicted = probs.argmax(dim=1)
+    target = labels if cfg.target == "true_class" else predicted
+    guided = guided_backprop(model, images, target)
+    maps = {
+        "vanilla": vanilla_saliency(model, images, target),
+        "guided": guided.abs().sum(dim=1),
+        "gradcam": grad_cam(model, images, target, cfg.gradcam_layer),
+    }
+    panels = saliency_panels(guided)
+    for i, row in enumerate(rows):
+        figure = saliency_row_figure(
+            as_float_images(images[i]),
+            {
+                "vanilla": maps["vanilla"][i],
+                "guided grayscale": panels["grayscale"][i],
+                "guided colour": panels["colour"][i],
+                "guided positive": panels["positive"][i],
+                "guided negative": panels["negative"][i],
+                "Grad-CAM": maps["gradcam"][i],
+            },
+            title=_title(data, int(row), int(labels[i]), int(predicted[i]), float(probs[i, predicted[i]]), cfg.target),
+            overlay=("Grad-CAM",),
+        )
+        reporter.figure(figure, f"saliency_{_file_key(data, rows, i)}.png")
+
+    metrics = {"n_images": float(len(rows)), "selected_acc": float((predicted == labels).float().mean())}
+    metrics["center_area"] = float(center_mass_fraction(torch.ones_like(maps["vanilla"][:1]), cfg.center_fraction)[0])
+    for name in MAP_NAMES:
+        # nanmean: an all-zero map has no mass to place (NaN) and is left out
+        metrics[f"center_mass_{name}"] = float(center_mass_fraction(maps[name], cfg.center_fraction).nanmean())
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing images
+# ----------------------------------------------------------------------------------------------
+
+
+def select_by_name(data: PreparedData, names: list[str]) -> np.ndarray:
+    """Dataset rows (int64, in ``names`` order) of the files whose stem (or full name) matches each
+    name, case-insensitive. Raises DataError listing every unknown name, or a name matching several
+    files."""
+    index: dict[str, list[int]] = {}
+    for row, image in enumerate(data.dataset.images):
+        for key in {image.path.stem.casefold(), image.path.name.casefold()}:
+            index.setdefault(key, []).append(row)
+    unknown = [name for name in names if name.casefold() not in index]
+    if unknown:
+        example = ", ".join(image.path.stem for image in data.dataset.images[:3])
+        raise DataError(
+            f"eval.images: no image file named {unknown} in the {data.dataset.name} dataset "
+            f"({len(data.dataset)} images; names look like {example})"
+        )
+    ambiguous = {name: index[name.casefold()] for name in names if len(index[name.casefold()]) > 1}
+    if ambiguous:
+        name, rows = next(iter(ambiguous.items()))
+        paths = [str(data.dataset.images[r].path) for r in rows[:4]]
+        raise DataError(f"eval.images: {name!r} matches {len(rows)} files ({paths}); give a unique name")
+    return np.array([index[name.casefold()][0] for name in names], dtype=np.int64)
+
+
+def select_per_class(data: PreparedData, per_class: int) -> np.ndarray:
+    """The first ``per_class`` test images of each class (test split order = dataset order), class by
+    class: dataset rows, int64. A class with fewer test images gives what it has."""
+    test_rows, test_labels = data.test.indices, data.test.labels.numpy()
+    chosen = [test_rows[test_labels == label][:per_class] for label in range(len(data.dataset.classes))]
+    rows = np.concatenate(chosen).astype(np.int64)
+    if rows.size == 0:
+        raise DataError(f"the test split of {data.dataset.name} is empty: no image to explain")
+    return rows
+
+
+def center_mass_fraction(maps: torch.Tensor, center_fraction: float = 0.5) -> torch.Tensor:
+    """Share of each non-negative map's mass inside the central box, float32 (B,).
+
+    maps: (B, H, W). The box spans ``center_fraction`` of the height and of the width, centred
+    (rounded to whole pixels). An all-zero map gives NaN (no mass to place).
+    """
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
+    height, width = maps.shape[-2:]
+    top, left = round(height * (1 - center_fraction) / 2), round(width * (1 - center_fraction) / 2)
+    inner = maps[:, top : height - top, left : width - left].flatten(1).sum(dim=1)
+    total = maps.flatten(1).sum(dim=1)
+    return torch.where(total > 0, inner / total.clamp(min=torch.finfo(maps.dtype).tiny), torch.full_like(total, float("nan"))).float()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _model_and_data(trial: Trial):
+    """The trained model (on the trial's device, eval mode) and the trial's prepared data."""
+    if trial.model_file is None:
+        raise ValueError("the saliency experiment evaluates a trained model: trial.model_file is None (set source.model)")
+    model, classes = load_model(trial.model_file)
+    data = prepare_data(trial.data)
+    if tuple(classes) != tuple(data.dataset.classes):
+        raise DataError(
+            f"model {trial.model_file} was trained on classes {list(classes)} but data "
+            f"({trial.data.dataset}) has {list(data.dataset.classes)}"
+        )
+    return model.to(pick_device("auto")).eval(), data
+
+
+def _split_of(data: PreparedData, row: int) -> str:
+    for name in ("test", "val", "train"):
+        if row in getattr(data.split, name):
+            return name
+    return "unused"
+
+
+def _title(data: PreparedData, row: int, label: int, predicted: int, probability: float, target: str) -> str:
+    classes = data.dataset.classes
+    return (
+        f"{data.dataset.images[row].path.name} ({_split_of(data, row)} split) | true: {classes[label]} | "
+        f"predicted: {classes[predicted]} (p={probability:.2f}) | maps for the {target.replace('_', ' ')}"
+    )
+
+
+def _file_key(data: PreparedData, rows: np.ndarray, i: int) -> str:
+    """The PNG name part of image i: its file stem, plus its position when stems repeat."""
+    stems = [data.dataset.images[int(r)].path.stem for r in rows]
+    return stems[i] if stems.count(stems[i]) == 1 else f"{stems[i]}_{i}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweep report
+# ----------------------------------------------------------------------------------------------
+
+
+def _cell(column: str, value: float) -> str:
+    return f"{value:.0f}" if column == "n_images" else f"{value:.3f}"
+
+
+def report(runs: pd.DataFrame, spec) -> tuple[str, dict]:
+    """The central-mass summary per model and its mean over models."""
+    cfg: EvalConfig = spec.eval_config()
+    columns = ["n_images", "selected_acc", "center_area", *[f"center_mass_{name}" for name in MAP_NAMES]]
+    columns = [c for c in columns if f"metrics.{c}" in runs]
+    lines = [
+        "## Saliency",
+        "",
+        f"Maps for the {cfg.target.replace('_', ' ')} of each chosen image: vanilla gradients, guided backpropagation "
+        f"(|gradient| summed over colour channels) and Grad-CAM at {cfg.gradcam_layer}; one PNG per image in "
+        "each run's artifacts (saliency_<file>.png). center_mass_<map>: share of the map's mass in the central "
+        f"box ({cfg.center_fraction:g} of each side); center_area: that box's share of the pixels, what a map "
+        "spread evenly would give. selected_acc: the chosen images predicted right.",
+        "",
+        "| model | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    runs = runs.sort_values("tags.fer_ray.source_model") if "tags.fer_ray.source_model" in runs else runs
+    for number, (_, run) in enumerate(runs.iterrows(), start=1):
+        lines.append(f"| model {number} | " + " | ".join(_cell(c, float(run[f"metrics.{c}"])) for c in columns) + " |")
+    if len(runs) > 1:
+        cells = []
+        for column in columns:
+            summary = mean_ci(runs[f"metrics.{column}"].astype(float))
+            cells.append(f"{summary['mean']:.3f} [{summary['low']:.3f}–{summary['high']:.3f}]")
+        lines.append("| mean [95 % CI over models] | " + " | ".join(cells) + " |")
+    if "tags.fer_ray.source_model" in runs:
+        lines += ["", *[f"- model {n}: {source}" for n, source in enumerate(runs["tags.fer_ray.source_model"], start=1)]]
+    return "\n".join(lines) + "\n", {}

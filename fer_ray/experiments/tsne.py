@@ -1,0 +1,244 @@
+"""t-SNE of a trained model's penultimate-layer features: how the expressions cluster.
+
+One trial = one perplexity (the sweep's grid) on one trained model. The features of the chosen
+splits (default: the held-out test images) are reduced by PCA to ``eval.pca_dims`` dimensions and
+embedded by t-SNE in each of ``eval.dims`` (2 and/or 3). Per dimension the trial logs
+``trustworthiness_<d>d`` (sklearn, k = eval.k_neighbors) and ``knn_acc_<d>d`` (leave-one-out k-NN
+expression accuracy in the embedding), a scatter plot ``tsne_<d>d.png`` (colour = expression,
+marker = eval.marker_by) and the coordinates (artifact ``tsne/embedding.npz``, which the report
+redraws side by side). ``knn_acc_features`` (the same k-NN in the full feature space) and
+``test_acc`` give the reference points.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, field_validator
+from threadpoolctl import threadpool_limits
+
+from fer_ray.core.config import Strict
+from fer_ray.core.data.prepare import PreparedData, prepare_data
+from fer_ray.core.data.records import DataError
+from fer_ray.core.device import pick_device
+from fer_ray.core.evaluate import classification_metrics, predict_proba
+from fer_ray.core.explain import ExplainError, embed_tsne, embedding_quality, extract_features
+from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure
+from fer_ray.core.stats import mean_ci
+from fer_ray.core.train import load_model
+from fer_ray.experiments.base import Reporter, Trial
+
+EVALUATES_MODEL = True
+EMBEDDING_FOLDER = "tsne"
+EMBEDDING_FILE = "embedding.npz"
+#: metrics of one trial, per embedding dimension (see the module docstring)
+QUALITY_METRICS = ("trustworthiness", "knn_acc")
+
+
+class EvalConfig(Strict):
+    """The ``eval:`` section of a t-SNE sweep (the sweep's grid usually varies ``perplexity``)."""
+
+    perplexity: float = Field(30.0, gt=0, description="t-SNE perplexity; must be below the number of images embedded")
+    dims: list[Literal[2, 3]] = Field([2, 3], min_length=1, description="embedding dimensions, each embedded separately")
+    splits: list[Literal["test", "train", "val"]] = Field(["test"], min_length=1, description="whose features to embed")
+    marker_by: Literal["gender", "angle", "race", "session", "split", "none"] = Field("gender", description="marker of the scatter plots")
+    pca_dims: int = Field(50, ge=2, description="PCA dimensions before t-SNE")
+    k_neighbors: int = Field(5, ge=1, description="k of trustworthiness and k-NN accuracy")
+    seed: int = Field(0, description="seed of PCA and t-SNE")
+
+    @field_validator("dims", "splits")
+    @classmethod
+    def _no_repeats(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must not repeat, got {values}")
+        return values
+
+
+def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
+    """Embed the features of trial.model_file for trial.eval.perplexity; returns the quality metrics."""
+    cfg: EvalConfig = trial.eval
+    model, data = _model_and_data(trial)
+    rows, images, split_of_row = _gather_splits(data, cfg.splits)
+    labels = data.dataset.labels[rows]
+    _check_sizes(cfg, len(rows))
+    reporter.tags({
+        "fer_ray.dataset_fingerprint": data.fingerprint,
+        "fer_ray.protocol": data.protocol,
+        "fer_ray.tsne_splits": "+".join(cfg.splits),
+    })
+
+    features = extract_features(model, images)
+    test_metrics = classification_metrics(predict_proba(model, data.test.images), data.test.labels, data.dataset.classes)
+    metrics = {
+        "n_images": float(len(rows)),
+        "feature_dim": float(features.shape[1]),
+        "test_acc": test_metrics["accuracy"],
+        "knn_acc_features": embedding_quality(features, features, labels, cfg.k_neighbors)["knn_accuracy"],
+    }
+    groups = _marker_groups(data, rows, split_of_row, cfg.marker_by)
+    embeddings = {}
+    for dims in cfg.dims:
+        # One thread: sklearn's Barnes-Hut t-SNE brings its own OpenMP runtime beside torch's, and on
+        # a busy node their threads spin against each other (28 images: 26 s with 2 threads vs 0.3 s
+        # with 1; 700 images: 87 s vs 13 s, on 2 loaded cores). One thread is quick at these sizes.
+        with threadpool_limits(limits=1):
+            coords = embed_tsne(features, perplexity=cfg.perplexity, dims=dims, seed=cfg.seed, pca_dims=cfg.pca_dims)
+            quality = embedding_quality(features, coords, labels, cfg.k_neighbors)
+        metrics[f"trustworthiness_{dims}d"] = quality["trustworthiness"]
+        metrics[f"knn_acc_{dims}d"] = quality["knn_accuracy"]
+        title = (
+            f"{trial.sweep}: t-SNE {dims}-D, perplexity {cfg.perplexity:g} ({'+'.join(cfg.splits)}, {len(rows)} images)\n"
+            f"trustworthiness {quality['trustworthiness']:.3f}, {cfg.k_neighbors}-NN accuracy {quality['knn_accuracy']:.3f}"
+        )
+        reporter.figure(embedding_figure(coords, labels, data.dataset.classes, groups, cfg.marker_by, title), f"tsne_{dims}d.png")
+        embeddings[f"coords_{dims}d"] = coords.astype(np.float32)
+    path = _save_embedding(reporter.work_dir / EMBEDDING_FILE, embeddings, labels, groups, data, rows, split_of_row)
+    reporter.artifact(path, EMBEDDING_FOLDER)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _model_and_data(trial: Trial):
+    """The trained model (on the trial's device, eval mode) and the trial's prepared data."""
+    if trial.model_file is None:
+        raise ValueError("the t-SNE experiment evaluates a trained model: trial.model_file is None (set source.model)")
+    model, classes = load_model(trial.model_file)
+    data = prepare_data(trial.data)
+    if tuple(classes) != tuple(data.dataset.classes):
+        raise DataError(
+            f"model {trial.model_file} was trained on classes {list(classes)} but data "
+            f"({trial.data.dataset}) has {list(data.dataset.classes)}"
+        )
+    return model.to(pick_device("auto")).eval(), data
+
+
+def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """Dataset rows (N,), uint8 images (N, 3, S, S) and the split name of each row, in ``splits`` order."""
+    sides = [getattr(data, name) for name in splits]
+    rows = np.concatenate([side.indices for side in sides])
+    images = torch.cat([side.images for side in sides])
+    split_of_row = np.concatenate([np.full(len(side), name, dtype=object) for name, side in zip(splits, sides)])
+    return rows, images, split_of_row
+
+
+def _check_sizes(cfg: EvalConfig, n_images: int) -> None:
+    if not cfg.perplexity < n_images:
+        raise ExplainError(
+            f"eval.perplexity={cfg.perplexity:g} must be below the number of images embedded "
+            f"({n_images}, splits {cfg.splits}); lower it or add splits (eval.splits: [test, train])"
+        )
+    if not cfg.k_neighbors < n_images / 2:
+        raise ExplainError(f"eval.k_neighbors={cfg.k_neighbors} must be below half the number of images embedded ({n_images})")
+
+
+def _marker_groups(data: PreparedData, rows: np.ndarray, split_of_row: np.ndarray, marker_by: str) -> np.ndarray | None:
+    """The marker value of every embedded image (str, "unknown" where the dataset does not say)."""
+    if marker_by == "none":
+        return None
+    values = split_of_row if marker_by == "split" else data.dataset.attribute(marker_by)[rows]
+    return np.array(["unknown" if v is None else str(v) for v in values], dtype=object)
+
+
+def _save_embedding(path: Path, embeddings: dict, labels, groups, data: PreparedData, rows, split_of_row) -> Path:
+    """The coordinates and what the plots need, as .npz (no pickles), written atomically."""
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez_compressed(
+        temporary,
+        **embeddings,
+        labels=np.asarray(labels, dtype=np.int64),
+        groups=np.asarray([] if groups is None else groups, dtype=str),
+        split=np.asarray(split_of_row, dtype=str),
+        files=np.asarray([data.dataset.images[int(r)].path.name for r in rows], dtype=str),
+        classes=np.asarray(data.dataset.classes, dtype=str),
+    )
+    os.replace(temporary, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweep report
+# ----------------------------------------------------------------------------------------------
+
+
+def report(runs: pd.DataFrame, spec) -> tuple[str, dict]:
+    """A table of the embedding metrics per perplexity (mean over models [95 % CI]) and, for the first
+    model, the embeddings of every perplexity side by side (one figure per dimension)."""
+    cfg: EvalConfig = spec.eval_config()
+    runs = runs.assign(perplexity=pd.to_numeric(runs["params.eval.perplexity"])).sort_values("perplexity")
+    columns = [f"{name}_{d}d" for d in (2, 3) for name in QUALITY_METRICS if f"metrics.{name}_{d}d" in runs]
+    columns += [c for c in ("knn_acc_features", "test_acc") if f"metrics.{c}" in runs]
+    lines = [
+        "## t-SNE of the penultimate-layer features",
+        "",
+        f"Features of the {'+'.join(cfg.splits)} images; PCA to {cfg.pca_dims} dimensions, "
+        f"then t-SNE. trustworthiness: neighbourhoods kept (1 = all); knn_acc: leave-one-out "
+        f"{cfg.k_neighbors}-NN expression accuracy in the embedding (knn_acc_features: the same in the "
+        "full feature space). Cells: mean over models [95 % CI, Student t; '-' with one model].",
+        "",
+        "| perplexity | " + " | ".join(columns) + " | models |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for perplexity, group in runs.groupby("perplexity", sort=True):
+        cells = [_mean_ci_cell(group[f"metrics.{c}"]) for c in columns]
+        lines.append(f"| {perplexity:g} | " + " | ".join(cells) + f" | {len(group)} |")
+    figures, missing = _side_by_side(runs, cfg.marker_by)
+    if missing:
+        lines += ["", f"Embeddings not readable from the artifact store for {missing} run(s): see each run's tsne_*d.png."]
+    return "\n".join(lines) + "\n", figures
+
+
+def _mean_ci_cell(values: pd.Series) -> str:
+    summary = mean_ci(values.astype(float))
+    interval = "-" if np.isnan(summary["low"]) else f"{summary['low']:.3f}–{summary['high']:.3f}"
+    return f"{summary['mean']:.3f} [{interval}]"
+
+
+def _side_by_side(runs: pd.DataFrame, marker_by: str) -> tuple[dict, int]:
+    """Figures ``tsne_<d>d_by_perplexity.png`` of the first model's runs; and how many runs' embeddings
+    could not be read (artifacts off a local/mounted file store)."""
+    model_column = "tags.fer_ray.source_model"
+    first_model = sorted(runs[model_column].dropna())[0] if model_column in runs and runs[model_column].notna().any() else None
+    chosen = runs if first_model is None else runs[runs[model_column] == first_model]
+    loaded, missing = [], 0
+    for _, run in chosen.iterrows():
+        embedding = _read_embedding(run["artifact_uri"])
+        if embedding is None:
+            missing += 1
+        else:
+            loaded.append((run["perplexity"], embedding))
+    figures = {}
+    if not loaded:
+        return figures, missing
+    classes = list(loaded[0][1]["classes"])
+    for dims in (2, 3):
+        panels = [
+            {"coords": e[f"coords_{dims}d"], "labels": e["labels"], "groups": e["groups"] if e["groups"].size else None,
+             "title": f"perplexity {p:g}"}
+            for p, e in loaded if f"coords_{dims}d" in e
+        ]
+        if panels:
+            figures[f"tsne_{dims}d_by_perplexity.png"] = embedding_grid_figure(panels, classes, marker_by)
+    return figures, missing
+
+
+def _read_embedding(artifact_uri) -> dict | None:
+    """The run's embedding.npz when its artifact store is a local (or mounted) folder, else None."""
+    if not isinstance(artifact_uri, str):
+        return None
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(urllib.request.url2pathname(parsed.path)) / EMBEDDING_FOLDER / EMBEDDING_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        return {key: stored[key] for key in stored.files}

@@ -1,0 +1,92 @@
+"""The saliency experiment: run() on a tiny trained model, image choice, and its sweep end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from conftest import TINY
+from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.data.records import DataError
+from fer_ray.experiments import saliency
+from fer_ray.experiments.base import LocalReporter, Trial
+from fer_ray.orchestrate.spec import SpecError, resolve_spec
+from fer_ray.sweep import main
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def _trial(model_file: Path, *overrides: str) -> Trial:
+    spec = resolve_spec({"name": "t", "experiment": "saliency"}, [*TINY, *overrides])
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+
+
+def test_named_images_get_one_png_each_from_any_split(tiny_trained_model, tmp_path):
+    data = prepare_data(_trial(tiny_trained_model).data)
+    test_stem = data.dataset.images[int(data.test.indices[0])].path.stem
+    train_stem = data.dataset.images[int(data.split.train[3])].path.stem
+    reporter = LocalReporter(tmp_path)
+    metrics = saliency.run(_trial(tiny_trained_model, f"eval.images=[{test_stem.lower()}, {train_stem}]"), reporter)
+
+    assert set(reporter.figures) == {f"saliency_{test_stem}.png", f"saliency_{train_stem}.png"}, "case-insensitive match"
+    assert all(path.stat().st_size > 10_000 for path in reporter.figures.values())
+    assert metrics["n_images"] == 2
+    assert metrics["center_area"] == 0.25, "a 16 x 16 box in a 32 x 32 image"
+    for name in ("selected_acc", "center_mass_vanilla", "center_mass_guided", "center_mass_gradcam"):
+        assert 0.0 <= metrics[name] <= 1.0, name
+    assert reporter.tag_values["fer_ray.saliency_images"] == f"{test_stem} {train_stem}"
+
+
+def test_unknown_image_names_are_listed_in_one_error(tiny_trained_model, tmp_path):
+    data = prepare_data(_trial(tiny_trained_model).data)
+    known = data.dataset.images[int(data.test.indices[0])].path.stem
+    with pytest.raises(DataError, match=r"eval\.images: no image file named \['XF99HAS', 'smile'\]"):
+        saliency.run(_trial(tiny_trained_model, f"eval.images=[{known}, XF99HAS, smile]"), LocalReporter(tmp_path))
+    assert not list(tmp_path.glob("*.png")), "nothing drawn"
+
+
+def test_images_and_per_class_together_fail_at_spec_load():
+    with pytest.raises(SpecError, match=r"eval.*give eval\.images .* or eval\.per_class .*not both"):
+        resolve_spec({"name": "t", "experiment": "saliency"}, ["eval.images=[AF01HAS]", "eval.per_class=2"])
+
+
+def test_center_mass_fraction():
+    maps = torch.zeros(3, 8, 8)
+    maps[0] = 1.0  # even: the central 4 x 4 box holds a quarter
+    maps[1, 3, 4] = 2.0  # all inside the box
+    assert saliency.center_mass_fraction(maps[:2], 0.5).tolist() == [0.25, 1.0]
+    assert math.isnan(saliency.center_mass_fraction(maps[2:], 0.5)[0]), "an empty map has no mass to place"
+
+
+@pytest.mark.slow
+def test_saliency_sweep_end_to_end_per_class(tiny_trained_model, tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        code = main([str(SWEEPS / "saliency.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
+                     "--set", *TINY, f"source.model={tiny_trained_model}", "eval.per_class=1"])
+    finally:
+        ray.shutdown()
+    assert code == 0
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    [child] = [row for _, row in runs[runs["tags.fer_ray.role"] == "child"].iterrows()]
+    assert child["status"] == "FINISHED" and child["metrics.n_images"] == 7
+    # per_class 1: the first test image of every class, in class order
+    data = prepare_data(_trial(tiny_trained_model).data)
+    expected = [data.dataset.images[int(data.test.indices[data.test.labels == c][0])].path.stem for c in range(7)]
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(child["run_id"])}
+    assert {f"saliency_{stem}.png" for stem in expected} == {a for a in artifacts if a.startswith("saliency_")}
+    assert child["tags.fer_ray.saliency_images"] == " ".join(expected)
+
+    report = (tmp_path / "reports" / "saliency" / "report.md").read_text()
+    cells = "7 | " + " | ".join(f"{child[f'metrics.{name}']:.3f}" for name in
+                                ("selected_acc", "center_area", "center_mass_vanilla", "center_mass_guided", "center_mass_gradcam"))
+    assert f"| model 1 | {cells} |" in report

@@ -1,0 +1,112 @@
+"""The t-SNE experiment: run() on a tiny trained model, and its sweep end to end (Ray + MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import TINY
+from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.explain import ExplainError, embedding_quality, extract_features
+from fer_ray.core.train import load_model
+from fer_ray.experiments import tsne
+from fer_ray.experiments.base import LocalReporter, Trial
+from fer_ray.orchestrate.spec import SpecError, resolve_spec
+from fer_ray.sweep import main
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def _trial(model_file: Path, *overrides: str) -> Trial:
+    spec = resolve_spec({"name": "t", "experiment": "tsne"}, [*TINY, *overrides])
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+
+
+def _embedding(reporter: LocalReporter) -> dict:
+    [(path, folder)] = reporter.artifacts
+    assert folder == tsne.EMBEDDING_FOLDER and path.name == tsne.EMBEDDING_FILE
+    with np.load(path, allow_pickle=False) as stored:
+        return {key: stored[key] for key in stored.files}
+
+
+def test_run_embeds_the_test_features_in_2d_and_3d(tiny_trained_model, tmp_path):
+    trial = _trial(tiny_trained_model, "eval.perplexity=5")
+    reporter = LocalReporter(tmp_path)
+    metrics = tsne.run(trial, reporter)
+
+    test = prepare_data(trial.data).test
+    saved = _embedding(reporter)
+    assert saved["coords_2d"].shape == (len(test), 2) and saved["coords_3d"].shape == (len(test), 3)
+    assert np.isfinite(saved["coords_2d"]).all() and np.isfinite(saved["coords_3d"]).all()
+    assert np.array_equal(saved["labels"], test.labels.numpy())
+    assert set(saved["groups"]) == {"F", "M"}, "markers by gender (the default)"
+    for name in ("trustworthiness_2d", "knn_acc_2d", "trustworthiness_3d", "knn_acc_3d", "knn_acc_features", "test_acc"):
+        assert 0.0 <= metrics[name] <= 1.0, name
+    assert metrics["n_images"] == len(test) and metrics["feature_dim"] == 512
+    # the logged metrics describe the saved embedding of the model's own features
+    features = extract_features(load_model(tiny_trained_model)[0], test.images)
+    assert embedding_quality(features, saved["coords_2d"], saved["labels"], k=5) == {
+        "trustworthiness": pytest.approx(metrics["trustworthiness_2d"]), "knn_accuracy": pytest.approx(metrics["knn_acc_2d"])}
+    assert set(reporter.figures) == {"tsne_2d.png", "tsne_3d.png"}
+    assert all(path.stat().st_size > 0 for path in reporter.figures.values())
+
+
+def test_perplexity_must_be_below_the_number_of_images(tiny_trained_model, tmp_path):
+    n_test = len(prepare_data(_trial(tiny_trained_model).data).test)
+    with pytest.raises(ExplainError, match=rf"eval\.perplexity={n_test}.*number of images embedded \({n_test}, splits \['test'\]\)"):
+        tsne.run(_trial(tiny_trained_model, f"eval.perplexity={n_test}"), LocalReporter(tmp_path))
+    assert not (tmp_path / tsne.EMBEDDING_FILE).exists(), "nothing written"
+
+    # with the training images added the same perplexity is fine; the split is the marker
+    reporter = LocalReporter(tmp_path / "both")
+    metrics = tsne.run(_trial(tiny_trained_model, f"eval.perplexity={n_test}", "eval.splits=[test, train]",
+                              "eval.dims=[2]", "eval.marker_by=split"), reporter)
+    saved = _embedding(reporter)
+    assert metrics["n_images"] == len(saved["coords_2d"]) > n_test
+    assert (saved["groups"] == "test").sum() == n_test and set(saved["groups"]) == {"test", "train"}
+    assert "knn_acc_3d" not in metrics
+
+
+@pytest.mark.parametrize("override, key", [("eval.perplexity=0", "eval.perplexity"), ("eval.dims=[2, 4]", "eval.dims"),
+                                           ("eval.splits=[test, test]", "eval.splits")])
+def test_bad_eval_values_fail_at_spec_load_naming_the_key(override, key):
+    with pytest.raises(SpecError, match=key.replace(".", r"\.")):
+        resolve_spec({"name": "t", "experiment": "tsne"}, [override])
+
+
+@pytest.mark.slow
+def test_tsne_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        code = main([
+            str(SWEEPS / "tsne.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
+            "--set", *TINY, f"source.model={tiny_trained_model}", "search.grid={eval.perplexity: [5, 10]}", "eval.dims=[2]",
+        ])
+    finally:
+        ray.shutdown()
+    assert code == 0
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    children = runs[runs["tags.fer_ray.role"] == "child"]
+    assert len(runs[runs["tags.fer_ray.role"] == "parent"]) == 1
+    assert len(children) == 2 and set(children["status"]) == {"FINISHED"}, "one trial per perplexity"
+    assert sorted(children["params.eval.perplexity"].astype(float)) == [5.0, 10.0]
+    assert children["metrics.trustworthiness_2d"].between(0, 1).all() and children["metrics.knn_acc_2d"].between(0, 1).all()
+    client = mlflow.MlflowClient(uri)
+    for run_id in children["run_id"]:
+        artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "tsne")}
+        assert {"tsne_2d.png", "tsne/embedding.npz"} <= artifacts and "tsne_3d.png" not in artifacts
+
+    folder = tmp_path / "reports" / "tsne"
+    report = (folder / "report.md").read_text()
+    for _, child in children.iterrows():
+        row = f"| {float(child['params.eval.perplexity']):g} | {child['metrics.trustworthiness_2d']:.3f} [-] | {child['metrics.knn_acc_2d']:.3f} [-] |"
+        assert row in report, row
+    assert (folder / "tsne_2d_by_perplexity.png").is_file() and "![tsne_2d_by_perplexity.png]" in report
