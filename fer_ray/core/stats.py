@@ -24,3 +24,89 @@ def mean_ci(values, confidence: float = 0.95) -> dict[str, float]:
     std = float(array.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1) * std / np.sqrt(n))
     return {"mean": mean, "low": mean - half, "high": mean + half, "std": std, "n": n}
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeats and paired comparisons (noise / FGSM experiments)
+# ---------------------------------------------------------------------------------------------
+
+#: mcnemar() uses the exact binomial test when there are fewer discordant pairs than this (the
+#: chi-square approximation is poor for small counts; the usual rule of thumb is 25).
+MCNEMAR_EXACT_BELOW = 25
+
+
+class StatsInputError(ValueError):
+    """Input a statistic cannot use; the message names the argument and its value."""
+
+
+def bootstrap_ci(
+    values,
+    statistic=np.median,
+    n_boot: int = 9999,
+    seed: int = 0,
+    confidence: float = 0.95,
+    method: str = "percentile",
+) -> dict[str, float]:
+    """Bootstrap confidence interval of ``statistic`` over independent values (e.g. noise repeats).
+
+    values: 1-D floats (NaNs dropped). statistic: a numpy reduction that takes ``axis`` (np.median,
+    np.mean). Resampling is scipy.stats.bootstrap with ``n_boot`` resamples from a generator seeded
+    by ``seed``; ``method`` is scipy's ("percentile" by default: with ~10 repeats, ties and a median,
+    BCa's acceleration estimate is unstable). With one value the interval is (nan, nan), as in
+    mean_ci. Returns {"estimate" (statistic of the values), "low", "high", "n", "n_boot", "confidence"}.
+    """
+    if not 0 < confidence < 1:
+        raise StatsInputError(f"confidence must be in (0, 1), got {confidence}")
+    if n_boot < 1:
+        raise StatsInputError(f"n_boot must be at least 1, got {n_boot}")
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise StatsInputError(f"values must be 1-D, got shape {array.shape}")
+    array = array[np.isfinite(array)]
+    result = {"estimate": float("nan"), "low": float("nan"), "high": float("nan"), "n": int(array.size), "n_boot": n_boot, "confidence": confidence}
+    if array.size == 0:
+        return result
+    result["estimate"] = float(statistic(array))
+    if array.size == 1:
+        return result
+    interval = stats.bootstrap(
+        (array,), statistic, n_resamples=n_boot, confidence_level=confidence, method=method,
+        vectorized=True, rng=np.random.default_rng(seed),
+    ).confidence_interval
+    result.update(low=float(interval.low), high=float(interval.high))
+    return result
+
+
+def mcnemar(correct_a, correct_b, exact: bool | None = None) -> dict[str, float]:
+    """McNemar's test of two classifiers (or one model clean vs perturbed) on the SAME images.
+
+    correct_a, correct_b: bool (N,), per image whether each got it right. Only discordant images
+    count: b = a right and b wrong, c = a wrong and b right. exact=None picks the exact two-sided
+    binomial test (scipy.stats.binomtest(b, b + c, 0.5)) when b + c < MCNEMAR_EXACT_BELOW, else the
+    chi-square test with continuity correction, (|b - c| - 1)^2 / (b + c) on 1 degree of freedom.
+    statistic: min(b, c) for the exact test (statsmodels' convention), the chi-square value otherwise.
+    With no discordant image the p-value is 1. Returns {"b", "c", "statistic", "p_value", "exact",
+    "n"} (b, c and n as ints, exact as a bool).
+    """
+    a, b_flags = _bool_vector(correct_a, "correct_a"), _bool_vector(correct_b, "correct_b")
+    if a.shape != b_flags.shape:
+        raise StatsInputError(f"correct_a and correct_b must have the same length, got {a.size} and {b_flags.size}")
+    b = int(np.sum(a & ~b_flags))
+    c = int(np.sum(~a & b_flags))
+    discordant = b + c
+    use_exact = discordant < MCNEMAR_EXACT_BELOW if exact is None else bool(exact)
+    if discordant == 0:
+        statistic, p_value = 0.0, 1.0
+    elif use_exact:
+        statistic, p_value = float(min(b, c)), float(stats.binomtest(b, discordant, 0.5).pvalue)
+    else:
+        statistic = (abs(b - c) - 1.0) ** 2 / discordant
+        p_value = float(stats.chi2.sf(statistic, df=1))
+    return {"b": b, "c": c, "statistic": float(statistic), "p_value": min(p_value, 1.0), "exact": use_exact, "n": int(a.size)}
+
+
+def _bool_vector(values, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1 or array.dtype != bool:
+        raise StatsInputError(f"{name} must be a 1-D bool array (per image: correct?), got shape {array.shape} dtype {array.dtype}")
+    return array

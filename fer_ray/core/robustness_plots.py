@@ -1,0 +1,154 @@
+"""Figures of the robustness experiments: noisy / adversarial example panels, accuracy curves against
+noise variance or epsilon, and the box plot of accuracy over noise repeats.
+
+Units: images are (N, 3, H, W), uint8 0..255 or float [0,1]; variance, sigma and epsilon are in that
+[0,1] pixel space. Like fer_ray.core.plots, every builder returns a ``matplotlib.figure.Figure``
+made without pyplot (nothing registered globally) and never shows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+#: Colour of the seed project's reference numbers on every figure.
+REFERENCE_COLOUR = "tab:gray"
+
+
+def image_panel_figure(
+    columns: Mapping[str, torch.Tensor],
+    captions: Mapping[str, Sequence[str]] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str = "",
+) -> Figure:
+    """A grid of images: one column per entry of ``columns`` (its key is the column title), one row per image.
+
+    columns: {title: images (k, 3, H, W) uint8 or float [0,1]}, every entry with the same k.
+    captions: {title: k strings} written under the images of that column (e.g. top-3 classes).
+    row_labels: k strings written left of each row (e.g. the true class).
+    """
+    titles = list(columns)
+    if not titles:
+        raise ValueError("image_panel_figure needs at least one column of images")
+    pictures = {name: _as_float_images(images) for name, images in columns.items()}
+    counts = {name: int(images.shape[0]) for name, images in pictures.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"every column needs the same number of images, got {counts}")
+    rows = counts[titles[0]]
+    if rows == 0:
+        raise ValueError("image_panel_figure got columns without images")
+    captions = captions or {}
+    caption_lines = max((len(str(text).splitlines()) for texts in captions.values() for text in texts), default=0)
+    figure = Figure(figsize=(2.0 * len(titles) + 0.4, (2.0 + 0.17 * caption_lines) * rows + 0.4), layout="constrained")
+    axes = figure.subplots(rows, len(titles), squeeze=False)
+    for column, name in enumerate(titles):
+        for row in range(rows):
+            axis = axes[row, column]
+            axis.imshow(pictures[name][row].permute(1, 2, 0).numpy())
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(name, fontsize=9)
+            if name in captions:
+                axis.set_xlabel(str(captions[name][row]), fontsize=7, loc="left")
+            if column == 0 and row_labels is not None:
+                axis.set_ylabel(str(row_labels[row]), fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def top_k_caption(classes: Sequence[str], top_classes, top_probs) -> str:
+    """'happy 0.81\\nsad 0.12\\n...' from one image's top-k class indices and probabilities."""
+    return "\n".join(f"{classes[int(c)]} {float(p):.2f}" for c, p in zip(top_classes, top_probs))
+
+
+def accuracy_curve_figure(
+    x,
+    mean,
+    low,
+    high,
+    xlabel: str,
+    title: str,
+    reference: Mapping[float, float] | None = None,
+    reference_label: str = "seed project",
+    band_label: str = "95 % CI over models",
+    line_label: str = "this study (mean over models)",
+    log_x: bool = True,
+) -> Figure:
+    """Accuracy against noise variance or epsilon, with its confidence band and reference points.
+
+    x, mean, low, high: 1-D of equal length (low/high NaN where there is no interval, e.g. one model:
+    the band is left out there). line_label names the measured line. reference: {x: accuracy} drawn
+    as grey markers (e.g. the seed's numbers). log_x: symmetric-log x axis (linear below 1e-3), so
+    0 and 0.001..0.3 all show.
+    """
+    x, mean, low, high = (np.asarray(v, dtype=float) for v in (x, mean, low, high))
+    if not (x.shape == mean.shape == low.shape == high.shape) or x.ndim != 1:
+        raise ValueError(f"x, mean, low, high must be 1-D of one length, got {x.shape}, {mean.shape}, {low.shape}, {high.shape}")
+    order = np.argsort(x)
+    x, mean, low, high = x[order], mean[order], low[order], high[order]
+    figure = Figure(figsize=(6.0, 3.9), layout="constrained")
+    axis = figure.add_subplot()
+    axis.plot(x, mean, marker="o", color="tab:blue", label=line_label)
+    has_band = np.isfinite(low) & np.isfinite(high)
+    if has_band.any():
+        axis.fill_between(x[has_band], low[has_band], high[has_band], color="tab:blue", alpha=0.2, label=band_label)
+    if reference:
+        ref_x = np.array(sorted(reference), dtype=float)
+        axis.plot(ref_x, [reference[v] for v in sorted(reference)], marker="s", linestyle="--",
+                  color=REFERENCE_COLOUR, label=reference_label)
+    if log_x:
+        axis.set_xscale("symlog", linthresh=1e-3)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("test accuracy")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper right", fontsize=8)
+    return figure
+
+
+def repeats_boxplot_figure(
+    values: Mapping[str, Sequence[float]],
+    ylabel: str,
+    title: str,
+    reference: Mapping[str, float] | None = None,
+    reference_label: str = "seed project",
+) -> Figure:
+    """A box plot of a metric over repeats, one box per entry (e.g. per model), every repeat as a dot.
+
+    values: {box label: the repeats' values}. reference: optional {"median", "min", "max"} drawn as
+    grey horizontal lines (solid median, dashed min / max).
+    """
+    labels = list(values)
+    if not labels or any(len(values[label]) == 0 for label in labels):
+        raise ValueError(f"repeats_boxplot_figure needs at least one value per box, got {{{', '.join(f'{k}: {len(v)}' for k, v in values.items())}}}")
+    data = [np.asarray(values[label], dtype=float) for label in labels]
+    figure = Figure(figsize=(max(4.0, 1.4 * len(labels) + 2.5), 4.0), layout="constrained")
+    axis = figure.add_subplot()
+    axis.boxplot(data, tick_labels=labels, showmeans=True, meanprops={"marker": "^", "markerfacecolor": "white"})
+    jitter = np.random.default_rng(0)  # fixed jitter: the figure is the same on every run
+    for position, points in enumerate(data, start=1):
+        axis.scatter(position + jitter.uniform(-0.08, 0.08, len(points)), points, s=14, color="tab:blue", alpha=0.7, zorder=3)
+    if reference:
+        axis.axhline(reference["median"], color=REFERENCE_COLOUR, linewidth=1.2,
+                     label=f"{reference_label}: median {reference['median']:.2f}")
+        for key in ("min", "max"):
+            axis.axhline(reference[key], color=REFERENCE_COLOUR, linewidth=0.9, linestyle="--")
+        axis.legend(loc="best", fontsize=8)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def _as_float_images(images) -> torch.Tensor:
+    """uint8 0..255 or float [0,1] (N, 3, H, W) -> float32 CPU tensor in [0,1]."""
+    tensor = torch.as_tensor(images).detach().cpu()
+    if tensor.dtype == torch.uint8:
+        return tensor.float() / 255.0
+    return tensor.float().clamp(0.0, 1.0)

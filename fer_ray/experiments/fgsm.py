@@ -1,0 +1,227 @@
+"""Adversarial robustness: accuracy of a trained model under FGSM (or PGD) at a range of epsilons.
+
+Units: images in [0,1]; epsilon is the L-infinity radius in that [0,1] pixel space (epsilon * 255
+grey levels: 0.01 is 2.55 levels). FGSM takes one gradient per batch and serves every epsilon from
+it (fer_ray.core.robustness.fgsm_accuracy); PGD (``eval.attack: pgd``) runs ``pgd_steps`` signed
+steps per epsilon, projected on the epsilon-ball and [0,1].
+
+Per trial: metrics ``test_acc`` (clean: epsilon 0 on the same images) and ``acc_eps_<e>`` for every
+epsilon of ``eval.epsilons`` and ``eval.panel_epsilons``; tags ``fer_ray.attack`` and
+``fer_ray.eps255_<e>`` (epsilon in grey levels); artifact ``attack/attack_correct.npz`` (per-image
+correctness at every epsilon, with labels and dataset rows, for paired tests later); figures
+``adversarial_panel.png`` (the first test images at each panel epsilon with the model's top-3 class
+probabilities, the seed's figure) and ``accuracy_vs_epsilon.png``.
+
+``report(runs, spec)``: the accuracy table (attack, epsilon, epsilon * 255, mean [95 % CI over
+models], the seed's number) and curve.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+
+from fer_ray.core.config import Strict
+from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.device import pick_device
+from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
+from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, top_k_caption
+from fer_ray.core.stats import mean_ci
+from fer_ray.core.train import load_model
+from fer_ray.experiments.base import Reporter, Trial
+
+EVALUATES_MODEL = True
+
+CORRECTNESS_FILE = "attack_correct.npz"
+ARTIFACT_DIR = "attack"
+#: The seed project's FGSM accuracies (image-level split, ResNet-50 on KDEF), for comparison.
+SEED_FGSM_REFERENCE = {0.001: 0.82, 0.005: 0.61, 0.007: 0.50, 0.01: 0.38, 0.05: 0.057, 0.07: 0.053, 0.1: 0.047}
+SEED_LABEL = "seed project FGSM (image-level split)"
+
+
+def _check_epsilons(values: list[float]) -> list[float]:
+    for value in values:
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(
+                f"epsilon {value} is outside [0, 1]: epsilon is in the [0,1] pixel space "
+                f"(epsilon * 255 = {value * 255:g} grey levels; 0.01 = 2.55 levels)"
+            )
+    return [float(v) for v in values]
+
+
+class EvalConfig(Strict):
+    """The ``eval:`` section of an attack sweep. Epsilons in [0,1] pixel units (x255 = grey levels)."""
+
+    epsilons: list[float] = Field(
+        [0.0, 0.001, 0.005, 0.007, 0.01, 0.05, 0.07, 0.1], min_length=1,
+        description="attack radii evaluated in one trial, each in [0, 1]",
+    )
+    panel_epsilons: list[float] = Field([0.0, 0.01, 0.3], description="epsilons shown in the example panel (also scored)")
+    attack: Literal["fgsm", "pgd"] = "fgsm"
+    pgd_steps: int = Field(10, ge=1, description="attack: pgd: signed gradient steps per epsilon")
+    pgd_step_size: float | None = Field(None, gt=0, description="pgd: step in [0,1] units (default 2.5 * epsilon / steps)")
+    pgd_random_start: bool = Field(False, description="pgd: start from a seeded uniform point of the epsilon-ball")
+    n_panel_images: int = Field(4, ge=0, description="test images in the panel (0: no panel)")
+    batch_size: int = Field(128, ge=1)
+
+    @field_validator("epsilons", "panel_epsilons")
+    @classmethod
+    def _epsilons_valid(cls, values: list[float]) -> list[float]:
+        return _check_epsilons(values)
+
+
+def epsilon_label(epsilon: float) -> str:
+    """Epsilon as it appears in metric and tag names: 0.01 -> '0.01', 0 -> '0'."""
+    return f"{float(epsilon):g}"
+
+
+def accuracy_key(epsilon: float) -> str:
+    """Metric name of the accuracy at ``epsilon`` (MLflow-safe): ``acc_eps_0.01``."""
+    return f"acc_eps_{epsilon_label(epsilon)}"
+
+
+def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
+    """Accuracy of ``trial.model_file`` on the test split of ``trial.data`` under the attack at every epsilon."""
+    cfg = trial.eval
+    model, classes = load_model(trial.model_file)
+    data = prepare_data(trial.data)
+    if tuple(classes) != tuple(data.dataset.classes):
+        raise ValueError(
+            f"model {trial.model_source or trial.model_file} predicts classes {list(classes)} but data.dataset="
+            f"{trial.data.dataset!r} has {list(data.dataset.classes)}"
+        )
+    model.to(pick_device())
+    test = data.test
+    epsilons = sorted({0.0, *cfg.epsilons, *cfg.panel_epsilons})
+    results = attack_accuracy(model, test.images, test.labels, epsilons, cfg)
+
+    metrics = {"test_acc": results[0.0]["accuracy"]}
+    metrics.update({accuracy_key(e): results[e]["accuracy"] for e in sorted({*cfg.epsilons, *cfg.panel_epsilons})})
+    reporter.tags({
+        "fer_ray.dataset_fingerprint": data.fingerprint,
+        "fer_ray.protocol": data.protocol,
+        "fer_ray.n_test": str(len(test)),
+        "fer_ray.attack": cfg.attack if cfg.attack == "fgsm" else f"pgd ({cfg.pgd_steps} steps)",
+        "fer_ray.epsilon_units": "[0,1] pixel space; eps255 = epsilon * 255 grey levels",
+        **{f"fer_ray.eps255_{epsilon_label(e)}": f"{e * 255:.4g}" for e in epsilons},
+    })
+    reporter.artifact(_save_correctness(reporter.work_dir, results, test), ARTIFACT_DIR)
+    if cfg.n_panel_images > 0 and len(test) > 0 and cfg.panel_epsilons:
+        reporter.figure(panel_figure(results, cfg.panel_epsilons, test.labels, classes, cfg.attack), "adversarial_panel.png")
+    scored = sorted({*cfg.epsilons, *cfg.panel_epsilons})
+    reporter.figure(
+        accuracy_curve_figure(
+            scored, [results[e]["accuracy"] for e in scored], [math.nan] * len(scored), [math.nan] * len(scored),
+            xlabel="epsilon ([0,1] pixel units)", title=f"Accuracy under {cfg.attack.upper()}",
+            reference=SEED_FGSM_REFERENCE if cfg.attack == "fgsm" else None, reference_label=SEED_LABEL,
+            line_label="this model",
+        ),
+        "accuracy_vs_epsilon.png",
+    )
+    return metrics
+
+
+def attack_accuracy(model, images, labels, epsilons: list[float], cfg: EvalConfig) -> dict[float, dict]:
+    """fgsm_accuracy or pgd_accuracy per cfg.attack, with the panel's first images kept."""
+    if cfg.attack == "fgsm":
+        return fgsm_accuracy(model, images, labels, epsilons, batch_size=cfg.batch_size, return_examples=cfg.n_panel_images)
+    return pgd_accuracy(
+        model, images, labels, epsilons, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size,
+        random_start=cfg.pgd_random_start, batch_size=cfg.batch_size, return_examples=cfg.n_panel_images,
+    )
+
+
+def panel_figure(results: dict[float, dict], panel_epsilons: list[float], labels, classes, attack: str):
+    """The seed's figure: the first test images at each panel epsilon, each with its top-3 classes."""
+    columns, captions = {}, {}
+    for epsilon in panel_epsilons:
+        entry = results[epsilon]
+        title = "original (ε 0)" if epsilon == 0 else f"ε {epsilon_label(epsilon)} ({epsilon * 255:.3g}/255)"
+        columns[title] = entry["examples"]
+        captions[title] = [top_k_caption(classes, c, p) for c, p in zip(entry["top3_classes"], entry["top3_probs"])]
+    shown = len(next(iter(columns.values())))
+    return image_panel_figure(
+        columns, captions, row_labels=[f"true: {classes[int(i)]}" for i in labels[:shown]],
+        title=f"{attack.upper()} examples: top-3 class probabilities",
+    )
+
+
+def _save_correctness(folder: Path, results: dict[float, dict], test) -> Path:
+    """attack_correct.npz: epsilons float (E,), correct bool (E, N), labels int64 (N,), dataset_rows
+    int64 (N,). Written to a temp file, then renamed."""
+    path = Path(folder) / CORRECTNESS_FILE
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    try:
+        np.savez_compressed(
+            temporary,
+            epsilons=np.array(list(results), dtype=float),
+            correct=np.stack([entry["correct"] for entry in results.values()]),
+            labels=test.labels.cpu().numpy(),
+            dataset_rows=np.asarray(test.indices, dtype=np.int64),
+        )
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def report(runs: pd.DataFrame, spec):
+    """The attack part of the sweep report: (markdown, {name: Figure}, parent metrics)."""
+    epsilons = sorted(_metric_epsilons(runs))
+    attacks = runs.get("params.eval.attack", pd.Series("fgsm", index=runs.index)).fillna("fgsm")
+    models = runs.get("tags.fer_ray.source_model", pd.Series("model", index=runs.index)).fillna("model")
+    runs = runs.assign(_attack=attacks, _model=models)
+    lines = [
+        "## Adversarial attack",
+        "",
+        "ε is the L∞ radius in the [0,1] pixel space (ε·255 grey levels). Cells: mean over models"
+        " [95 % CI, Student t over models; '-' with one model].",
+        "",
+        "| attack | ε | ε·255 | accuracy | models | seed project (image-level split) |",
+        "|---|---|---|---|---|---|",
+    ]
+    figures, parent_metrics = {}, {}
+    for attack, group in runs.groupby("_attack", sort=True):
+        curve = []
+        for epsilon in epsilons:
+            column = f"metrics.{accuracy_key(epsilon)}"
+            per_model = group.groupby("_model", sort=False)[column].mean().dropna()
+            if per_model.empty:
+                continue
+            summary = mean_ci(per_model)
+            curve.append((epsilon, summary))
+            parent_metrics[f"mean_{accuracy_key(epsilon)}" + ("" if attack == "fgsm" else f"/{attack}")] = summary["mean"]
+            reference = SEED_FGSM_REFERENCE.get(epsilon) if attack == "fgsm" else None
+            lines.append(
+                f"| {attack} | {epsilon_label(epsilon)} | {epsilon * 255:.4g} | {_cell(summary)} | {summary['n']} | "
+                f"{'-' if reference is None else reference} |"
+            )
+        if len(curve) > 1:
+            figures[f"accuracy_vs_epsilon_{attack}.png"] = accuracy_curve_figure(
+                [e for e, _ in curve], [s["mean"] for _, s in curve], [s["low"] for _, s in curve], [s["high"] for _, s in curve],
+                xlabel="epsilon ([0,1] pixel units)", title=f"Accuracy under {attack.upper()}",
+                reference=SEED_FGSM_REFERENCE if attack == "fgsm" else None, reference_label=SEED_LABEL,
+            )
+    lines += ["", "Each trial logs its adversarial_panel.png (the seed's figure: top-3 class probabilities per ε)."]
+    return "\n".join(lines) + "\n", figures, parent_metrics
+
+
+def _metric_epsilons(runs: pd.DataFrame) -> list[float]:
+    pattern = re.compile(r"^metrics\.acc_eps_([^/]+)$")
+    return [float(m.group(1)) for column in runs.columns if (m := pattern.match(column))]
+
+
+def _cell(summary: dict) -> str:
+    low, high = summary["low"], summary["high"]
+    interval = "-" if (pd.isna(low) or pd.isna(high)) else f"{low:.3f}–{high:.3f}"
+    return f"{summary['mean']:.3f} [{interval}]"

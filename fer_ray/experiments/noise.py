@@ -1,0 +1,372 @@
+"""Gaussian noise: how accurate a trained model stays on test images with N(0, variance) noise added.
+
+Units: images in [0,1]; the variance and sigma = sqrt(variance) are in that [0,1] pixel space
+(sigma * 255 grey levels). Noisy images are clipped to [0,1].
+
+One trial evaluates one model at every variance of ``eval.variances`` on ONE noise draw: image i
+gets the unit noise of (``eval.noise_seed``, i), scaled by sigma, so the variances share their random
+numbers and two models (or two trials) with the same seed see identical noise. The significance
+study (sweeps/noise_sig.yaml) repeats this with distinct noise seeds, one trial per seed.
+
+Per trial: metrics ``test_acc`` (clean, the model on the same images without noise) and
+``acc_var_<v>`` for every variance; for every v > 0 the paired comparison with clean on the same
+images, McNemar ``mcnemar_b_var_<v>`` (clean right, noisy wrong), ``mcnemar_c_var_<v>`` (clean wrong,
+noisy right), ``mcnemar_p_var_<v>``, and the subject-clustered 95 % bootstrap interval of the
+accuracy (test identities resampled with all their images) ``acc_var_<v>/subject_ci_low`` and
+``/subject_ci_high``; tags ``fer_ray.sigma_var_<v>``; artifact ``noise/noise_correct.npz`` (per-image
+correctness at every variance, with labels, dataset rows and identities); figure
+``noise_examples.png`` (clean next to the example variances, with the model's prediction).
+
+``report(runs, spec)`` builds the sweep's part of the report: the accuracy-vs-variance table and
+curve (mean and 95 % CI over models) and, when the sweep has several noise seeds, the repeat study:
+box plot, median / min / max / mean, bootstrap CI over repeats, the subject-clustered CI of one
+repeat and McNemar against clean per repeat.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+
+from fer_ray.core.config import Strict
+from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.data.records import DataError
+from fer_ray.core.device import pick_device
+from fer_ray.core.evaluate import predict_logits
+from fer_ray.core.groups import cluster_bootstrap_ci
+from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
+from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, repeats_boxplot_figure
+from fer_ray.core.stats import bootstrap_ci, mcnemar, mean_ci
+from fer_ray.core.train import load_model
+from fer_ray.experiments.base import Reporter, Trial
+
+EVALUATES_MODEL = True
+
+CORRECTNESS_FILE = "noise_correct.npz"
+ARTIFACT_DIR = "noise"
+#: The seed project's repeated-noise result (image-level split, ResNet-50 on KDEF), for comparison.
+SEED_REPEATS_REFERENCE = {0.1: {"median": 0.67, "min": 0.65, "max": 0.68}}
+SEED_LABEL = "seed project (image-level split)"
+SIGNIFICANCE = 0.05
+
+
+def _check_variances(values: list[float]) -> list[float]:
+    for value in values:
+        variance_to_sigma(value)  # raises VarianceError (a ValueError) naming the value
+    return [float(v) for v in values]
+
+
+class EvalConfig(Strict):
+    """The ``eval:`` section of a noise sweep. Variances in [0,1] pixel units (sigma = sqrt(variance))."""
+
+    variances: list[float] = Field(
+        [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3], min_length=1,
+        description="noise variances evaluated in one trial, each >= 0 ([0,1] pixel units)",
+    )
+    noise_seed: int = Field(0, ge=0, description="fixes the noise draw: the same seed gives every model identical noise")
+    example_variances: list[float] = Field([0.01, 0.2], description="variances shown beside the clean images in the panel")
+    n_examples: int = Field(4, ge=0, description="test images in the example panel (0: no panel)")
+    n_boot: int = Field(2000, ge=1, description="resamples of the subject-clustered bootstrap CI")
+    batch_size: int = Field(128, ge=1)
+
+    @field_validator("variances", "example_variances")
+    @classmethod
+    def _variances_valid(cls, values: list[float]) -> list[float]:
+        return _check_variances(values)
+
+
+def variance_label(variance: float) -> str:
+    """The variance as it appears in metric and tag names: 0.1 -> '0.1', 0 -> '0', 1e-05 -> '1e-05'."""
+    return f"{float(variance):g}"
+
+
+def accuracy_key(variance: float) -> str:
+    """Metric name of the accuracy at ``variance`` (MLflow-safe): ``acc_var_0.1``."""
+    return f"acc_var_{variance_label(variance)}"
+
+
+def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
+    """Accuracy of ``trial.model_file`` on the test split of ``trial.data`` at every noise variance."""
+    cfg = trial.eval
+    model, classes = load_model(trial.model_file)
+    data = prepare_data(trial.data)
+    _check_classes(classes, data, trial)
+    model.to(pick_device())
+    test = data.test
+    variances = sorted({0.0, *cfg.variances})
+    results = noisy_accuracy(model, test.images, test.labels, variances, seed=cfg.noise_seed, batch_size=cfg.batch_size)
+    identities = data.dataset.identities[test.indices].astype(str)
+    clean = results[0.0]["correct"]
+
+    metrics = {"test_acc": results[0.0]["accuracy"]}
+    for variance in cfg.variances:
+        correct = results[variance]["correct"]
+        metrics[accuracy_key(variance)] = results[variance]["accuracy"]
+        if variance > 0:
+            metrics.update(_paired_metrics(variance, clean, correct, identities, cfg))
+    reporter.tags({
+        "fer_ray.dataset_fingerprint": data.fingerprint,
+        "fer_ray.protocol": data.protocol,
+        "fer_ray.n_test": str(len(test)),
+        "fer_ray.noise_seed": str(cfg.noise_seed),
+        "fer_ray.noise_units": "variance and sigma in [0,1] pixel space (sigma*255 grey levels)",
+        **{f"fer_ray.sigma_var_{variance_label(v)}": f"{variance_to_sigma(v):.4g}" for v in cfg.variances},
+    })
+    reporter.artifact(_save_correctness(reporter.work_dir, results, test, identities, cfg.noise_seed), ARTIFACT_DIR)
+    if cfg.n_examples > 0 and len(test) > 0:
+        reporter.figure(_examples_figure(model, test, classes, cfg), "noise_examples.png")
+    return metrics
+
+
+def _check_classes(classes, data, trial: Trial) -> None:
+    if tuple(classes) != tuple(data.dataset.classes):
+        raise ValueError(
+            f"model {trial.model_source or trial.model_file} predicts classes {list(classes)} but data.dataset="
+            f"{trial.data.dataset!r} has {list(data.dataset.classes)}"
+        )
+
+
+def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, identities: np.ndarray, cfg: EvalConfig) -> dict[str, float]:
+    """McNemar against clean on the same images, and the subject-clustered CI of the noisy accuracy."""
+    label = variance_label(variance)
+    test = mcnemar(clean, noisy)
+    interval = subject_bootstrap_ci(noisy, identities, n_boot=cfg.n_boot, seed=cfg.noise_seed)
+    return {
+        f"mcnemar_b_var_{label}": float(test["b"]),
+        f"mcnemar_c_var_{label}": float(test["c"]),
+        f"mcnemar_p_var_{label}": test["p_value"],
+        f"{accuracy_key(variance)}/subject_ci_low": interval["low"],
+        f"{accuracy_key(variance)}/subject_ci_high": interval["high"],
+    }
+
+
+def subject_bootstrap_ci(correct: np.ndarray, identities: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """95 % CI of an accuracy resampling subjects (identities) with all their images.
+
+    correct: bool (N,) per image; identities: (N,) the person in each image. Uses
+    groups.cluster_bootstrap_ci with a single group and correctness encoded as labels (true 0,
+    predicted 0 when correct, 1 when wrong), whose accuracy is the fraction correct.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    return cluster_bootstrap_ci(
+        np.zeros(len(correct), dtype=np.int64), (~correct).astype(np.int64), ["all"] * len(correct), identities,
+        statistic="acc", group="all", n_boot=n_boot, seed=seed,
+    )
+
+
+def _save_correctness(folder: Path, results: dict, test, identities: np.ndarray, seed: int) -> Path:
+    """noise_correct.npz: variances float (V,), correct bool (V, N), labels int64 (N,), dataset_rows
+    int64 (N,), identities str (N,), noise_seed. Written to a temp file, then renamed."""
+    path = Path(folder) / CORRECTNESS_FILE
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    try:
+        np.savez_compressed(
+            temporary,
+            variances=np.array(list(results), dtype=float),
+            correct=np.stack([entry["correct"] for entry in results.values()]),
+            labels=test.labels.cpu().numpy(),
+            dataset_rows=np.asarray(test.indices, dtype=np.int64),
+            identities=identities.astype(str),
+            noise_seed=np.int64(seed),
+        )
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def noise_examples(images, variances: list[float], seed: int) -> dict[str, object]:
+    """{column title: images}: the clean images, then each variance's noisy version (the same noise
+    the accuracy was measured on: images are the first of the test split, so first_index 0)."""
+    columns = {"clean": images}
+    for variance in variances:
+        columns[f"var {variance_label(variance)} (σ {variance_to_sigma(variance):.3g})"] = add_gaussian_noise(images, variance, seed)
+    return columns
+
+
+def _examples_figure(model, test, classes, cfg: EvalConfig):
+    images, labels = test.images[: cfg.n_examples], test.labels[: cfg.n_examples]
+    columns = noise_examples(images, cfg.example_variances, cfg.noise_seed)
+    device = next(model.parameters()).device
+    captions = {
+        title: [f"pred: {classes[int(i)]}" for i in predict_logits(model, pictures, device=device).argmax(dim=1)]
+        for title, pictures in columns.items()
+    }
+    return image_panel_figure(
+        columns, captions, row_labels=[f"true: {classes[int(i)]}" for i in labels],
+        title=f"Gaussian noise (noise seed {cfg.noise_seed}; [0,1] pixel units)",
+    )
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def report(runs: pd.DataFrame, spec):
+    """The noise part of the sweep report: (markdown, {name: Figure}, parent metrics). See module doc."""
+    variances = sorted(_metric_variances(runs))
+    runs = runs.assign(
+        _model=_model_labels(runs),
+        _seed=pd.to_numeric(runs.get("params.eval.noise_seed", pd.Series(0, index=runs.index)), errors="coerce"),
+    )
+    lines = ["## Gaussian noise", "", "Variance and σ are in the [0,1] pixel space (σ·255 grey levels); noisy images are clipped to [0,1].", ""]
+    figures: dict[str, object] = {}
+    parent_metrics: dict[str, float] = {}
+    lines += _models_legend(runs)
+    lines += _curve_section(runs, variances, figures)
+    if runs["_seed"].nunique() > 1:
+        for variance in (v for v in variances if v > 0):
+            lines += _repeats_section(runs, variance, figures, parent_metrics, spec)
+    lines += _examples_section(spec, figures)
+    return "\n".join(lines) + "\n", figures, parent_metrics
+
+
+def _metric_variances(runs: pd.DataFrame) -> list[float]:
+    pattern = re.compile(r"^metrics\.acc_var_([^/]+)$")
+    return [float(m.group(1)) for column in runs.columns if (m := pattern.match(column))]
+
+
+def _model_labels(runs: pd.DataFrame) -> pd.Series:
+    sources = runs.get("tags.fer_ray.source_model", pd.Series("model", index=runs.index)).fillna("model")
+    order = {source: f"model {i + 1}" for i, source in enumerate(dict.fromkeys(sources))}
+    return sources.map(order)
+
+
+def _models_legend(runs: pd.DataFrame) -> list[str]:
+    sources = runs.get("tags.fer_ray.source_model", pd.Series("model", index=runs.index)).fillna("model")
+    pairs = dict(zip(runs["_model"], sources))
+    return ["Models: " + "; ".join(f"{label} = `{source}`" for label, source in pairs.items()), ""]
+
+
+def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) -> list[str]:
+    """Accuracy at every variance: mean over models (each model's repeats averaged first) [t CI]."""
+    lines = [
+        "### Accuracy vs noise variance",
+        "",
+        "Cells: mean over models [95 % CI, Student t over models; '-' with one model]; a model's repeats"
+        " (noise seeds) are averaged first. McNemar: paired test against clean accuracy on the same"
+        " images, largest p over all runs.",
+        "",
+        "| variance | σ | σ·255 | accuracy | models | McNemar p vs clean (max) |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for variance in variances:
+        per_model = runs.groupby("_model", sort=False)[f"metrics.{accuracy_key(variance)}"].mean()
+        summary = mean_ci(per_model)
+        p_column = f"metrics.mcnemar_p_var_{variance_label(variance)}"
+        p_max = runs[p_column].max() if p_column in runs else float("nan")
+        sigma = variance_to_sigma(variance)
+        rows.append((variance, summary))
+        lines.append(
+            f"| {variance_label(variance)} | {sigma:.4g} | {sigma * 255:.3g} | {_cell(summary)} | {summary['n']} | "
+            f"{'-' if math.isnan(p_max) else f'{p_max:.3g}'} |"
+        )
+    if len(variances) > 1:
+        figures["accuracy_vs_variance.png"] = accuracy_curve_figure(
+            [v for v, _ in rows], [s["mean"] for _, s in rows], [s["low"] for _, s in rows], [s["high"] for _, s in rows],
+            xlabel="noise variance ([0,1] pixel units)", title="Accuracy vs Gaussian noise variance",
+        )
+    return lines + [""]
+
+
+def _repeats_section(runs: pd.DataFrame, variance: float, figures: dict, parent_metrics: dict, spec) -> list[str]:
+    """The significance study at one variance: the spread over noise repeats and the paired tests."""
+    key, label = accuracy_key(variance), variance_label(variance)
+    n_boot = _eval_value(spec, "n_boot", 2000)
+    lines = [
+        f"### Repeats at variance {label} (σ {variance_to_sigma(variance):.4g})",
+        "",
+        "Each repeat is one trial with its own noise seed, on the same test images. Bootstrap CI: 95 %,"
+        " percentile, over repeats. Subject CI: 95 % cluster bootstrap over test identities within one"
+        " repeat (the first noise seed).",
+        "",
+        "| model | repeats | median | min | max | mean | median 95 % CI | mean 95 % CI | clean | subject CI (one repeat) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    values = {}
+    for model, group in runs.sort_values("_seed").groupby("_model", sort=False):
+        accuracies = group[f"metrics.{key}"].astype(float).to_numpy()
+        values[model] = accuracies
+        median, mean = bootstrap_ci(accuracies, np.median, n_boot=n_boot), bootstrap_ci(accuracies, np.mean, n_boot=n_boot)
+        first = group.iloc[0]
+        subject = (first.get(f"metrics.{key}/subject_ci_low", np.nan), first.get(f"metrics.{key}/subject_ci_high", np.nan))
+        lines.append(
+            f"| {model} | {len(accuracies)} | {np.median(accuracies):.3f} | {accuracies.min():.3f} | {accuracies.max():.3f} | "
+            f"{accuracies.mean():.3f} | {_interval(median)} | {_interval(mean)} | {group['metrics.test_acc'].mean():.3f} | "
+            f"{_interval({'low': subject[0], 'high': subject[1]})} (seed {int(first['_seed'])}) |"
+        )
+    pooled = np.concatenate(list(values.values()))
+    if len(values) > 1:  # the parent run's summary metrics pool every model's repeats (no CI: not i.i.d.)
+        lines.append(
+            f"| all models | {len(pooled)} | {np.median(pooled):.3f} | {pooled.min():.3f} | {pooled.max():.3f} | "
+            f"{pooled.mean():.3f} | - | - | {runs['metrics.test_acc'].mean():.3f} | - |"
+        )
+    parent_metrics.update({
+        f"median_{key}": float(np.median(pooled)), f"min_{key}": float(pooled.min()),
+        f"max_{key}": float(pooled.max()), f"mean_{key}": float(pooled.mean()),
+    })
+    reference = SEED_REPEATS_REFERENCE.get(variance)
+    if reference:
+        lines += ["", f"{SEED_LABEL}: median {reference['median']}, min {reference['min']}, max {reference['max']} — not comparable one to one (their split let the same people into train and test)."]
+    name = f"repeats_var_{label}.png"
+    figures[name] = repeats_boxplot_figure(
+        values, ylabel=f"test accuracy at variance {label}", title=f"Accuracy over noise repeats (variance {label})",
+        reference=reference, reference_label=SEED_LABEL,
+    )
+    return lines + [""] + _mcnemar_lines(runs, label) + [""]
+
+
+def _mcnemar_lines(runs: pd.DataFrame, label: str) -> list[str]:
+    """McNemar against clean per repeat, and how many repeats reject 'noise changes nothing'."""
+    columns = [f"metrics.mcnemar_{part}_var_{label}" for part in ("b", "c", "p")]
+    if any(column not in runs for column in columns):
+        return []
+    b, c, p = columns
+    lines = [
+        f"McNemar, clean vs variance {label} on the same images (b: clean right & noisy wrong; c: the reverse;"
+        " exact binomial test below 25 discordant images, else chi-square with continuity correction):",
+        "",
+        "| model | noise seed | clean | noisy | b | c | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, row in runs.sort_values(["_model", "_seed"]).iterrows():
+        lines.append(
+            f"| {row['_model']} | {int(row['_seed'])} | {row['metrics.test_acc']:.3f} | {row[f'metrics.acc_var_{label}']:.3f} | "
+            f"{int(row[b])} | {int(row[c])} | {row[p]:.3g} |"
+        )
+    significant = int((runs[p] < SIGNIFICANCE).sum())
+    lines += ["", f"Summary: p < {SIGNIFICANCE} in {significant} of {len(runs)} repeats; median p {runs[p].median():.3g}, largest p {runs[p].max():.3g}."]
+    return lines
+
+
+def _examples_section(spec, figures: dict) -> list[str]:
+    """The example panel (clean / example variances), redrawn from the data on the driver."""
+    cfg = EvalConfig.model_validate(spec.eval)
+    if cfg.n_examples == 0 or not cfg.example_variances:
+        return []
+    try:
+        test = prepare_data(spec.data).test
+    except DataError as error:
+        return [f"(No example panel: the data is not readable where the report is written: {error})", ""]
+    columns = noise_examples(test.images[: cfg.n_examples], cfg.example_variances, cfg.noise_seed)
+    figures["noise_examples.png"] = image_panel_figure(columns, title=f"Gaussian noise examples (noise seed {cfg.noise_seed})")
+    return ["### Examples", "", "Each trial also logs its own panel with the model's predictions (noise_examples.png).", ""]
+
+
+def _eval_value(spec, key: str, default):
+    return (spec.eval or {}).get(key, default)
+
+
+def _cell(summary: dict) -> str:
+    return f"{summary['mean']:.3f} [{_interval(summary)}]"
+
+
+def _interval(summary: dict) -> str:
+    low, high = summary["low"], summary["high"]
+    return "-" if (pd.isna(low) or pd.isna(high)) else f"{low:.3f}–{high:.3f}"

@@ -1,0 +1,142 @@
+"""The FGSM / PGD experiment: run() with a LocalReporter on the tiny trained model, spec validation,
+and the epsilon sweep end to end (real local Ray, real MLflow on sqlite)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY
+from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.evaluate import evaluate_model
+from fer_ray.core.stats import mean_ci
+from fer_ray.core.train import load_model
+from fer_ray.experiments import fgsm
+from fer_ray.experiments.base import LocalReporter, Trial
+from fer_ray.orchestrate.spec import SpecError, resolve_spec
+from fer_ray.sweep import main
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _trial(model_file: Path, *overrides: str) -> Trial:
+    spec = resolve_spec({"name": "t", "experiment": "fgsm"}, [*TINY, *overrides])
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+
+
+def test_fgsm_run_scores_every_epsilon_and_draws_the_panel(tiny_trained_model, tmp_path):
+    reporter = LocalReporter(tmp_path)
+    metrics = fgsm.run(
+        _trial(tiny_trained_model, "eval.epsilons=[0, 0.01, 0.1]", "eval.panel_epsilons=[0, 0.3]", "eval.n_panel_images=2"),
+        reporter,
+    )
+    assert set(metrics) == {"test_acc", "acc_eps_0", "acc_eps_0.01", "acc_eps_0.1", "acc_eps_0.3"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["acc_eps_0"] == metrics["test_acc"], "epsilon 0 leaves the images as they are"
+    data = prepare_data(_trial(tiny_trained_model).data)
+    model, _ = load_model(tiny_trained_model)
+    assert metrics["test_acc"] == pytest.approx(evaluate_model(model, data.test, data.dataset)["accuracy"])
+
+    (artifact, folder), = reporter.artifacts
+    saved = np.load(artifact)
+    assert folder == fgsm.ARTIFACT_DIR and list(saved["epsilons"]) == [0.0, 0.01, 0.1, 0.3]
+    assert saved["correct"].mean(axis=1) == pytest.approx([metrics[f"acc_eps_{e}"] for e in ("0", "0.01", "0.1", "0.3")])
+    assert reporter.tag_values["fer_ray.eps255_0.01"] == "2.55" and reporter.tag_values["fer_ray.attack"] == "fgsm"
+    for name in ("adversarial_panel.png", "accuracy_vs_epsilon.png"):
+        assert reporter.figures[name].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_pgd_is_an_option_of_the_same_experiment(tiny_trained_model, tmp_path):
+    common = ("eval.epsilons=[0, 0.05]", "eval.panel_epsilons=[]", "eval.n_panel_images=0")
+    fgsm_metrics = fgsm.run(_trial(tiny_trained_model, *common), LocalReporter(tmp_path / "fgsm"))
+    reporter = LocalReporter(tmp_path / "pgd")
+    pgd_metrics = fgsm.run(_trial(tiny_trained_model, *common, "eval.attack=pgd", "eval.pgd_steps=3"), reporter)
+    assert pgd_metrics["test_acc"] == fgsm_metrics["test_acc"]
+    assert 0.0 <= pgd_metrics["acc_eps_0.05"] <= 1.0
+    assert reporter.tag_values["fer_ray.attack"] == "pgd (3 steps)"
+    assert "adversarial_panel.png" not in reporter.figures
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("eval.epsilons=[0.01, 1.5]", "eval.epsilons"), ("eval.panel_epsilons=[-0.1]", "eval.panel_epsilons")],
+)
+def test_epsilon_outside_unit_interval_fails_at_spec_load_naming_the_key(override, key):
+    with pytest.raises(SpecError, match=re.escape(key) + r".*outside \[0, 1\]"):
+        resolve_spec({"name": "t", "experiment": "fgsm"}, [override])
+
+
+def test_unknown_attack_is_rejected():
+    with pytest.raises(SpecError, match=r"eval\.attack"):
+        resolve_spec({"name": "t", "experiment": "fgsm"}, ["eval.attack=cw"])
+
+
+def test_report_table_gives_mean_and_ci_over_models_with_eps255_and_the_seed_number():
+    runs = pd.DataFrame([
+        {"tags.fer_ray.source_model": model, "params.eval.attack": "fgsm", "metrics.test_acc": clean,
+         "metrics.acc_eps_0": clean, "metrics.acc_eps_0.01": attacked}
+        for model, clean, attacked in (("m1", 0.9, 0.40), ("m2", 0.8, 0.30), ("m3", 0.85, 0.20))
+    ])
+    spec = resolve_spec({"name": "t", "experiment": "fgsm"}, [])
+    markdown, figures, parent_metrics = fgsm.report(runs, spec)
+    summary = mean_ci([0.40, 0.30, 0.20])
+    assert f"| fgsm | 0.01 | 2.55 | 0.300 [{summary['low']:.3f}–{summary['high']:.3f}] | 3 | 0.38 |" in markdown
+    assert "| fgsm | 0 | 0 | 0.850 [" in markdown
+    assert parent_metrics == pytest.approx({"mean_acc_eps_0": 0.85, "mean_acc_eps_0.01": 0.30})
+    assert set(figures) == {"accuracy_vs_epsilon_fgsm.png"}
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_epsilon_sweep_end_to_end_report_matches_mlflow(tiny_trained_model, tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        code = main([
+            str(SWEEPS / "epsilon.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
+            "--set", *TINY, f"source.model={tiny_trained_model}",
+            "eval.epsilons=[0, 0.01, 0.1]", "eval.panel_epsilons=[0, 0.1]", "eval.n_panel_images=2",
+        ])
+    finally:
+        ray.shutdown()
+    assert code == 0
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    parent = runs[runs["tags.fer_ray.role"] == "parent"].iloc[0]
+    children = runs[runs["tags.fer_ray.role"] == "child"]
+    assert len(children) == 1 and children["status"].iloc[0] == "FINISHED", "one model, all epsilons in one trial"
+    child = children.iloc[0]
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(child["run_id"])}
+    assert {"adversarial_panel.png", "accuracy_vs_epsilon.png", fgsm.ARTIFACT_DIR} <= artifacts
+
+    report = (tmp_path / "reports" / "epsilon" / "report.md").read_text()
+    rows = {float(m.group(1)): m for m in re.finditer(r"^\| fgsm \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \[-\] \| 1 \|", report, re.M)}
+    assert sorted(rows) == [0.0, 0.01, 0.1]
+    for epsilon, match in rows.items():
+        value = child[f"metrics.acc_eps_{epsilon:g}"]
+        assert match.group(3) == f"{value:.3f}"
+        assert float(match.group(2)) == pytest.approx(epsilon * 255)
+        assert parent[f"metrics.mean_acc_eps_{epsilon:g}"] == pytest.approx(value)
+    assert "| fgsm | 0.01 | 2.55 |" in report and "| 0.38 |" in report, "the seed's number beside ours"
+    assert (tmp_path / "reports" / "epsilon" / "accuracy_vs_epsilon_fgsm.png").is_file()
