@@ -82,3 +82,26 @@ class LocalReporter:
 
     def resume_checkpoint(self) -> Path | None:
         return self._resume_from
+
+
+def load_model_and_data(trial: Trial):
+    """What every evaluation experiment starts from: the trained model (on the trial's device, eval
+    mode) and the trial's prepared data (the same split as its training). Returns (FerNet, PreparedData).
+
+    Raises ValueError when no model was given or when the model's classes differ from the data's.
+    """
+    # imported here: base.py stays importable (and cheap) for the orchestrator's type use
+    from fer_ray.core.data.prepare import prepare_data
+    from fer_ray.core.device import pick_device
+    from fer_ray.core.train import load_model
+
+    if trial.model_file is None:
+        raise ValueError(f"sweep {trial.sweep}: this experiment evaluates a trained model; set source.model")
+    model, classes = load_model(trial.model_file)
+    data = prepare_data(trial.data)
+    if tuple(classes) != tuple(data.dataset.classes):
+        raise ValueError(
+            f"model {trial.model_source or trial.model_file} predicts classes {list(classes)} but "
+            f"data.dataset={trial.data.dataset!r} has {list(data.dataset.classes)}"
+        )
+    return model.to(pick_device()).eval(), data

@@ -29,15 +29,11 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
-from fer_ray.core.data.prepare import PreparedData, prepare_data
-from fer_ray.core.data.records import DataError
-from fer_ray.core.device import pick_device
 from fer_ray.core.evaluate import UNKNOWN_GROUP, predict_proba
 from fer_ray.core.groups import GroupStatsError, cluster_bootstrap_ci, gap_summary, group_rates, permutation_test_acc_diff
 from fer_ray.core.insight_plots import group_accuracy_figure
 from fer_ray.core.stats import mean_ci
-from fer_ray.core.train import load_model
-from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 
 EVALUATES_MODEL = True
 #: the group attributes studied by default, in report order
@@ -70,7 +66,7 @@ class EvalConfig(Strict):
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Per-group test results of trial.model_file for every studied attribute (see module docstring)."""
     cfg: EvalConfig = trial.eval
-    model, data = _model_and_data(trial)
+    model, data = load_model_and_data(trial)
     y_true = data.test.labels.numpy()
     y_pred = predict_proba(model, data.test.images).argmax(dim=1).numpy()
     subjects = data.dataset.identities[data.test.indices]
@@ -164,18 +160,6 @@ def metric_part(value) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _model_and_data(trial: Trial):
-    """The trained model (on the trial's device, eval mode) and the trial's prepared data."""
-    if trial.model_file is None:
-        raise ValueError("the bias experiment evaluates a trained model: trial.model_file is None (set source.model)")
-    model, classes = load_model(trial.model_file)
-    data: PreparedData = prepare_data(trial.data)
-    if tuple(classes) != tuple(data.dataset.classes):
-        raise DataError(
-            f"model {trial.model_file} was trained on classes {list(classes)} but data "
-            f"({trial.data.dataset}) has {list(data.dataset.classes)}"
-        )
-    return model.to(pick_device("auto")).eval(), data
 
 
 def _keys(groups) -> list:

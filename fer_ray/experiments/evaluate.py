@@ -10,12 +10,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from fer_ray.core.config import Strict
-from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.models import count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
-from fer_ray.core.train import load_model
-from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.finetune import final_metrics
 
 EVALUATES_MODEL = True
@@ -27,13 +25,8 @@ class EvalConfig(Strict):
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Clean test metrics of ``trial.model_file`` on ``trial.data``'s test split."""
-    model, classes = load_model(trial.model_file)
-    data = prepare_data(trial.data)
-    if tuple(classes) != tuple(data.dataset.classes):
-        raise ValueError(
-            f"model {trial.model_source} predicts classes {list(classes)} but data.dataset="
-            f"{trial.data.dataset!r} has {list(data.dataset.classes)}"
-        )
+    model, data = load_model_and_data(trial)
+    classes = data.dataset.classes
     reporter.tags({"fer_ray.dataset_fingerprint": data.fingerprint, "fer_ray.protocol": data.protocol})
     evaluation = evaluate_model(model, data.test, data.dataset)
     if trial.eval.confusion_matrix:

@@ -29,13 +29,10 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
-from fer_ray.core.data.prepare import prepare_data
-from fer_ray.core.device import pick_device
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, top_k_caption
 from fer_ray.core.stats import mean_ci
-from fer_ray.core.train import load_model
-from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 
 EVALUATES_MODEL = True
 
@@ -90,14 +87,8 @@ def accuracy_key(epsilon: float) -> str:
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Accuracy of ``trial.model_file`` on the test split of ``trial.data`` under the attack at every epsilon."""
     cfg = trial.eval
-    model, classes = load_model(trial.model_file)
-    data = prepare_data(trial.data)
-    if tuple(classes) != tuple(data.dataset.classes):
-        raise ValueError(
-            f"model {trial.model_source or trial.model_file} predicts classes {list(classes)} but data.dataset="
-            f"{trial.data.dataset!r} has {list(data.dataset.classes)}"
-        )
-    model.to(pick_device())
+    model, data = load_model_and_data(trial)
+    classes = data.dataset.classes
     test = data.test
     epsilons = sorted({0.0, *cfg.epsilons, *cfg.panel_epsilons})
     results = attack_accuracy(model, test.images, test.labels, epsilons, cfg)

@@ -37,14 +37,12 @@ from pydantic import Field, field_validator
 from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
-from fer_ray.core.device import pick_device
 from fer_ray.core.evaluate import predict_logits
 from fer_ray.core.groups import cluster_bootstrap_ci
 from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, repeats_boxplot_figure
 from fer_ray.core.stats import bootstrap_ci, mcnemar, mean_ci
-from fer_ray.core.train import load_model
-from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 
 EVALUATES_MODEL = True
 
@@ -94,10 +92,8 @@ def accuracy_key(variance: float) -> str:
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Accuracy of ``trial.model_file`` on the test split of ``trial.data`` at every noise variance."""
     cfg = trial.eval
-    model, classes = load_model(trial.model_file)
-    data = prepare_data(trial.data)
-    _check_classes(classes, data, trial)
-    model.to(pick_device())
+    model, data = load_model_and_data(trial)
+    classes = data.dataset.classes
     test = data.test
     variances = sorted({0.0, *cfg.variances})
     results = noisy_accuracy(model, test.images, test.labels, variances, seed=cfg.noise_seed, batch_size=cfg.batch_size)
@@ -122,14 +118,6 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     if cfg.n_examples > 0 and len(test) > 0:
         reporter.figure(_examples_figure(model, test, classes, cfg), "noise_examples.png")
     return metrics
-
-
-def _check_classes(classes, data, trial: Trial) -> None:
-    if tuple(classes) != tuple(data.dataset.classes):
-        raise ValueError(
-            f"model {trial.model_source or trial.model_file} predicts classes {list(classes)} but data.dataset="
-            f"{trial.data.dataset!r} has {list(data.dataset.classes)}"
-        )
 
 
 def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, identities: np.ndarray, cfg: EvalConfig) -> dict[str, float]:

@@ -25,15 +25,13 @@ from pydantic import Field, model_validator
 
 from fer_ray.core.config import Strict
 from fer_ray.core.data.cache import load_image_tensors
-from fer_ray.core.data.prepare import PreparedData, prepare_data
+from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.data.records import DataError
-from fer_ray.core.device import pick_device
 from fer_ray.core.evaluate import as_float_images, predict_proba
 from fer_ray.core.explain import grad_cam, guided_backprop, saliency_panels, vanilla_saliency
 from fer_ray.core.insight_plots import saliency_row_figure
 from fer_ray.core.stats import mean_ci
-from fer_ray.core.train import load_model
-from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 
 EVALUATES_MODEL = True
 #: the maps whose central mass is reported, in report order
@@ -62,7 +60,7 @@ class EvalConfig(Strict):
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Saliency PNGs of the chosen images; returns the central-mass summary (see module docstring)."""
     cfg: EvalConfig = trial.eval
-    model, data = _model_and_data(trial)
+    model, data = load_model_and_data(trial)
     rows = select_by_name(data, cfg.images) if cfg.images else select_per_class(data, cfg.per_class or 1)
     images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)[torch.from_numpy(rows)]
     labels = torch.from_numpy(data.dataset.labels[rows])
@@ -164,18 +162,6 @@ def center_mass_fraction(maps: torch.Tensor, center_fraction: float = 0.5) -> to
 # ----------------------------------------------------------------------------------------------
 
 
-def _model_and_data(trial: Trial):
-    """The trained model (on the trial's device, eval mode) and the trial's prepared data."""
-    if trial.model_file is None:
-        raise ValueError("the saliency experiment evaluates a trained model: trial.model_file is None (set source.model)")
-    model, classes = load_model(trial.model_file)
-    data = prepare_data(trial.data)
-    if tuple(classes) != tuple(data.dataset.classes):
-        raise DataError(
-            f"model {trial.model_file} was trained on classes {list(classes)} but data "
-            f"({trial.data.dataset}) has {list(data.dataset.classes)}"
-        )
-    return model.to(pick_device("auto")).eval(), data
 
 
 def _split_of(data: PreparedData, row: int) -> str:

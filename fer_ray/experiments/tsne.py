@@ -25,15 +25,12 @@ from pydantic import Field, field_validator
 from threadpoolctl import threadpool_limits
 
 from fer_ray.core.config import Strict
-from fer_ray.core.data.prepare import PreparedData, prepare_data
-from fer_ray.core.data.records import DataError
-from fer_ray.core.device import pick_device
+from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.evaluate import classification_metrics, predict_proba
 from fer_ray.core.explain import ExplainError, embed_tsne, embedding_quality, extract_features
 from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure
 from fer_ray.core.stats import mean_ci
-from fer_ray.core.train import load_model
-from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 
 EVALUATES_MODEL = True
 EMBEDDING_FOLDER = "tsne"
@@ -64,7 +61,7 @@ class EvalConfig(Strict):
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Embed the features of trial.model_file for trial.eval.perplexity; returns the quality metrics."""
     cfg: EvalConfig = trial.eval
-    model, data = _model_and_data(trial)
+    model, data = load_model_and_data(trial)
     rows, images, split_of_row = _gather_splits(data, cfg.splits)
     labels = data.dataset.labels[rows]
     _check_sizes(cfg, len(rows))
@@ -107,18 +104,6 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _model_and_data(trial: Trial):
-    """The trained model (on the trial's device, eval mode) and the trial's prepared data."""
-    if trial.model_file is None:
-        raise ValueError("the t-SNE experiment evaluates a trained model: trial.model_file is None (set source.model)")
-    model, classes = load_model(trial.model_file)
-    data = prepare_data(trial.data)
-    if tuple(classes) != tuple(data.dataset.classes):
-        raise DataError(
-            f"model {trial.model_file} was trained on classes {list(classes)} but data "
-            f"({trial.data.dataset}) has {list(data.dataset.classes)}"
-        )
-    return model.to(pick_device("auto")).eval(), data
 
 
 def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:

@@ -65,7 +65,7 @@ class SweepOutcome:
         if self.report_dir is not None:
             lines.append(f"Report:            {self.report_dir}/report.md")
         if self.interrupted:
-            lines.append(f"Interrupted: finish it with  python -m fer_ray.sweep <this sweep file> --resume")
+            lines.append("Interrupted: finish it with  python -m fer_ray.sweep <this sweep file> --resume")
         return "\n".join(lines)
 
 

@@ -39,15 +39,15 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     keys = list(grid)
     table = aggregate(runs, grid)
     table.to_csv(out_dir / "summary.csv", index=False)
-    figures = _figures(table, keys)
-    markdown = _markdown(spec, runs, table, keys, list(figures))
     experiment = load_experiment(spec.experiment)
-    if hasattr(experiment, "report"):  # the experiment's own tables, statistics and figures
-        extra_markdown, extra_figures, *extra_metrics = experiment.report(runs, spec)
+    if hasattr(experiment, "report"):  # the experiment's own tables, statistics and figures replace the generic table
+        extra_markdown, figures, *extra_metrics = experiment.report(runs, spec)
         if extra_metrics:  # sweep-level numbers (e.g. the SVM's refit test accuracy) on the parent run
             tracker.log_metrics(parent_id, extra_metrics[0])
-        markdown += "\n" + extra_markdown + "\n" + "".join(f"![{name}]({name})\n" for name in extra_figures)
-        figures.update(extra_figures)
+        markdown = _header(spec, runs) + "\n" + extra_markdown + "\n" + "".join(f"![{name}]({name})\n" for name in figures)
+    else:
+        figures = _figures(table, keys)
+        markdown = _header(spec, runs) + _table_markdown(table, keys) + "\n\n" + "".join(f"![{name}]({name})\n" for name in figures)
     for name, figure in figures.items():
         figure.savefig(out_dir / name, dpi=120, bbox_inches="tight")
     (out_dir / "report.md").write_text(markdown)
@@ -110,22 +110,19 @@ def _figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
     return {}
 
 
-def _markdown(spec: SweepSpec, runs: pd.DataFrame, table: pd.DataFrame, keys: list[str], figures: list[str]) -> str:
-    protocol = PROTOCOL_LABELS[spec.data.split.by]
+def _header(spec: SweepSpec, runs: pd.DataFrame) -> str:
+    """What was run, on what, split how: the first lines of every sweep report."""
     lines = [
         f"# {spec.name}",
         "",
         spec.description.strip(),
         "",
         f"- experiment: {spec.experiment}; profile: {spec.profile}; finished trials: {len(runs)}",
-        f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {protocol}",
+        f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {PROTOCOL_LABELS[spec.data.split.by]}",
         f"- model: {spec.model.arch} (weights {spec.model.weights}); {spec.train.epochs} epochs",
         "- cells: mean over seeds [95 % CI, Student t; '-' with one seed]",
         "",
-        _table_markdown(table, keys) if any(m in table for m in REPORT_METRICS) else "",
-        "",
     ]
-    lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
 
 
