@@ -19,6 +19,7 @@ import ray
 from ray import tune
 
 from fer_ray.core.data.splits import PROTOCOL_LABELS
+from fer_ray.orchestrate.cluster import check_storage_for_cluster, check_tracking_for_cluster
 from fer_ray.experiments import evaluates_model
 from fer_ray.orchestrate.report import write_report
 from fer_ray.orchestrate.stages import check_source, resolve_models
@@ -109,6 +110,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     if evaluates_model(spec.experiment):
         check_source(spec)
     _start_ray(address, num_cpus)
+    nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
+    check_storage_for_cluster(spec.storage.path, nodes)
+    check_tracking_for_cluster(tracker.uri, nodes)
     if resume:
         spec, parent_id, tune_path = _find_resumable(spec, tracker)
         tuner = tune.Tuner.restore(tune_path, trainable(spec, tracker, parent_id), resume_errored=True)

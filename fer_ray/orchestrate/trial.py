@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.artifacts
+import ray
 from dataclasses import replace
 from ray import tune
 
@@ -116,7 +117,8 @@ def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tra
         key,
         run_name=run_name(overrides),
         params=flatten(spec.model_dump(mode="json", include={"data", "model", "train", "eval"})),
-        tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id()},
+        tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id(),
+              "fer_ray.node_id": ray.get_runtime_context().get_node_id()},
     )
     experiment = load_experiment(spec.experiment)
     # A run left open here (an exception, ASHA stopping the trial, a lost node) is closed by the driver
