@@ -7,6 +7,8 @@ Metric keys here are bare (``accuracy``, ``macro_f1``); callers prefix them with
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -137,3 +139,14 @@ def _model_device(model: nn.Module) -> torch.device:
 def _num_outputs(model: nn.Module) -> int:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else 0
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run a block with ``model`` in eval mode and put its previous mode back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

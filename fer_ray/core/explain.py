@@ -19,7 +19,6 @@ ResNets, where each ReLU input feeds only its ReLU) would get a wrong map.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -33,7 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from fer_ray.core.device import autocast, use_channels_last
-from fer_ray.core.evaluate import as_float_images
+from fer_ray.core.evaluate import as_float_images, eval_mode
 
 #: Upper percentile of the grayscale guided map that becomes 1 (the seed's convert_to_grayscale).
 GRAYSCALE_CLIP_PERCENTILE = 99.0
@@ -60,7 +59,7 @@ def vanilla_saliency(model: nn.Module, images: torch.Tensor, target) -> torch.Te
     an image whose gradient is all zero gets an all-zero map (never NaN).
     """
     inputs, targets = _prepare_inputs(model, images, target)
-    with _eval_mode(model):
+    with eval_mode(model):
         gradients = Saliency(model).attribute(inputs, target=targets, abs=True)
     return _normalise_by_max(gradients.detach().amax(dim=1)).cpu()
 
@@ -103,7 +102,7 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, target) -> torch.Ten
     """
     inputs, targets = _prepare_inputs(model, images, target)
     explainer = CheckedGuidedBackprop(model)
-    with _eval_mode(model):
+    with eval_mode(model):
         gradients = explainer.attribute(inputs, target=targets)
     if explainer.rule_applications != explainer.relu_calls:
         raise GuidedBackpropError(
@@ -145,7 +144,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target, layer: str | nn.Mod
     """
     inputs, targets = _prepare_inputs(model, images, target)
     cam_layer = _resolve_layer(model, layer)
-    with _eval_mode(model):
+    with eval_mode(model):
         cam = LayerGradCam(model, cam_layer).attribute(inputs, target=targets, relu_attributions=True)
     upsampled = LayerAttribution.interpolate(cam.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")
     return _normalise_by_max(upsampled[:, 0].clamp(min=0)).cpu()
@@ -171,7 +170,7 @@ def extract_features(
     device = device or _model_device(model)
     model.to(device)
     outputs = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):
             batch = as_float_images(images[start : start + batch_size].to(device, non_blocking=True))
             if use_channels_last(device):
@@ -251,16 +250,6 @@ class _ReluCallCounter(TorchFunctionMode):
         if getattr(func, "__name__", None) in self._RELU_NAMES:
             self.calls += 1
         return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _prepare_inputs(model: nn.Module, images: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,11 +20,11 @@ def augmentation_grid(images, augmented, titles: list[str] | None = None) -> Fig
     ``images`` (variant k of every image) or one tensor (N, K, 3, H, W). titles: K + 1 column titles
     (default "original", "augmented 1", ...). Returns a Figure with N x (K + 1) axes.
     """
-    originals = _as_float_images(images)
+    originals = as_cpu_float_images(images)
     if isinstance(augmented, torch.Tensor):
-        variants = _as_float_images(augmented.flatten(0, 1)).view(augmented.shape)
+        variants = as_cpu_float_images(augmented.flatten(0, 1)).view(augmented.shape)
     else:
-        variants = torch.stack([_as_float_images(v) for v in augmented], dim=1)
+        variants = torch.stack([as_cpu_float_images(v) for v in augmented], dim=1)
     if variants.shape[0] != originals.shape[0] or variants.shape[2:] != originals.shape[1:]:
         raise ValueError(
             f"augmented variants of shape {tuple(variants.shape)} do not match images {tuple(originals.shape)} "
@@ -72,7 +72,7 @@ def confusion_matrix_figure(
     return figure
 
 
-def _as_float_images(images) -> torch.Tensor:
+def as_cpu_float_images(images) -> torch.Tensor:
     """uint8 0..255 or float [0,1] tensor / array -> float32 CPU tensor in [0,1]."""
     tensor = torch.as_tensor(images).detach().cpu()
     if tensor.dtype == torch.uint8:

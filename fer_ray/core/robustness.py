@@ -20,7 +20,6 @@ the seed's variances (0.1 and around) are far above that resolution.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator, Sequence
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_ray.core.device import use_channels_last
-from fer_ray.core.evaluate import as_float_images, predict_logits
+from fer_ray.core.evaluate import as_float_images, eval_mode, predict_logits
 
 #: Generator streams: one per kind of random draw, so noise and PGD starts are independent.
 NOISE_STREAM, PGD_START_STREAM = 0, 1
@@ -134,7 +133,7 @@ def input_gradient_sign(model: nn.Module, images: torch.Tensor, labels: torch.Te
     device; labels: int (N,). Computed in float32 in eval mode.
     """
     labels = _checked_labels(images, labels).to(images.device)
-    with _eval_mode(model):
+    with eval_mode(model):
         return _loss_gradient_sign(model, as_float_images(images), labels)
 
 
@@ -171,7 +170,7 @@ def fgsm_accuracy(
     device = device or _model_device(model)
     model.to(device)
     tally = _AttackTally(epsilons, len(labels), return_examples)
-    with _eval_mode(model):
+    with eval_mode(model):
         for start, batch, batch_labels in _batches(images, labels, batch_size, device):
             # Hand-written rather than captum.robust.FGSM: its perturb() recomputes the gradient on
             # every call, i.e. once per epsilon; the sign is the same for every epsilon, so one
@@ -213,7 +212,7 @@ def pgd_attack(
     eps = _checked_epsilon(eps)
     step_size = _checked_pgd_step(eps, steps, step_size)
     labels = _checked_labels(images, labels).to(images.device)
-    with _eval_mode(model):
+    with eval_mode(model):
         return _pgd(model, as_float_images(images), labels, eps, steps, step_size, random_start, seed, first_index)
 
 
@@ -241,7 +240,7 @@ def pgd_accuracy(
     device = device or _model_device(model)
     model.to(device)
     tally = _AttackTally(epsilons, len(labels), return_examples)
-    with _eval_mode(model):
+    with eval_mode(model):
         for start, batch, batch_labels in _batches(images, labels, batch_size, device):
             for epsilon in epsilons:
                 adversarial = _pgd(
@@ -355,16 +354,6 @@ def _layout(images: torch.Tensor) -> torch.Tensor:
     if use_channels_last(images.device):
         return images.contiguous(memory_format=torch.channels_last)
     return images
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _accuracy_entry(correct: np.ndarray) -> dict:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from fer_ray.core.plots import as_cpu_float_images
+
 #: Colour of the seed project's reference numbers on every figure.
 REFERENCE_COLOUR = "tab:gray"
 
@@ -33,7 +35,7 @@ def image_panel_figure(
     titles = list(columns)
     if not titles:
         raise ValueError("image_panel_figure needs at least one column of images")
-    pictures = {name: _as_float_images(images) for name, images in columns.items()}
+    pictures = {name: as_cpu_float_images(images) for name, images in columns.items()}
     counts = {name: int(images.shape[0]) for name, images in pictures.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(f"every column needs the same number of images, got {counts}")
@@ -144,11 +146,3 @@ def repeats_boxplot_figure(
     axis.set_title(title)
     axis.grid(alpha=0.3, axis="y")
     return figure
-
-
-def _as_float_images(images) -> torch.Tensor:
-    """uint8 0..255 or float [0,1] (N, 3, H, W) -> float32 CPU tensor in [0,1]."""
-    tensor = torch.as_tensor(images).detach().cpu()
-    if tensor.dtype == torch.uint8:
-        return tensor.float() / 255.0
-    return tensor.float().clamp(0.0, 1.0)
