@@ -105,3 +105,9 @@ def load_model_and_data(trial: Trial):
             f"data.dataset={trial.data.dataset!r} has {list(data.dataset.classes)}"
         )
     return model.to(pick_device()).eval(), data
+
+
+def number_label(value: float) -> str:
+    """A swept number as it appears in metric and tag names (MLflow-safe, shortest form):
+    0.1 -> '0.1', 0 -> '0', 1e-05 -> '1e-05'. Used for noise variances and attack epsilons alike."""
+    return f"{float(value):g}"

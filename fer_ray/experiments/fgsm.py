@@ -32,7 +32,7 @@ from fer_ray.core.config import Strict
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, top_k_caption
 from fer_ray.core.stats import mean_ci
-from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 
 EVALUATES_MODEL = True
 
@@ -74,9 +74,7 @@ class EvalConfig(Strict):
         return _check_epsilons(values)
 
 
-def epsilon_label(epsilon: float) -> str:
-    """Epsilon as it appears in metric and tag names: 0.01 -> '0.01', 0 -> '0'."""
-    return f"{float(epsilon):g}"
+epsilon_label = number_label  # the label of an epsilon in metric and tag names
 
 
 def accuracy_key(epsilon: float) -> str:

@@ -42,7 +42,7 @@ from fer_ray.core.groups import cluster_bootstrap_ci
 from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, repeats_boxplot_figure
 from fer_ray.core.stats import bootstrap_ci, mcnemar, mean_ci
-from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 
 EVALUATES_MODEL = True
 
@@ -79,9 +79,7 @@ class EvalConfig(Strict):
         return _check_variances(values)
 
 
-def variance_label(variance: float) -> str:
-    """The variance as it appears in metric and tag names: 0.1 -> '0.1', 0 -> '0', 1e-05 -> '1e-05'."""
-    return f"{float(variance):g}"
+variance_label = number_label  # the label of a variance in metric and tag names
 
 
 def accuracy_key(variance: float) -> str:
