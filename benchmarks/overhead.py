@@ -1,13 +1,20 @@
-"""Per-trial overhead of fer_ray (Ray Tune + MLflow logging) against a plain Python loop.
+"""Per-trial overhead and start-up of fer_ray (Ray Tune + MLflow logging) against a plain Python loop.
 
-The trial is the probe experiment (3 instant "epochs", a checkpoint each, a few metrics and tags):
-- baseline: the same 20 trials called one after another in this process (LocalReporter: no Ray, no
-  MLflow);
-- fer_ray: a 1-trial sweep on a fresh local Ray and a fresh sqlite MLflow (start-up = its wall time
-  minus one baseline trial: ray.init, the MLflow database, Tune's set-up, the first trial process);
-  then, on that warm Ray, a 2-trial sweep and a (2 + 20)-trial sweep through ``run_sweep``.
-Per-trial overhead = (T22 - T2) / 20 minus one baseline trial: the fixed cost of any sweep (Tuner,
-parent run, report) cancels out.
+The trial is the probe experiment (3 instant "epochs", a checkpoint each, a few metrics and tags).
+Measured in one run, on this machine:
+
+- plain loop: the same trials called one after another in this process (LocalReporter: no Ray, no
+  MLflow), imports done beforehand;
+- Ray + Tune alone (the floor fer_ray cannot go below): in a fresh process with Ray imported,
+  ``ray.init`` of a local Ray and a 1-trial ``Tuner.fit`` of a function that only calls
+  ``tune.report``; no fer_ray, no MLflow, no torch;
+- fer_ray start-up: a 1-trial sweep through ``run_sweep`` on a fresh local Ray and a fresh sqlite
+  MLflow, minus one plain trial (Ray, the MLflow database, Tune's set-up, the trial process importing
+  torch and MLflow, the parent run, the report);
+- per-trial overhead: on that warm Ray, a 2-trial and a (2 + N)-trial sweep; (T(2+N) - T2) / N minus
+  one plain trial, so the fixed cost of any sweep (Tuner, parent run, report) cancels out;
+- as a user sees it: ``python -m fer_ray.sweep`` with 1 trial against a script that runs the one plain
+  trial, both fresh processes, imports included.
 
     python benchmarks/overhead.py [--trials 20] [--cpus 2]
 
@@ -18,11 +25,54 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
-SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "probe.yaml"
+REPO = Path(__file__).resolve().parent.parent
+SWEEP = REPO / "sweeps" / "probe.yaml"
+
+# A fresh process: a local Ray and one Tune trial that does nothing but report (prints its seconds).
+RAY_TUNE_FLOOR = textwrap.dedent("""
+    import sys, tempfile, time
+    import ray
+    from ray import tune
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=int(sys.argv[1]), include_dashboard=False)
+    def trial(config):
+        tune.report({"value": config["value"]})
+    tuner = tune.Tuner(trial, param_space={"value": tune.grid_search([0])},
+                       tune_config=tune.TuneConfig(reuse_actors=True),
+                       run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0))
+    assert not tuner.fit().errors
+    print(time.perf_counter() - started)
+""")
+
+# A fresh process: the plain loop's way to run one probe trial, imports included.
+PLAIN_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from fer_ray.experiments import probe
+    from fer_ray.experiments.base import LocalReporter, Trial
+    from fer_ray.orchestrate.spec import load_spec
+    spec = load_spec(sys.argv[1])
+    trial = Trial(sweep="probe", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config())
+    probe.run(trial, LocalReporter(Path(sys.argv[2])))
+""")
+
+
+def probe_overrides(n_trials: int, folder: Path, name: str) -> list[str]:
+    """``--set`` values for an n-trial probe sweep whose MLflow database and Tune state live in ``folder``."""
+    values = "[" + ",".join(str(i) for i in range(n_trials)) + "]"
+    return [
+        f"search.grid.eval.value={values}",
+        f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+        f"storage.path={folder / 'ray_results'}",
+        f"name={name}",
+    ]
 
 
 def baseline_seconds(n_trials: int, folder: Path) -> float:
@@ -45,18 +95,22 @@ def sweep_seconds(n_trials: int, folder: Path, cpus: int) -> float:
     from fer_ray.orchestrate.driver import run_sweep
     from fer_ray.orchestrate.spec import load_spec
 
-    values = "[" + ",".join(str(i) for i in range(n_trials)) + "]"
-    spec = load_spec(SWEEP, [
-        f"search.grid.eval.value={values}",
-        f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
-        f"storage.path={folder / 'ray_results'}",
-        f"name=probe{n_trials}",
-    ])
+    spec = load_spec(SWEEP, probe_overrides(n_trials, folder, f"probe{n_trials}"))
     started = time.perf_counter()
     outcome = run_sweep(spec, num_cpus=cpus)
     elapsed = time.perf_counter() - started
     assert outcome.all_succeeded and len(outcome.rows) == n_trials, outcome.summary()
     return elapsed
+
+
+def process_seconds(command: list[str], folder: Path) -> tuple[float, str]:
+    """Wall time and stdout of ``command`` run in ``folder`` as a fresh process (fails loudly)."""
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return elapsed, result.stdout
 
 
 def main() -> None:
@@ -66,7 +120,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        os.chdir(folder)  # reports/ of the sweeps land in the temp folder
+        _, floor_out = process_seconds([sys.executable, "-c", RAY_TUNE_FLOOR, str(args.cpus)], folder)
+        floor = float(floor_out.split()[-1])
+        cli_folder, plain_folder = folder / "cli", folder / "plain_cli"
+        cli_folder.mkdir()
+        plain_folder.mkdir()
+        cli, _ = process_seconds([sys.executable, "-m", "fer_ray.sweep", str(SWEEP), "--num-cpus", str(args.cpus),
+                                  "--set", *probe_overrides(1, cli_folder, "probe_cli")], cli_folder)
+        plain_process, _ = process_seconds([sys.executable, "-c", PLAIN_SCRIPT, str(SWEEP), "trial"], plain_folder)
+
+        os.chdir(folder)  # reports/ of the in-process sweeps land in the temp folder
         plain = baseline_seconds(args.trials, folder / "plain")
         one = sweep_seconds(1, folder, args.cpus)
         two = sweep_seconds(2, folder, args.cpus)
@@ -75,10 +138,13 @@ def main() -> None:
     startup = one - plain_per_trial
     overhead = (many - two) / args.trials - plain_per_trial
     print(f"plain loop: {args.trials} trials in {plain:.2f} s ({plain_per_trial * 1000:.1f} ms per trial)")
-    print(f"fer_ray:    first sweep (1 trial) {one:.2f} s; then 2 trials {two:.2f} s, {2 + args.trials} trials {many:.2f} s on {args.cpus} CPUs")
-    print(f"start-up: {startup:.2f} s (goal <= 10 s)")
-    print(f"per-trial overhead after start-up: {overhead:.3f} s (goal <= 0.5 s)")
-    print(f"ratio overhead/goal: {overhead / 0.5:.2f}x of the 0.5 s budget per trial")
+    print(f"Ray + Tune alone: ray.init + a 1-trial fit of an empty function {floor:.2f} s on {args.cpus} CPUs (the floor)")
+    print(f"fer_ray:    first sweep (1 trial) {one:.2f} s; then 2 trials {two:.2f} s, {2 + args.trials} trials {many:.2f} s")
+    print(f"start-up: {startup:.2f} s (goal <= 10 s); {startup - floor:+.2f} s over Ray + Tune alone ({startup / floor:.2f}x the floor)")
+    print(f"fixed cost of a sweep on a running Ray (2 trials): {two:.2f} s")
+    print(f"per-trial overhead after start-up: {overhead:.3f} s (goal <= 0.5 s); ratio overhead/goal {overhead / 0.5:.2f}x")
+    print(f"as a user sees it: `python -m fer_ray.sweep` (1 trial) {cli:.2f} s vs the plain script (1 trial) "
+          f"{plain_process:.2f} s: {cli - plain_process:.2f} s of start-up")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -73,5 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if outcome.all_succeeded else 1
 
 
+def cli() -> None:
+    """``python -m fer_ray.sweep`` and ``fer-ray-sweep``: main(), then an exit that skips Python's
+    teardown of the torch / Ray / MLflow modules (~2 s on 2 cores, with nothing left to write).
+
+    The quick exit is registered before main() imports Ray and MLflow, so it runs after their exit
+    handlers (Ray's shutdown of the local cluster among them); it flushes logging and the standard
+    streams itself. An exception still prints its traceback first and exits with status 1.
+    """
+    exit_code = [1]
+    atexit.register(_exit_now, exit_code)
+    exit_code[0] = main()
+    sys.exit(exit_code[0])
+
+
+def _exit_now(exit_code: list[int]) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code[0])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

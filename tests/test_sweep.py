@@ -79,6 +79,11 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
     assert "report/report.md" in parent_artifacts
     assert "Report:" in out and "quickstart" in out
 
+    # Tune keeps the CSV/JSON results its ExperimentAnalysis reads, and writes no TensorBoard files
+    tune_files = [path.name for path in (workdir / "ray_results").rglob("*") if path.is_file()]
+    assert tune_files.count("result.json") == 2 and tune_files.count("progress.csv") == 2
+    assert not [name for name in tune_files if name.startswith("events.out.tfevents")]
+
 
 def test_dry_run_prints_the_plan_and_runs_nothing(workdir, capsys):
     code = main([str(SWEEPS / "dataset_fraction.yaml"), "--dry-run"])

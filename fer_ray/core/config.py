@@ -37,6 +37,10 @@ class SyntheticConfig(Strict):
     seed: int = 0
 
 
+#: How each ``split.by`` divides people, as every run and report labels it.
+PROTOCOL_LABELS = {"identity": "subject-disjoint", "image": "subject-dependent (image-level split)"}
+
+
 class SplitConfig(Strict):
     """How images are divided into train / val / test.
 
@@ -48,6 +52,11 @@ class SplitConfig(Strict):
     val: float = Field(0.15, ge=0.0, lt=1.0, description="fraction of identities (or images)")
     test: float = Field(0.15, gt=0.0, lt=1.0, description="fraction of identities (or images)")
     seed: int = Field(0, description="fixes the split; independent of the training seed")
+
+    @property
+    def protocol(self) -> str:
+        """The label every run and report carries: 'subject-disjoint' or 'subject-dependent (...)'."""
+        return PROTOCOL_LABELS[self.by]
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "SplitConfig":

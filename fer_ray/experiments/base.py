@@ -10,6 +10,9 @@ from pydantic import BaseModel
 
 from fer_ray.core.config import DataConfig, ModelConfig, TrainConfig
 
+#: The file name of a trained fer_ray model (``fer_ray.core.train.save_model``), on disk and in MLflow.
+MODEL_FILE = "model.pt"
+
 
 @dataclass(frozen=True)
 class Trial:

@@ -17,9 +17,8 @@ from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.models import build_model, count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
 from fer_ray.core.train import fit, save_model
-from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.base import MODEL_FILE, Reporter, Trial
 
-MODEL_FILE = "model.pt"
 MODEL_ARTIFACT_DIR = "model"
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from fer_ray.core.data.splits import PROTOCOL_LABELS
 from fer_ray.core.plots import metric_curve_figure
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import load_experiment
@@ -118,7 +117,7 @@ def _header(spec: SweepSpec, runs: pd.DataFrame) -> str:
         spec.description.strip(),
         "",
         f"- experiment: {spec.experiment}; profile: {spec.profile}; finished trials: {len(runs)}",
-        f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {PROTOCOL_LABELS[spec.data.split.by]}",
+        f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {spec.data.split.protocol}",
         f"- model: {spec.model.arch} (weights {spec.model.weights}); {spec.train.epochs} epochs",
         "- cells: mean over seeds [95 % CI, Student t; '-' with one seed]",
         "",

@@ -20,8 +20,7 @@ from dataclasses import replace
 from ray import tune
 
 from fer_ray.experiments import evaluates_model, load_experiment
-from fer_ray.experiments.base import Trial
-from fer_ray.experiments.finetune import MODEL_FILE
+from fer_ray.experiments.base import MODEL_FILE, Trial
 from fer_ray.orchestrate.stages import TAG_TRAIN_HASH, training_hash
 from fer_ray.orchestrate.spec import SweepSpec, trial_spec
 from fer_ray.orchestrate.tracking import Tracker, flatten

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -102,8 +103,17 @@ def run_config(spec: SweepSpec, storage_path: str, run_name: str) -> tune.RunCon
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         progress_reporter=progress_reporter(spec),
+        callbacks=result_loggers(),
         verbose=1,
     )
+
+
+def result_loggers() -> list:
+    """Tune's CSV and JSON result files (its ExperimentAnalysis reads them), without the TensorBoard
+    logger Tune adds by default: MLflow is where results are viewed, and the TensorBoard logger
+    imports torch into the driver (~2 s of every sweep's start-up) to write event files nobody reads."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
 def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:

@@ -14,12 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from fer_ray.core.config import SplitConfig
+from fer_ray.core.config import PROTOCOL_LABELS, SplitConfig
 from fer_ray.core.data.records import DataError, FaceDataset
-
-
-#: How each ``split.by`` divides people, as every run and report labels it.
-PROTOCOL_LABELS = {"identity": "subject-disjoint", "image": "subject-dependent (image-level split)"}
 
 
 @dataclass(frozen=True)
