@@ -1,8 +1,17 @@
-"""Shared fixtures: tiny synthetic KDEF-format faces, made once per test session."""
+"""Shared fixtures: tiny synthetic KDEF-format faces, a tiny trained model, a real `mlflow server`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,3 +62,66 @@ def tiny_trained_model(tmp_path_factory) -> Path:
     trial = Trial(sweep="tiny", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config())
     finetune.run(trial, LocalReporter(folder))
     return folder / finetune.MODEL_FILE
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class MlflowServer:
+    """A real ``mlflow server`` process on 127.0.0.1: sqlite backend, artifacts proxied to ``artifacts``."""
+
+    uri: str
+    artifacts: Path
+    process: subprocess.Popen
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the server (and its workers) for the block: a trial blocks at its next MLflow call,
+        so it stays mid-run, however fast it trains, until the block ends."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
+    """One server for the session; tests keep apart by experiment name."""
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    artifacts = folder / "artifacts"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+        "--artifacts-destination", str(artifacts),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers
+    with open(folder / "server.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+    server = MlflowServer(uri=f"http://127.0.0.1:{port}", artifacts=artifacts, process=process)
+    try:
+        _wait_healthy(server, timeout_s=90)
+        yield server
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+
+
+def _wait_healthy(server: MlflowServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, "mlflow server exited during start-up"
+        try:
+            with urllib.request.urlopen(f"{server.uri}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise AssertionError(f"mlflow server at {server.uri} not healthy after {timeout_s}s")

@@ -11,15 +11,12 @@ unreachable at start.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,7 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
-from conftest import TINY
+from conftest import TINY, MlflowServer, free_port
 from fer_ray.orchestrate.cluster import (
     HEAD_RESOURCE,
     NETWORK_FILESYSTEMS,
@@ -113,6 +110,30 @@ def test_remote_or_declared_shared_storage_accepted_across_machines(local_folder
         check_storage_for_cluster(str(local_folder), TWO_MACHINES)
 
 
+@pytest.mark.parametrize(("storage", "expected"), [
+    ("/data/ray_results", "/data/ray_results/probe-1"),
+    ("file:///data/ray_results/", "file:///data/ray_results/probe-1"),
+    ("s3://bucket/prefix", "s3://bucket/prefix/probe-1"),
+    ("s3://bucket/p?endpoint_override=http://10.0.0.3:9000&region=eu", "s3://bucket/p/probe-1?endpoint_override=http://10.0.0.3:9000&region=eu"),
+])
+def test_experiment_path_keeps_a_storage_uris_query_at_the_end(storage, expected):
+    from fer_ray.orchestrate.driver import experiment_path
+
+    assert experiment_path(storage, "probe-1") == expected
+
+
+def test_tune_parses_the_recorded_path_of_a_query_storage_uri():
+    """pyarrow (what Tune opens storage with) reads the run folder as part of the path and the query as
+    options; run_name appended after the query would have become part of the region instead."""
+    import pyarrow.fs
+
+    from fer_ray.orchestrate.driver import experiment_path
+
+    uri = experiment_path("s3://bucket/p?endpoint_override=http://127.0.0.1:9&region=eu-west-1", "probe-1")
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)  # parses only: no request is sent
+    assert path == "bucket/p/probe-1" and filesystem.region == "eu-west-1"
+
+
 def test_filesystem_type_finds_the_innermost_mount():
     mounts = "\n".join([
         "/dev/vda / ext4 rw 0 0",
@@ -169,29 +190,6 @@ class LocalCluster:
         self.cluster.wait_for_nodes()
 
 
-@dataclass
-class MlflowServer:
-    uri: str
-    artifacts: Path
-    process: subprocess.Popen
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """SIGSTOP the server (and its workers) for the block: a trial blocks at its next MLflow call,
-        so it stays mid-run, however fast it trains, until the block ends."""
-        os.killpg(self.process.pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            os.killpg(self.process.pid, signal.SIGCONT)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[LocalCluster]:
     """The cluster as it starts (cluster.yaml right after `ray up`): the CPU-less head alone."""
@@ -214,42 +212,6 @@ def ray_cluster(ray_head) -> LocalCluster:
     while len(ray_head.workers()) < 2:
         ray_head.add_worker()
     return ray_head
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
-    folder = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    artifacts = folder / "artifacts"
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-        "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers
-    with open(folder / "server.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
-    server = MlflowServer(uri=f"http://127.0.0.1:{port}", artifacts=artifacts, process=process)
-    try:
-        _wait_healthy(server.uri, process, timeout_s=90)
-        yield server
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-
-
-def _wait_healthy(uri: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "mlflow server exited during start-up"
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    raise AssertionError(f"mlflow server at {uri} not healthy after {timeout_s}s")
 
 
 @pytest.fixture()
@@ -475,7 +437,7 @@ def test_killed_driver_resumes_on_the_cluster_without_duplicate_runs(ray_cluster
 def test_unreachable_server_fails_before_any_trial(ray_cluster, workdir, capsys):
     from fer_ray.sweep import main
 
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     storage = workdir / "storage"
     known_actors = set(_trial_actors())
     code = main([str(QUICKSTART), "--address", ray_cluster.address, "--tracking-uri", uri, "--storage", storage.as_uri(), "--set", *CLUSTER_SWEEP])

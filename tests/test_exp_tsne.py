@@ -110,3 +110,43 @@ def test_tsne_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
         row = f"| {float(child['params.eval.perplexity']):g} | {child['metrics.trustworthiness_2d']:.3f} [-] | {child['metrics.knn_acc_2d']:.3f} [-] |"
         assert row in report, row
     assert (folder / "tsne_2d_by_perplexity.png").is_file() and "![tsne_2d_by_perplexity.png]" in report
+
+
+def test_report_reads_the_embeddings_through_a_tracking_server(tiny_trained_model, mlflow_server, tmp_path):
+    """On a cluster the runs' artifacts sit behind an http server (mlflow-artifacts:/ URIs, nothing on
+    the driver's disk): the report still draws every perplexity's embedding, fetched through the server."""
+    from fer_ray.orchestrate.report import FETCHED, write_report
+    from fer_ray.orchestrate.tracking import Tracker, flatten
+
+    spec = resolve_spec({"name": "tsne-remote", "experiment": "tsne", "search": {"grid": {"eval.perplexity": [5, 8]}}},
+                        [*TINY, "eval.dims=[2]", f"source.model={tiny_trained_model}"])
+    tracker = Tracker(mlflow_server.uri, "tsne-remote-report")
+    tracker.check()
+    parent = tracker.parent_run(spec.name, "tsne-remote-1", tags={})
+    for perplexity in (5, 8):
+        trial = _trial(tiny_trained_model, f"eval.perplexity={perplexity}", "eval.dims=[2]")
+        reporter = LocalReporter(tmp_path / f"p{perplexity}")
+        metrics = tsne.run(trial, reporter)
+        child = tracker.child_run(parent, f"p{perplexity}", f"perplexity={perplexity}",
+                                  params=flatten({"eval": trial.eval.model_dump(mode="json")}),
+                                  tags={"fer_ray.source_model": str(tiny_trained_model)})
+        tracker.log_metrics(child, metrics)
+        for path, folder in reporter.artifacts:
+            tracker.log_artifact(child, path, folder)
+        tracker.finish(child)
+    runs = tracker.children(parent)
+    assert runs["artifact_uri"].str.startswith("mlflow-artifacts:").all(), "artifacts only reachable through the server"
+
+    folder = write_report(spec, tracker, parent, tmp_path / "report")
+    report = (folder / "report.md").read_text()
+    assert (folder / "tsne_2d_by_perplexity.png").stat().st_size > 0 and "![tsne_2d_by_perplexity.png]" in report
+    assert "missing" not in report
+    assert not (folder / FETCHED).exists(), "downloaded embeddings are not left in the report folder"
+
+    # a run without the artifact is counted, not fatal
+    empty = tracker.child_run(parent, "p9", "perplexity=9", params={"eval.perplexity": 9},
+                              tags={"fer_ray.source_model": str(tiny_trained_model)})
+    tracker.log_metrics(empty, {"trustworthiness_2d": 0.5, "knn_acc_2d": 0.5})
+    tracker.finish(empty)
+    report = (write_report(spec, tracker, parent, tmp_path / "report2") / "report.md").read_text()
+    assert "Embeddings missing from the artifact store for 1 run(s)" in report

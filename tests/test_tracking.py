@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import free_port  # noqa: E402
 from fer_ray.orchestrate.provenance import git_sha, package_versions, spec_hash  # noqa: E402
 from fer_ray.orchestrate.tracking import (  # noqa: E402
     MAX_PARAM_VAL_LENGTH,
@@ -49,12 +47,6 @@ def tracker(sqlite_db, request) -> Tracker:
     tracker = Tracker(f"sqlite:///{sqlite_db}", f"test-{request.node.name}")
     tracker.check()
     return tracker
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,61 +258,30 @@ def test_two_processes_create_children_concurrently(tracker):
 
 
 def test_unreachable_server_fails_fast_naming_the_uri():
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(TrackingError, match=f"{uri}.*unreachable"):
         Tracker(uri, "e").check()
     assert time.monotonic() - started < 10
 
 
-def _wait_healthy(uri: str, server: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "mlflow server exited during start-up"
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    raise AssertionError(f"mlflow server at {uri} not healthy after {timeout_s}s")
+def test_real_server_round_trip(mlflow_server, tmp_path):
+    tracker = Tracker(mlflow_server.uri, "fer_ray-server")
+    tracker.check()
+    parent = tracker.parent_run("quick", "sweep-http", tags={}, params={"data": {"size": 32}})
+    child = tracker.child_run(parent, "t0", "quick-0", params={"seed": 0})
+    tracker.log_metrics(child, {"val_acc": 0.5, "train_loss": float("inf")}, step=1)
+    payload = tmp_path / "weights.bin"
+    payload.write_bytes(os.urandom(2048))
+    tracker.log_artifact(child, payload, "checkpoints")
+    tracker.finish(child)
 
-
-def test_real_server_round_trip(tmp_path):
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    artifacts = tmp_path / "server_artifacts"
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
-        )
-    try:
-        _wait_healthy(uri, server, timeout_s=60)
-        tracker = Tracker(uri, "fer_ray-server")
-        tracker.check()
-        parent = tracker.parent_run("quick", "sweep-http", tags={}, params={"data": {"size": 32}})
-        child = tracker.child_run(parent, "t0", "quick-0", params={"seed": 0})
-        tracker.log_metrics(child, {"val_acc": 0.5, "train_loss": float("inf")}, step=1)
-        payload = tmp_path / "weights.bin"
-        payload.write_bytes(os.urandom(2048))
-        tracker.log_artifact(child, payload, "checkpoints")
-        tracker.finish(child)
-
-        assert tracker.child_run(parent, "t0", "quick-0", params={"seed": 0}) == child
-        frame = tracker.children(parent)
-        assert list(frame["run_id"]) == [child]
-        assert frame["metrics.val_acc"].iloc[0] == 0.5
-        assert frame["metrics.train_loss"].isna().iloc[0]  # inf is logged as NaN
-        downloaded = tracker.download_artifact(child, "checkpoints/weights.bin", tmp_path / "dl")
-        assert downloaded.read_bytes() == payload.read_bytes()
-        assert len(list(artifacts.rglob("weights.bin"))) == 1  # stored where the server was told
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=15)
+    assert tracker.child_run(parent, "t0", "quick-0", params={"seed": 0}) == child
+    frame = tracker.children(parent)
+    assert list(frame["run_id"]) == [child]
+    assert frame["metrics.val_acc"].iloc[0] == 0.5
+    assert frame["metrics.train_loss"].isna().iloc[0]  # inf is logged as NaN
+    downloaded = tracker.download_artifact(child, "checkpoints/weights.bin", tmp_path / "dl")
+    assert downloaded.read_bytes() == payload.read_bytes()
+    stored = [path for path in mlflow_server.artifacts.rglob("weights.bin") if child in path.parts]
+    assert len(stored) == 1 and stored[0].read_bytes() == payload.read_bytes()  # stored where the server was told

@@ -5,7 +5,9 @@ Each module exposes ``EvalConfig`` (pydantic model of its ``eval:`` section) and
 a trained model sets ``EVALUATES_MODEL = True``: the orchestrator then resolves (or trains) the model
 first and hands the trial its file as ``trial.model_file``. A module may also expose
 ``report(runs: pandas.DataFrame, spec) -> (markdown: str, figures: dict[name, Figure])`` for the
-sweep's report, optionally with a third element, a dict of sweep-level metrics for the parent run. Experiments use the
+sweep's report, optionally with a third element, a dict of sweep-level metrics for the parent run; a
+hook that reads files the trials logged declares a keyword ``fetch`` (base.Fetch) and gets a function
+that downloads a run's artifact from any artifact store (local folder, server, S3). Experiments use the
 science core and never import ray or mlflow: the orchestrator hands them a Reporter.
 """
 

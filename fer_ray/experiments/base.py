@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from pydantic import BaseModel
 
 from fer_ray.core.config import DataConfig, ModelConfig, TrainConfig
+
+#: What a report hook may take as ``fetch``: ``fetch(run_id, artifact_path)`` -> a local copy of that
+#: artifact of that run (downloaded from whatever artifact store the tracking server uses), or None
+#: when the run has no such artifact.
+Fetch = Callable[[str, str], "Path | None"]
 
 #: The file name of a trained fer_ray model (``fer_ray.core.train.save_model``), on disk and in MLflow.
 MODEL_FILE = "model.pt"

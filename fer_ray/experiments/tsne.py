@@ -13,8 +13,6 @@ redraws side by side). ``knn_acc_features`` (the same k-NN in the full feature s
 from __future__ import annotations
 
 import os
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +28,7 @@ from fer_ray.core.evaluate import classification_metrics, predict_proba
 from fer_ray.core.explain import ExplainError, embed_tsne, embedding_quality, extract_features
 from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure
 from fer_ray.core.stats import mean_ci
-from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.base import Fetch, Reporter, Trial, load_model_and_data
 
 EVALUATES_MODEL = True
 EMBEDDING_FOLDER = "tsne"
@@ -154,9 +152,10 @@ def _save_embedding(path: Path, embeddings: dict, labels, groups, data: Prepared
 # ----------------------------------------------------------------------------------------------
 
 
-def report(runs: pd.DataFrame, spec) -> tuple[str, dict]:
+def report(runs: pd.DataFrame, spec, fetch: Fetch) -> tuple[str, dict]:
     """A table of the embedding metrics per perplexity (mean over models [95 % CI]) and, for the first
-    model, the embeddings of every perplexity side by side (one figure per dimension)."""
+    model, the embeddings of every perplexity side by side (one figure per dimension), read from each
+    run's ``tsne/embedding.npz`` through ``fetch``."""
     cfg: EvalConfig = spec.eval_config()
     runs = runs.assign(perplexity=pd.to_numeric(runs["params.eval.perplexity"])).sort_values("perplexity")
     columns = [f"{name}_{d}d" for d in (2, 3) for name in QUALITY_METRICS if f"metrics.{name}_{d}d" in runs]
@@ -175,9 +174,9 @@ def report(runs: pd.DataFrame, spec) -> tuple[str, dict]:
     for perplexity, group in runs.groupby("perplexity", sort=True):
         cells = [_mean_ci_cell(group[f"metrics.{c}"]) for c in columns]
         lines.append(f"| {perplexity:g} | " + " | ".join(cells) + f" | {len(group)} |")
-    figures, missing = _side_by_side(runs, cfg.marker_by)
+    figures, missing = _side_by_side(runs, cfg.marker_by, fetch)
     if missing:
-        lines += ["", f"Embeddings not readable from the artifact store for {missing} run(s): see each run's tsne_*d.png."]
+        lines += ["", f"Embeddings missing from the artifact store for {missing} run(s): see each run's tsne_*d.png."]
     return "\n".join(lines) + "\n", figures
 
 
@@ -187,19 +186,20 @@ def _mean_ci_cell(values: pd.Series) -> str:
     return f"{summary['mean']:.3f} [{interval}]"
 
 
-def _side_by_side(runs: pd.DataFrame, marker_by: str) -> tuple[dict, int]:
-    """Figures ``tsne_<d>d_by_perplexity.png`` of the first model's runs; and how many runs' embeddings
-    could not be read (artifacts off a local/mounted file store)."""
+def _side_by_side(runs: pd.DataFrame, marker_by: str, fetch: Fetch) -> tuple[dict, int]:
+    """Figures ``tsne_<d>d_by_perplexity.png`` of the first model's runs; and how many runs had no
+    embedding artifact."""
     model_column = "tags.fer_ray.source_model"
     first_model = sorted(runs[model_column].dropna())[0] if model_column in runs and runs[model_column].notna().any() else None
     chosen = runs if first_model is None else runs[runs[model_column] == first_model]
     loaded, missing = [], 0
     for _, run in chosen.iterrows():
-        embedding = _read_embedding(run["artifact_uri"])
-        if embedding is None:
+        path = fetch(run["run_id"], f"{EMBEDDING_FOLDER}/{EMBEDDING_FILE}")
+        if path is None or not path.is_file():
             missing += 1
-        else:
-            loaded.append((run["perplexity"], embedding))
+            continue
+        with np.load(path, allow_pickle=False) as stored:
+            loaded.append((run["perplexity"], {key: stored[key] for key in stored.files}))
     figures = {}
     if not loaded:
         return figures, missing
@@ -213,17 +213,3 @@ def _side_by_side(runs: pd.DataFrame, marker_by: str) -> tuple[dict, int]:
         if panels:
             figures[f"tsne_{dims}d_by_perplexity.png"] = embedding_grid_figure(panels, classes, marker_by)
     return figures, missing
-
-
-def _read_embedding(artifact_uri) -> dict | None:
-    """The run's embedding.npz when its artifact store is a local (or mounted) folder, else None."""
-    if not isinstance(artifact_uri, str):
-        return None
-    parsed = urllib.parse.urlparse(artifact_uri)
-    if parsed.scheme not in ("", "file"):
-        return None
-    path = Path(urllib.request.url2pathname(parsed.path)) / EMBEDDING_FOLDER / EMBEDDING_FILE
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as stored:
-        return {key: stored[key] for key in stored.files}

@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,15 @@ def absolute_storage(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def experiment_path(storage: str, run_name: str) -> str:
+    """Where Tune keeps the sweep's state: ``run_name`` under ``storage`` (a local path or a URI).
+    A URI's query stays at the end: s3://b/p?endpoint_override=h -> s3://b/p/<run>?endpoint_override=h."""
+    if "://" not in storage:
+        return str(Path(storage) / run_name)
+    parts = urllib.parse.urlsplit(storage)
+    return urllib.parse.urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{run_name}"))
+
+
 def tracker_for(spec: SweepSpec) -> Tracker:
     """The sweep's MLflow target (a relative sqlite path becomes absolute, so workers agree)."""
     return Tracker(uri=spec.tracking.uri, experiment=spec.tracking.experiment)
@@ -120,7 +130,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         spec = with_model_sources(spec, tracker, address, num_cpus)
         storage = absolute_storage(spec.storage.path)
         run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tune_path = f"{storage.rstrip('/')}/{run_name}"
+        tune_path = experiment_path(storage, run_name)
         parent_id = _open_parent(spec, tracker, run_name, tune_path)
         tuner = build_tuner(spec, tracker, parent_id, storage, run_name)
     _import_in_background("fer_ray.orchestrate.report")

@@ -7,11 +7,14 @@ MLflow UI shows. Per grid point: mean and 95 % CI over seeds (Student t). Output
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from fer_ray.core.plots import metric_curve_figure
 from fer_ray.core.stats import mean_ci
@@ -21,6 +24,8 @@ from fer_ray.orchestrate.tracking import Tracker
 
 #: metrics summarised when a run has them, in this order
 REPORT_METRICS = ("test_acc", "test_macro_f1", "val_acc", "n_params")
+#: where report hooks' downloaded artifacts stay while the report is written (inside its folder)
+FETCHED = ".artifacts"
 
 
 def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Path) -> Path | None:
@@ -40,13 +45,14 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     table.to_csv(out_dir / "summary.csv", index=False)
     experiment = load_experiment(spec.experiment)
     if hasattr(experiment, "report"):  # the experiment's own tables, statistics and figures replace the generic table
-        extra_markdown, figures, *extra_metrics = experiment.report(runs, spec)
+        extra_markdown, figures, *extra_metrics = experiment.report(runs, spec, **_hook_extras(experiment.report, tracker, out_dir))
         if extra_metrics:  # sweep-level numbers (e.g. the SVM's refit test accuracy) on the parent run
             tracker.log_metrics(parent_id, extra_metrics[0])
         markdown = _header(spec, runs) + "\n" + extra_markdown + "\n" + "".join(f"![{name}]({name})\n" for name in figures)
     else:
         figures = _figures(table, keys)
         markdown = _header(spec, runs) + _table_markdown(table, keys) + "\n\n" + "".join(f"![{name}]({name})\n" for name in figures)
+    shutil.rmtree(out_dir / FETCHED, ignore_errors=True)
     for name, figure in figures.items():
         figure.savefig(out_dir / name, dpi=120, bbox_inches="tight")
     (out_dir / "report.md").write_text(markdown)
@@ -54,6 +60,21 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     for path in sorted(out_dir.iterdir()):
         tracker.log_artifact(parent_id, path, "report")
     return out_dir
+
+
+def _hook_extras(hook, tracker: Tracker, out_dir: Path) -> dict:
+    """``fetch`` for a report hook that declares it: artifacts of the sweep's runs, downloaded through
+    the tracking server into ``out_dir/.artifacts/<run id>/`` (removed once the report is written)."""
+    if "fetch" not in inspect.signature(hook).parameters:
+        return {}
+
+    def fetch(run_id: str, artifact_path: str) -> Path | None:
+        try:
+            return tracker.download_artifact(run_id, artifact_path, out_dir / FETCHED / run_id)
+        except (MlflowException, OSError):  # no such artifact (each store says so its own way)
+            return None
+
+    return {"fetch": fetch}
 
 
 def aggregate(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:

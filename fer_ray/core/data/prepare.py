@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fer_ray.core.config import DataConfig
+from fer_ray.core.config import PROTOCOL_LABELS, DataConfig
 from fer_ray.core.data.cache import dataset_fingerprint, load_image_tensors
 from fer_ray.core.data.records import FaceDataset, TensorSplit
 from fer_ray.core.data.sources import read_dataset
-from fer_ray.core.data.splits import PROTOCOL_LABELS, Split, split_dataset, training_subset
+from fer_ray.core.data.splits import Split, split_dataset, training_subset
 
 
 @dataclass

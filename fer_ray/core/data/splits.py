@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from fer_ray.core.config import PROTOCOL_LABELS, SplitConfig
+from fer_ray.core.config import SplitConfig
 from fer_ray.core.data.records import DataError, FaceDataset
 
 
