@@ -16,7 +16,10 @@ Measured in one run, on this machine:
 - as a user sees it: ``python -m fer_ray.sweep`` with 1 trial against a script that runs the one plain
   trial, both fresh processes, imports included.
 
-    python benchmarks/overhead.py [--trials 20] [--cpus 2]
+    python benchmarks/overhead.py [--trials 20] [--cpus 2] [--repeats 3]
+
+Fresh-Ray numbers vary by +-15 % on a shared 2-core machine: each is taken --repeats times and
+printed as median [min-max].
 
 Goals: <= 0.5 s per trial after start-up; start-up <= 10 s.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,34 +121,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-Ray measurements (start-up, floor, CLI) to take the median of")
     args = parser.parse_args()
+    import ray
+
+    floors, startups, clis, plain_processes = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        _, floor_out = process_seconds([sys.executable, "-c", RAY_TUNE_FLOOR, str(args.cpus)], folder)
-        floor = float(floor_out.split()[-1])
-        cli_folder, plain_folder = folder / "cli", folder / "plain_cli"
-        cli_folder.mkdir()
-        plain_folder.mkdir()
-        cli, _ = process_seconds([sys.executable, "-m", "fer_ray.sweep", str(SWEEP), "--num-cpus", str(args.cpus),
-                                  "--set", *probe_overrides(1, cli_folder, "probe_cli")], cli_folder)
-        plain_process, _ = process_seconds([sys.executable, "-c", PLAIN_SCRIPT, str(SWEEP), "trial"], plain_folder)
-
         os.chdir(folder)  # reports/ of the in-process sweeps land in the temp folder
         plain = baseline_seconds(args.trials, folder / "plain")
-        one = sweep_seconds(1, folder, args.cpus)
-        two = sweep_seconds(2, folder, args.cpus)
-        many = sweep_seconds(2 + args.trials, folder, args.cpus)
-    plain_per_trial = plain / args.trials
-    startup = one - plain_per_trial
+        plain_per_trial = plain / args.trials
+        # one after another in each round, so a busy spell of the machine touches all of them alike
+        for round_ in range(args.repeats):
+            here = folder / f"round{round_}"
+            here.mkdir()
+            _, floor_out = process_seconds([sys.executable, "-c", RAY_TUNE_FLOOR, str(args.cpus)], here)
+            floors.append(float(floor_out.split()[-1]))
+            startups.append(sweep_seconds(1, here, args.cpus) - plain_per_trial)
+            ray.shutdown()
+            cli, _ = process_seconds([sys.executable, "-m", "fer_ray.sweep", str(SWEEP), "--num-cpus", str(args.cpus),
+                                      "--set", *probe_overrides(1, here, "probe_cli")], here)
+            plain_process, _ = process_seconds([sys.executable, "-c", PLAIN_SCRIPT, str(SWEEP), "trial"], here)
+            clis.append(cli)
+            plain_processes.append(plain_process)
+        warm = folder / "warm"
+        warm.mkdir()
+        sweep_seconds(1, warm, args.cpus)  # start Ray; the two sweeps below find it running
+        two = sweep_seconds(2, warm, args.cpus)
+        many = sweep_seconds(2 + args.trials, warm, args.cpus)
     overhead = (many - two) / args.trials - plain_per_trial
+    startup, floor = statistics.median(startups), statistics.median(floors)
+    user_startup = [cli - plain for cli, plain in zip(clis, plain_processes)]
     print(f"plain loop: {args.trials} trials in {plain:.2f} s ({plain_per_trial * 1000:.1f} ms per trial)")
-    print(f"Ray + Tune alone: ray.init + a 1-trial fit of an empty function {floor:.2f} s on {args.cpus} CPUs (the floor)")
-    print(f"fer_ray:    first sweep (1 trial) {one:.2f} s; then 2 trials {two:.2f} s, {2 + args.trials} trials {many:.2f} s")
-    print(f"start-up: {startup:.2f} s (goal <= 10 s); {startup - floor:+.2f} s over Ray + Tune alone ({startup / floor:.2f}x the floor)")
+    print(f"Ray + Tune alone (ray.init + a 1-trial fit of an empty function): {_spread(floors)} on {args.cpus} CPUs")
+    print(f"start-up (1-trial sweep on a fresh Ray, minus one plain trial): {_spread(startups)} (goal <= 10 s)")
+    print(f"  of which over Ray + Tune alone: {startup - floor:.2f} s (medians; {startup / floor:.2f}x the floor)")
     print(f"fixed cost of a sweep on a running Ray (2 trials): {two:.2f} s")
     print(f"per-trial overhead after start-up: {overhead:.3f} s (goal <= 0.5 s); ratio overhead/goal {overhead / 0.5:.2f}x")
-    print(f"as a user sees it: `python -m fer_ray.sweep` (1 trial) {cli:.2f} s vs the plain script (1 trial) "
-          f"{plain_process:.2f} s: {cli - plain_process:.2f} s of start-up")
+    print(f"as a user sees it: `python -m fer_ray.sweep` (1 trial) {_spread(clis)} vs the plain script (1 trial) "
+          f"{_spread(plain_processes)}: {_spread(user_startup)} of start-up")
+
+
+def _spread(values: list[float]) -> str:
+    """'median s [min-max]' of repeated measurements."""
+    return f"{statistics.median(values):.2f} s [{min(values):.2f}-{max(values):.2f}, n={len(values)}]"
 
 
 if __name__ == "__main__":

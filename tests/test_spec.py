@@ -110,3 +110,12 @@ def test_missing_file_and_bad_yaml_are_named(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match=f"{bad}: not valid YAML"):
         load_spec(bad)
+
+
+def test_unknown_experiment_names_the_key_and_the_closest_kind():
+    with pytest.raises(SpecError) as caught:
+        resolve_spec({"name": "x", "experiment": "finetun"})
+    assert str(caught.value).endswith(
+        "experiment: unknown experiment 'finetun'; did you mean 'finetune'? "
+        "(valid: bias, evaluate, fgsm, finetune, noise, probe, saliency, svm, tsne)"
+    )

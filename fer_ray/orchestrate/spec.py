@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fer_ray.core.config import DataConfig, ModelConfig, Strict, TrainConfig
 from fer_ray.experiments import eval_config_model, evaluates_model, experiment_names
@@ -154,11 +154,12 @@ class SweepSpec(Strict):
     profile: str = Field("none", description="name of the entry of `profiles` applied ('none' = as written)")
     profiles: dict[str, dict[str, Any]] = {}
 
-    @model_validator(mode="after")
-    def _known_experiment(self) -> "SweepSpec":
-        if self.experiment not in experiment_names():
-            raise ValueError(_unknown("experiment", self.experiment, experiment_names()))
-        return self
+    @field_validator("experiment")
+    @classmethod
+    def _known_experiment(cls, experiment: str) -> str:
+        if experiment not in experiment_names():
+            raise ValueError(_unknown("experiment", experiment, experiment_names()))
+        return experiment
 
     def eval_config(self) -> BaseModel:
         """The ``eval`` section validated by the experiment's own model."""
@@ -361,6 +362,8 @@ def _explain(err: ValidationError, model: type[BaseModel], prefix: str) -> str:
             parent = _model_at(model, loc[:-1])
             valid = list(parent.model_fields) if parent is not None else []
             lines.append(f"{path}: {_unknown('key', loc[-1], valid)}")
+        elif problem["type"] == "value_error":  # our own validators: the message names the value
+            lines.append(f"{path}: {problem['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{path}: {problem['msg']} (got {problem.get('input')!r})")
     return "; ".join(lines)
