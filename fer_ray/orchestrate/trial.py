@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -108,6 +109,8 @@ def source_tags(source: str) -> dict[str, str]:
 
 def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tracker, parent_id: str) -> None:
     """The Tune trainable: config = this trial's overrides; the sweep spec arrives via the object store."""
+    # Ray logs every per-epoch checkpoint at INFO from the trial process: noise between the progress tables
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     overrides = trial_overrides(config)
     spec = trial_spec(SweepSpec.model_validate(spec_data), overrides)
     key = trial_key(overrides)
