@@ -95,6 +95,12 @@ def test_dry_run_prints_the_plan_and_runs_nothing(workdir, capsys):
     assert not (workdir / "mlflow.db").exists() and not (workdir / "ray_results").exists()
 
 
+def test_dry_run_of_a_sweep_that_trains_nothing(workdir, capsys):
+    assert main([str(SWEEPS / "probe.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 trials" in out and "probe trials train no network" in out and "evaluation sweep" not in out
+
+
 def test_bad_spec_fails_with_key_path_and_exit_code_2(workdir, capsys):
     code = main([str(SWEEPS / "quickstart.yaml"), "--set", "train.lrr=0.1", "--dry-run"])
     err = capsys.readouterr().err

@@ -155,8 +155,10 @@ def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
 
 def _rough_cost(spec: SweepSpec, n_trials: int) -> str:
     """Upper bound of training compute: trials x epochs x training images x GFLOPs per image."""
-    if spec.experiment != "finetune":
+    if evaluates_model(spec.experiment):
         return "evaluation sweep: cost depends on the trained model(s)"
+    if spec.experiment != "finetune":
+        return f"{spec.experiment} trials train no network: seconds each"
     n_images = _approx_training_images(spec)
     archs = spec.search.grid.get("model.arch", [spec.model.arch])
     gflops = sum(_TRAIN_GFLOPS_224[a] for a in archs) / len(archs) * (spec.data.image_size / 224) ** 2
