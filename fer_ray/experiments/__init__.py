@@ -36,14 +36,9 @@ def experiment_names() -> list[str]:
     return sorted(_MODULES)
 
 
-def experiment_module(name: str) -> str:
-    """The dotted name of experiment ``name``'s module (KeyError for an unknown kind)."""
-    return _MODULES[name]
-
-
 def load_experiment(name: str) -> ModuleType:
     """The module of experiment ``name`` (KeyError for an unknown kind)."""
-    return importlib.import_module(experiment_module(name))
+    return importlib.import_module(_MODULES[name])
 
 
 def eval_config_model(name: str) -> type[BaseModel]:

@@ -28,7 +28,7 @@ from fer_ray.orchestrate.stages import check_source, resolve_models
 from fer_ray.orchestrate.trial import trial_key, trial_overrides
 from fer_ray.orchestrate.spec import SweepSpec
 from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
-from fer_ray.orchestrate.tune import build_tuner, trainable, trial_plan
+from fer_ray.orchestrate.tune import build_tuner, set_tune_environment, trainable, trial_plan
 
 SPEC_ARTIFACT = "spec.json"
 
@@ -179,8 +179,7 @@ def _start_ray_and_tracking(tracker: Tracker, address: str | None, num_cpus: int
 
 
 def _start_ray(address: str | None, num_cpus: int | None) -> None:
-    # Per-epoch checkpoints of short trials trip Tune's "snapshotting too often" warning; it is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    set_tune_environment()
     if ray.is_initialized():
         return
     if address:

@@ -109,16 +109,29 @@ def run_config(spec: SweepSpec, storage_path: str, run_name: str) -> tune.RunCon
 
 
 def result_loggers() -> list:
-    """Tune's CSV and JSON result files (its ExperimentAnalysis reads them), without the TensorBoard
-    logger Tune adds by default: MLflow is where results are viewed, and the TensorBoard logger
-    imports torch into the driver (~2 s of every sweep's start-up) to write event files nobody reads."""
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    """Tune's CSV and JSON result files (its ExperimentAnalysis reads them). The TensorBoard logger Tune
+    would add is off (TUNE_ENVIRONMENT): MLflow is where results are viewed, and that logger imports
+    torch into the driver (~2 s of every sweep's start-up) to write event files nobody reads."""
     return [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
+#: Tune settings read from the environment (a value the user exported wins).
+TUNE_ENVIRONMENT = {
+    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy output engine honours progress_reporter (the compact table)
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # only result_loggers(): no TensorBoard logger
+    # per-epoch checkpoints of short trials trip Tune's "snapshotting too often" warning: noise here
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+def set_tune_environment() -> None:
+    """Apply TUNE_ENVIRONMENT; call before a Tuner is built or restored."""
+    for name, value in TUNE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
     """A compact live table: status, epoch and the key metrics of every trial."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy engine honours progress_reporter
     varying = list(spec.search.grid) or list((spec.search.optuna.space if spec.search.optuna else {}))
     return tune.CLIReporter(
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_acc": "val_acc", "test_acc": "test_acc"},
