@@ -66,7 +66,7 @@ def test_unsafe_sweep_names_are_refused_with_exit_2(name, tmp_path):
     path.write_text(yaml.safe_dump(spec))
     done = _run([*MODULE, str(path), "--dry-run"], tmp_path)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert f"unsafe.yaml: name:" in done.stderr and repr(name) in done.stderr
+    assert "unsafe.yaml: name:" in done.stderr and repr(name) in done.stderr
 
 
 @pytest.mark.parametrize("name", ["quickstart", "noise_sig-v2", "run.3", "_scratch"])
