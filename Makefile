@@ -1,11 +1,21 @@
 # The two commands of the README. Each creates .venv and installs fer_ray on first use.
-PYTHON ?= python3.11
+#
+# Python: fer_ray supports 3.11-3.13. Unless PYTHON is set (`make test PYTHON=python3.12`), .venv is
+# made with the newest of python3.13, python3.12, python3.11 that runs here (a pyenv shim of a version
+# pyenv has not selected is on PATH but does not run, so it is skipped). The install is the same on each;
+# where pip finds torch for one Python on the local disk (.ci/run prefers 3.11 for that reason) another
+# downloads about 1 GB of wheels once.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for v in 3.13 3.12 3.11; do python$$v -c 'import sys' >/dev/null 2>&1 && { echo python$$v; break; }; done)
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: quickstart test install
 
 $(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "no python3.13, python3.12 or python3.11 runs here: install one, or set PYTHON=/path/to/python3.1x" >&2; exit 1; }
+	@echo "Python for $(VENV): $(PYTHON) ($$($(PYTHON) -c 'import sys; print(sys.version.split()[0])'))"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
 	$(VENV)/bin/pip install --quiet -e ".[test]"

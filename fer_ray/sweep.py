@@ -5,6 +5,9 @@
     python -m fer_ray.sweep sweeps/model_size.yaml --profile none --set data.dataset=kdef data.root=/data/KDEF
     python -m fer_ray.sweep sweeps/hpo.yaml --dry-run
     python -m fer_ray.sweep sweeps/quickstart.yaml --resume        # finish an interrupted sweep
+
+Exit status: 0 every trial succeeded (and ``--help``, ``--dry-run``); 1 a trial or the tracking server
+failed; 2 a usage or spec error (nothing started); 130 interrupted (Ctrl-C; ``--resume`` finishes it).
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from pathlib import Path
 
 from fer_ray.orchestrate.spec import SpecError, load_spec
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130 = 128 + SIGINT, as shells report it
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fer_ray.sweep",
         description="Run the trials of one sweep file on Ray Tune; every trial is an MLflow child run.",
-        epilog="Compare runs: mlflow ui --backend-store-uri sqlite:///mlflow.db",
+        epilog="Compare runs: mlflow ui --backend-store-uri sqlite:///mlflow.db\n"
+        "Exit status: 0 done, 1 a trial or the tracking server failed, 2 usage or spec error (nothing ran),\n"
+        "130 interrupted (finish it with --resume).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("spec", type=Path, help="sweep file (YAML), e.g. sweeps/quickstart.yaml")
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec, overrides, profile=args.profile)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
     # Imported here so --help and spec errors answer without starting Ray.
     from fer_ray.orchestrate.driver import SweepFailed, dry_run, run_sweep
@@ -63,17 +70,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         print(dry_run(spec, address=args.address, num_cpus=args.num_cpus))
-        return 0
+        return EXIT_OK
     try:
         outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except (SweepFailed, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(outcome.summary())
-    return 0 if outcome.all_succeeded else 1
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if outcome.all_succeeded else EXIT_FAILED
 
 
 def cli() -> None:
@@ -83,11 +92,28 @@ def cli() -> None:
     The quick exit is registered before main() imports Ray and MLflow, so it runs after their exit
     handlers (Ray's shutdown of the local cluster among them); it flushes logging and the standard
     streams itself. An exception still prints its traceback first and exits with status 1.
+    argparse's own exits (``--help`` 0, usage errors 2) and Ctrl-C outside Tune (130) keep their status.
     """
-    exit_code = [1]
+    exit_code = [EXIT_FAILED]
     atexit.register(_exit_now, exit_code)
-    exit_code[0] = main()
+    try:
+        exit_code[0] = main()
+    except SystemExit as exit_request:  # argparse: parser.exit(status) after --help or a usage error
+        exit_code[0] = _status_of(exit_request)
+    except KeyboardInterrupt:
+        print("interrupted: finish it with  python -m fer_ray.sweep <this sweep file> --resume", file=sys.stderr)
+        exit_code[0] = EXIT_INTERRUPTED
     sys.exit(exit_code[0])
+
+
+def _status_of(exit_request: SystemExit) -> int:
+    """The status ``sys.exit(code)`` would give: None is 0, an int itself, anything else (a message) 1."""
+    if exit_request.code is None:
+        return EXIT_OK
+    if isinstance(exit_request.code, int):
+        return exit_request.code
+    print(exit_request.code, file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _exit_now(exit_code: list[int]) -> None:

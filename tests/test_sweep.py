@@ -130,6 +130,7 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(workdir):
     finally:
         if driver.poll() is None:
             driver.kill()
+    assert driver.returncode == 130, "an interrupted sweep exits 130 (128 + SIGINT)"
     before = _children(_runs(uri))
     assert (before["status"] == "FINISHED").sum() < 4, "the interrupt came before the sweep ended"
 

@@ -143,7 +143,7 @@ SETTINGS_SECTION = "eval"
 class SweepSpec(Strict):
     """One experiment = one sweep file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # no "..", no hidden folder: it names the report folder
     experiment: str
     description: str = ""
     data: DataConfig = DataConfig()
