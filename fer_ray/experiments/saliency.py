@@ -28,7 +28,7 @@ from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import as_float_images, predict_proba
-from fer_ray.core.explain import grad_cam, guided_backprop, saliency_panels, vanilla_saliency
+from fer_ray.core.explain import center_mass_fraction, grad_cam, guided_backprop, saliency_panels, vanilla_saliency
 from fer_ray.core.insight_plots import saliency_row_figure
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
@@ -142,21 +142,6 @@ def select_per_class(data: PreparedData, per_class: int) -> np.ndarray:
     if rows.size == 0:
         raise DataError(f"the test split of {data.dataset.name} is empty: no image to explain")
     return rows
-
-
-def center_mass_fraction(maps: torch.Tensor, center_fraction: float = 0.5) -> torch.Tensor:
-    """Share of each non-negative map's mass inside the central box, float32 (B,).
-
-    maps: (B, H, W). The box spans ``center_fraction`` of the height and of the width, centred
-    (rounded to whole pixels). An all-zero map gives NaN (no mass to place).
-    """
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
-    height, width = maps.shape[-2:]
-    top, left = round(height * (1 - center_fraction) / 2), round(width * (1 - center_fraction) / 2)
-    inner = maps[:, top : height - top, left : width - left].flatten(1).sum(dim=1)
-    total = maps.flatten(1).sum(dim=1)
-    return torch.where(total > 0, inner / total.clamp(min=torch.finfo(maps.dtype).tiny), torch.full_like(total, float("nan"))).float()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 One trial = one perplexity (the sweep's grid) on one trained model. The features of the chosen
 splits (default: the held-out test images) are reduced by PCA to ``eval.pca_dims`` dimensions and
 embedded by t-SNE in each of ``eval.dims`` (2 and/or 3). Per dimension the trial logs
-``trustworthiness_<d>d`` (sklearn, k = eval.k_neighbors) and ``knn_acc_<d>d`` (leave-one-out k-NN
-expression accuracy in the embedding), a scatter plot ``tsne_<d>d.png`` (colour = expression,
+``trustworthiness_<d>d`` (sklearn, k = eval.k_neighbors) and ``knn_acc_<d>d`` (leave-one-person-out
+k-NN expression accuracy in the embedding: a point's neighbours are other people's images only), a scatter plot ``tsne_<d>d.png`` (colour = expression,
 marker = eval.marker_by) and the coordinates (artifact ``tsne/embedding.npz``, which the report
 redraws side by side). ``knn_acc_features`` (the same k-NN in the full feature space) and
 ``test_acc`` give the reference points.
@@ -62,6 +62,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     model, data = load_model_and_data(trial)
     rows, images, split_of_row = _gather_splits(data, cfg.splits)
     labels = data.dataset.labels[rows]
+    people = data.dataset.identities[rows]  # k-NN accuracy counts only other people's images as neighbours
     _check_sizes(cfg, len(rows))
     reporter.tags({
         "fer_ray.dataset_fingerprint": data.fingerprint,
@@ -75,7 +76,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         "n_images": float(len(rows)),
         "feature_dim": float(features.shape[1]),
         "test_acc": test_metrics["accuracy"],
-        "knn_acc_features": embedding_quality(features, features, labels, cfg.k_neighbors)["knn_accuracy"],
+        "knn_acc_features": embedding_quality(features, features, labels, people, cfg.k_neighbors)["knn_accuracy"],
     }
     groups = _marker_groups(data, rows, split_of_row, cfg.marker_by)
     embeddings = {}
@@ -85,7 +86,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         # with 1; 700 images: 87 s vs 13 s, on 2 loaded cores). One thread is quick at these sizes.
         with threadpool_limits(limits=1):
             coords = embed_tsne(features, perplexity=cfg.perplexity, dims=dims, seed=cfg.seed, pca_dims=cfg.pca_dims)
-            quality = embedding_quality(features, coords, labels, cfg.k_neighbors)
+            quality = embedding_quality(features, coords, labels, people, cfg.k_neighbors)
         metrics[f"trustworthiness_{dims}d"] = quality["trustworthiness"]
         metrics[f"knn_acc_{dims}d"] = quality["knn_accuracy"]
         title = (
@@ -164,8 +165,8 @@ def report(runs: pd.DataFrame, spec, fetch: Fetch) -> tuple[str, dict]:
         "## t-SNE of the penultimate-layer features",
         "",
         f"Features of the {'+'.join(cfg.splits)} images; PCA to {cfg.pca_dims} dimensions, "
-        f"then t-SNE. trustworthiness: neighbourhoods kept (1 = all); knn_acc: leave-one-out "
-        f"{cfg.k_neighbors}-NN expression accuracy in the embedding (knn_acc_features: the same in the "
+        f"then t-SNE. trustworthiness: neighbourhoods kept (1 = all); knn_acc: leave-one-person-out "
+        f"{cfg.k_neighbors}-NN expression accuracy in the embedding, neighbours from other people only (knn_acc_features: the same in the "
         "full feature space). Cells: mean over models [95 % CI, Student t; '-' with one model].",
         "",
         "| perplexity | " + " | ".join(columns) + " | models |",
