@@ -38,7 +38,7 @@ from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
-from fer_ray.core.groups import cluster_bootstrap_ci
+from fer_ray.core.groups import accuracy_ci
 from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, repeats_boxplot_figure
 from fer_ray.core.stats import bootstrap_ci, mcnemar, mean_ci
@@ -133,17 +133,10 @@ def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, ident
 
 
 def subject_bootstrap_ci(correct: np.ndarray, identities: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """95 % CI of an accuracy resampling subjects (identities) with all their images.
-
-    correct: bool (N,) per image; identities: (N,) the person in each image. Uses
-    groups.cluster_bootstrap_ci with a single group and correctness encoded as labels (true 0,
-    predicted 0 when correct, 1 when wrong), whose accuracy is the fraction correct.
-    """
-    correct = np.asarray(correct, dtype=bool)
-    return cluster_bootstrap_ci(
-        np.zeros(len(correct), dtype=np.int64), (~correct).astype(np.int64), ["all"] * len(correct), identities,
-        statistic="acc", group="all", n_boot=n_boot, seed=seed,
-    )
+    """95 % CI of an accuracy over test people: fer_ray.core.groups.accuracy_ci (people resampled with
+    all their images; expanded percentile). correct: bool (N,) per image; identities: (N,)."""
+    low, high = accuracy_ci(np.asarray(correct, dtype=bool), identities, n_boot=n_boot, seed=seed)
+    return {"low": low, "high": high}
 
 
 def _save_correctness(folder: Path, results: dict, test, identities: np.ndarray, seed: int) -> Path:
