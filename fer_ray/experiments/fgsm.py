@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 from fer_ray.core.config import Strict
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, top_k_caption
-from fer_ray.core.stats import mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 
 EVALUATES_MODEL = True
@@ -174,7 +174,7 @@ def report(runs: pd.DataFrame, spec):
         "## Adversarial attack",
         "",
         "ε is the L∞ radius in the [0,1] pixel space (ε·255 grey levels). Cells: mean over models"
-        " [95 % CI, Student t over models; '-' with one model].",
+        " [95 % CI over models (training seeds) on the same test images, Student t clipped to [0, 1]; '-' with one model].",
         "",
         "| attack | ε | ε·255 | accuracy | models | seed project (image-level split) |",
         "|---|---|---|---|---|---|",
@@ -187,7 +187,7 @@ def report(runs: pd.DataFrame, spec):
             per_model = group.groupby("_model", sort=False)[column].mean().dropna()
             if per_model.empty:
                 continue
-            summary = mean_ci(per_model)
+            summary = mean_ci(per_model, bounds=ACCURACY_BOUNDS)
             curve.append((epsilon, summary))
             parent_metrics[f"mean_{accuracy_key(epsilon)}" + ("" if attack == "fgsm" else f"/{attack}")] = summary["mean"]
             reference = SEED_FGSM_REFERENCE.get(epsilon) if attack == "fgsm" else None

@@ -41,7 +41,7 @@ from fer_ray.core.evaluate import predict_logits
 from fer_ray.core.groups import accuracy_ci
 from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, repeats_boxplot_figure
-from fer_ray.core.stats import bootstrap_ci, mcnemar, mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, bootstrap_ci, mcnemar, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 
 EVALUATES_MODEL = True
@@ -227,7 +227,8 @@ def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) ->
     lines = [
         "### Accuracy vs noise variance",
         "",
-        "Cells: mean over models [95 % CI, Student t over models; '-' with one model]; a model's repeats"
+        "Cells: mean over models [95 % CI over models (training seeds) on the same test images, Student t clipped"
+        " to [0, 1]; '-' with one model]; a model's repeats"
         " (noise seeds) are averaged first. McNemar: paired test against clean accuracy on the same"
         " images, largest p over all runs.",
         "",
@@ -237,7 +238,7 @@ def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) ->
     rows = []
     for variance in variances:
         per_model = runs.groupby("_model", sort=False)[f"metrics.{accuracy_key(variance)}"].mean()
-        summary = mean_ci(per_model)
+        summary = mean_ci(per_model, bounds=ACCURACY_BOUNDS)
         p_column = f"metrics.mcnemar_p_var_{variance_label(variance)}"
         p_max = runs[p_column].max() if p_column in runs else float("nan")
         sigma = variance_to_sigma(variance)

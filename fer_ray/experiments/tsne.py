@@ -27,7 +27,7 @@ from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.evaluate import classification_metrics, predict_proba
 from fer_ray.core.explain import ExplainError, embed_tsne, embedding_quality, extract_features
 from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure
-from fer_ray.core.stats import mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Fetch, Reporter, Trial, load_model_and_data
 
 EVALUATES_MODEL = True
@@ -167,7 +167,7 @@ def report(runs: pd.DataFrame, spec, fetch: Fetch) -> tuple[str, dict]:
         f"Features of the {'+'.join(cfg.splits)} images; PCA to {cfg.pca_dims} dimensions, "
         f"then t-SNE. trustworthiness: neighbourhoods kept (1 = all); knn_acc: leave-one-person-out "
         f"{cfg.k_neighbors}-NN expression accuracy in the embedding, neighbours from other people only (knn_acc_features: the same in the "
-        "full feature space). Cells: mean over models [95 % CI, Student t; '-' with one model].",
+        "full feature space). Cells: mean over models [95 % CI over models (training seeds) on the same images, Student t clipped to [0, 1]; '-' with one model].",
         "",
         "| perplexity | " + " | ".join(columns) + " | models |",
         "|---|" + "---|" * (len(columns) + 1),
@@ -182,7 +182,7 @@ def report(runs: pd.DataFrame, spec, fetch: Fetch) -> tuple[str, dict]:
 
 
 def _mean_ci_cell(values: pd.Series) -> str:
-    summary = mean_ci(values.astype(float))
+    summary = mean_ci(values.astype(float), bounds=ACCURACY_BOUNDS)  # every t-SNE column is a fraction
     interval = "-" if np.isnan(summary["low"]) else f"{summary['low']:.3f}–{summary['high']:.3f}"
     return f"{summary['mean']:.3f} [{interval}]"
 
