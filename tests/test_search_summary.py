@@ -17,6 +17,7 @@ from fer_ray.core.search import (
     parameter_figure,
     rank_trials,
     search_history_figure,
+    summarise_search,
 )
 
 TRIALS = [
@@ -60,3 +61,16 @@ def test_search_figures_mark_stopped_trials_and_render():
         figure.savefig(buffer, format="png")
         assert buffer.getvalue().startswith(b"\x89PNG")
     assert math.isnan(TRIALS[3].metric)
+
+
+def test_search_summary_ranks_marks_and_reports_the_validation_choice():
+    markdown, figures, metrics = summarise_search(TRIALS, "val_acc", "max")
+    assert metrics == {"best_val_acc": 0.75, "best_trial_test_acc": 0.70}
+    assert "Best finished trial: **t2** — val_acc 0.7500, test accuracy 0.7000; train.lr = 0.001, model.head = [512, 128]." in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert [row.split(" | ")[1] for row in rows] == ["t1", "t2", "t4", "t0", "t3"]
+    assert rows[0].startswith("| 1 | t1 | stopped early | 0.9000 | - | 2 |")
+    assert rows[1].startswith("| 2 | t2 | finished (best) | 0.7500 | 0.7000 | 4 |")
+    assert rows[4].startswith("| - | t3 | failed | - | - | - |")
+    assert "5 (3 finished, 1 stopped early by ASHA, 1 failed)" in markdown
+    assert set(figures) == {"search_history.png", "search_parameters.png"}

@@ -141,6 +141,54 @@ def parameter_figure(trials: Sequence[SearchTrial], metric_name: str, parameters
     return figure
 
 
+def summarise_search(trials: Sequence[SearchTrial], metric_name: str, mode: str) -> tuple[str, dict[str, Figure], dict[str, float]]:
+    """The report of a search: (markdown, figures, parent-run metrics).
+
+    Markdown: the best finished trial (chosen on ``metric_name``, a validation metric) with its test
+    accuracy, then every trial ranked by the search metric, stopped trials marked. Figures:
+    ``search_history.png`` and ``search_parameters.png``. Parent metrics: ``best_val_acc`` (the chosen
+    trial's search metric) and ``best_trial_test_acc`` (its test accuracy, looked at only after choosing).
+    """
+    best = best_finished_trial(trials, metric_name, mode)
+    parameters = list(dict.fromkeys(k for t in trials for k in t.values))
+    counts = {status: sum(t.status == status for t in trials) for status in (FINISHED, STOPPED, FAILED)}
+    lines = [
+        "## Hyper-parameter search",
+        "",
+        f"Trials: {len(trials)} ({counts[FINISHED]} finished, {counts[STOPPED]} stopped early by ASHA, {counts[FAILED]} failed). "
+        f"Ranked by {metric_name} ({mode}), the search metric, measured on the validation people; a stopped trial's "
+        "value is from its last epoch. The best trial is chosen among finished trials on that metric alone; its test "
+        "accuracy is read only afterwards (one number on one test set: no interval over seeds; see test_acc/ci_low, "
+        "ci_high of its run for the interval over test people).",
+        "",
+        f"Best finished trial: **{best.name}** — {metric_name} {best.metric:.4f}, test accuracy {best.test_acc:.4f}; "
+        + ", ".join(f"{k} = {_value_text(best.values[k])}" for k in parameters if k in best.values) + ".",
+        "",
+        "| rank | trial | status | " + f"{metric_name} | test_acc | epochs | " + " | ".join(parameters) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(parameters),
+    ]
+    for rank, trial in rank_trials(trials, mode):
+        status = {STOPPED: "stopped early", FAILED: "failed"}.get(trial.status, "finished") + (" (best)" if trial is best else "")
+        cells = [str(rank) if rank else "-", trial.name, status, _number(trial.metric), _number(trial.test_acc),
+                 "-" if trial.epochs is None else str(trial.epochs),
+                 *[_value_text(trial.values[k]) if k in trial.values else "-" for k in parameters]]
+        lines.append("| " + " | ".join(cells) + " |")
+    figures = {"search_history.png": search_history_figure(trials, metric_name, mode)}
+    if parameters:
+        figures["search_parameters.png"] = parameter_figure(trials, metric_name, parameters)
+    return "\n".join(lines) + "\n", figures, {"best_val_acc": float(best.metric), "best_trial_test_acc": float(best.test_acc)}
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "-"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return _category(value)
+
+
 def _category(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(map(str, value)) + "]"
