@@ -60,6 +60,7 @@ def test_group_counts_add_up_and_accuracies_match_the_evaluator(bias_run, tiny_t
 def test_differences_are_signed_from_the_reference_and_tested_per_person(bias_run):
     _, reporter, metrics = bias_run
     references = json.loads(reporter.tag_values[bias.TAG_REFERENCE])
+    assert references["gender"] == "M", "the conventional reference: differences read F - M"
     assert json.loads(reporter.tag_values[bias.TAG_DESIGN]) == {"gender": "between", "session": "within"}
     for attribute, groups in (("gender", ("F", "M")), ("session", ("A", "B"))):
         reference = references[attribute]

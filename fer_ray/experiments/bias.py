@@ -4,8 +4,8 @@ For every group attribute the dataset records (gender on KDEF and the synthetic 
 gender on RADIATE, camera angle on KDEF) and that has at least two groups in the test split, per
 group: accuracy with a subject-clustered bootstrap CI, and per class the recall (TPR) and the
 one-vs-rest false-positive rate (FPR). Across groups, what can be tested: the SIGNED difference of
-each group from a stated reference group (``eval.reference``, default the group with the most
-people), e.g. ``acc_diff/gender/F`` = acc(F) - acc(M), with a subject-clustered CI, a subject-level
+each group from a stated reference group (``eval.reference``; default angle S and gender M
+where present, else the group with the most people), e.g. ``acc_diff/gender/F`` = acc(F) - acc(M), with a subject-clustered CI, a subject-level
 permutation p and its Holm-adjusted value, and an omnibus permutation test of "no group differs"
 (fer_ray.core.groups.compare_groups); per class the same for TPR and FPR. Uncertainty is over
 SUBJECTS (identities), since a person's images are not independent; people seen in several groups
@@ -46,6 +46,9 @@ DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "race", "angle")
 TAG_STUDIED = "fer_ray.bias_attributes"
 TAG_SKIPPED = "fer_ray.bias_skipped"
 TAG_REFERENCE = "fer_ray.bias_reference"
+#: reference groups used when eval.reference does not name one and the group is in the test split:
+#: straight-on faces for angle, M for gender (so the difference reads F - M)
+PREFERRED_REFERENCES = {"angle": "S", "gender": "M"}
 TAG_DESIGN = "fer_ray.bias_design"
 #: how the report words each design
 DESIGN_WORDS = {"between": "each person in one group", "within": "people seen in every group, compared within themselves",
@@ -60,8 +63,8 @@ class EvalConfig(Strict):
         list(DEFAULT_ATTRIBUTES), min_length=1, description="group attributes to study (those the dataset lacks are skipped)"
     )
     reference: dict[str, str] = Field(
-        {}, description="reference group per attribute, e.g. {gender: M, angle: S}; differences are group - reference "
-        "(default: the group with the most people)"
+        {}, description="reference group per attribute, e.g. {race: White}; differences are group - reference "
+        "(default: angle S, gender M when present, else the group with the most people)"
     )
     n_boot: int = Field(1000, ge=50, description="bootstrap replicates (subjects resampled within groups)")
     n_perm: int = Field(2000, ge=50, description="permutations of each subject-level test")
@@ -155,10 +158,12 @@ def _difference_metrics(rate: str, attribute: str, suffix: str, comparison: dict
 
 
 def _reference(cfg: EvalConfig, attribute: str, groups: np.ndarray):
-    """The configured reference group of ``attribute`` as it appears in ``groups`` (None: the default)."""
+    """The reference group of ``attribute`` as it appears in ``groups``: the configured one, else the
+    conventional one when present (PREFERRED_REFERENCES), else None (compare_groups' default)."""
     wanted = cfg.reference.get(attribute)
     if wanted is None:
-        return None
+        preferred = PREFERRED_REFERENCES.get(attribute)
+        return preferred if preferred in set(groups.tolist()) else None
     present = sorted({str(g) for g in groups})
     matches = [g for g in set(groups.tolist()) if str(g) == wanted]
     if not matches:
