@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+import trial_tables
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import EXPRESSIONS
@@ -28,7 +29,7 @@ def _spec(*overrides: str):
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = _spec(*overrides)
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +96,12 @@ def test_a_configured_reference_is_used_and_an_unknown_one_named(tiny_trained_mo
 
 def test_report_of_one_model_shows_its_subject_intervals_and_of_several_the_spread_over_models(bias_run):
     trial, reporter, metrics = bias_run
+    spec = _spec("eval.attributes=[gender, session, angle]")
     tags = dict(reporter.tag_values)
     reference = json.loads(tags[bias.TAG_REFERENCE])["gender"]
     other = "F" if reference == "M" else "M"
-    cfg = _spec("eval.attributes=[gender, session, angle]").eval_config()
-    markdown, figures, parent_metrics = bias.summarise([metrics], [tags], cfg)
+    report = bias.report(trial_tables.table(spec, [trial_tables.record(spec, {}, metrics, tags=tags)]))
+    markdown, figures, parent_metrics = report.markdown, report.figures, report.metrics
     name = f"gender/{other}"
     assert "over test people: subject-clustered bootstrap" in markdown
     assert f"### gender: reference {reference} (each person in one group)" in markdown
@@ -111,7 +113,8 @@ def test_report_of_one_model_shows_its_subject_intervals_and_of_several_the_spre
     assert set(figures) == {"bias_accuracy_by_group.png"}
 
     shifted = {**metrics, f"acc/{name}": min(1.0, metrics[f"acc/{name}"] + 0.2)}
-    markdown, _, parent_metrics = bias.summarise([metrics, shifted], [tags, tags], cfg)
+    records = [trial_tables.record(spec, {}, m, tags=tags, run_id=f"run{i}") for i, m in enumerate((metrics, shifted))]
+    markdown = bias.report(trial_tables.table(spec, records)).markdown
     assert "Models: 2. Cells: means over the 2 models" in markdown and "over training seeds" in markdown
     mean = (metrics[f"acc/{name}"] + shifted[f"acc/{name}"]) / 2
     assert f"| {other} | 1 | {metrics[f'n/{name}']:.0f} | {mean:.3f} | " in markdown

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
@@ -38,9 +37,11 @@ from fer_ray.core.evaluate import UNKNOWN_GROUP, predict_proba
 from fer_ray.core.groups import COMPARISON_COVERS, GroupStatsError, compare_groups, group_rates, rate_outcomes
 from fer_ray.core.insight_plots import group_accuracy_figure
 from fer_ray.core.stats import SEEDS_COVER, mean_ci
+from fer_ray.core.formatting import interval_text
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
 
-EVALUATES_MODEL = True
 #: the group attributes studied by default, in report order
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "race", "angle")
 TAG_STUDIED = "fer_ray.bias_attributes"
@@ -50,13 +51,17 @@ TAG_REFERENCE = "fer_ray.bias_reference"
 #: straight-on faces for angle, M for gender (so the difference reads F - M)
 PREFERRED_REFERENCES = {"angle": "S", "gender": "M"}
 TAG_DESIGN = "fer_ray.bias_design"
+#: JSON {attribute: [group, ...]}: the groups of each studied attribute, as they appear in metric names
+TAG_GROUPS = "fer_ray.bias_groups"
+#: JSON [class, ...]: the class names of the per-class rate metrics
+TAG_CLASSES = "fer_ray.bias_classes"
 #: how the report words each design
 DESIGN_WORDS = {"between": "each person in one group", "within": "people seen in every group, compared within themselves",
                 "mixed": "some people in several groups"}
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. :]")
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """The ``eval:`` section of a bias sweep."""
 
     attributes: list[Literal["gender", "race", "angle", "session"]] = Field(
@@ -82,13 +87,13 @@ class EvalConfig(Strict):
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Per-group test results of trial.model_file for every studied attribute (see module docstring)."""
-    cfg: EvalConfig = trial.eval
+    cfg: Settings = trial.settings
     model, data = load_model_and_data(trial)
     y_true = data.test.labels.numpy()
     y_pred = predict_proba(model, data.test.images).argmax(dim=1).numpy()
     subjects = data.dataset.identities[data.test.indices]
     metrics = {"test_acc": float(np.mean(y_true == y_pred)), "n_test": float(len(y_true))}
-    studied, skipped, references, designs = [], {}, {}, {}
+    studied, skipped, references, designs, group_names = [], {}, {}, {}, {}
     for attribute in cfg.attributes:
         groups = data.dataset.attribute(attribute)[data.test.indices]
         reason = _skip_reason(groups)
@@ -99,6 +104,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         metrics.update(attribute_values)
         studied.append(attribute)
         references[attribute], designs[attribute] = metric_part(comparison["reference"]), comparison["design"]
+        group_names[attribute] = [metric_part(row["group"]) for row in comparison["groups"]]
     reporter.tags({
         "fer_ray.dataset_fingerprint": data.fingerprint,
         "fer_ray.protocol": data.protocol,
@@ -106,14 +112,16 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         TAG_SKIPPED: "; ".join(f"{a}: {why}" for a, why in skipped.items()) or "none",
         TAG_REFERENCE: json.dumps(references),
         TAG_DESIGN: json.dumps(designs),
+        TAG_GROUPS: json.dumps(group_names),
+        TAG_CLASSES: json.dumps([metric_part(c) for c in data.dataset.classes]),
     })
     if studied:
-        bars = {a: _group_rows(metrics, a) for a in studied}
+        bars = {a: _group_rows(metrics.__getitem__, a, group_names[a]) for a in studied}
         reporter.figure(group_accuracy_figure(bars, f"{trial.sweep}: test accuracy per group ({cfg.confidence * 100:g} % subject bootstrap CI)"), "bias_accuracy.png")
     return {name: value for name, value in metrics.items() if np.isfinite(value)}
 
 
-def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes, cfg: EvalConfig) -> tuple[dict[str, float], dict]:
+def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes, cfg: Settings) -> tuple[dict[str, float], dict]:
     """The metrics of one attribute (names in the module docstring; NaN where undefined), and the
     accuracy comparison they came from (fer_ray.core.groups.compare_groups' dict).
 
@@ -157,7 +165,7 @@ def _difference_metrics(rate: str, attribute: str, suffix: str, comparison: dict
     return metrics
 
 
-def _reference(cfg: EvalConfig, attribute: str, groups: np.ndarray):
+def _reference(cfg: Settings, attribute: str, groups: np.ndarray):
     """The reference group of ``attribute`` as it appears in ``groups``: the configured one, else the
     conventional one when present (PREFERRED_REFERENCES), else None (compare_groups' default)."""
     wanted = cfg.reference.get(attribute)
@@ -193,13 +201,13 @@ def _skip_reason(groups) -> str | None:
     return f"one group only ({distinct[0]})" if len(distinct) < 2 else None
 
 
-def _group_rows(metrics: dict[str, float], attribute: str) -> list[dict]:
-    """Bar-chart rows (group, acc, low, high, n) of one attribute, from a run's metrics."""
-    prefix = f"acc/{attribute}/"
+def _group_rows(value_of, attribute: str, groups: list[str]) -> list[dict]:
+    """Bar-chart rows (group, acc, low, high, n) of one attribute; ``value_of(metric name)`` gives a
+    metric's value."""
     return [
-        {"group": key[len(prefix):], "acc": value, "n": metrics[f"n/{attribute}/{key[len(prefix):]}"],
-         "low": metrics[f"acc_low/{attribute}/{key[len(prefix):]}"], "high": metrics[f"acc_high/{attribute}/{key[len(prefix):]}"]}
-        for key, value in metrics.items() if key.startswith(prefix)
+        {"group": group, **{key: value_of(f"{metric}/{attribute}/{group}") for key, metric in
+                            (("acc", "acc"), ("low", "acc_low"), ("high", "acc_high"), ("n", "n"))}}
+        for group in groups
     ]
 
 
@@ -208,14 +216,14 @@ def _group_rows(metrics: dict[str, float], attribute: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def report(runs: pd.DataFrame, spec) -> tuple[str, dict, dict]:
-    """The sweep's bias report from its finished runs (one per model); see ``summarise``."""
-    models = [{c[len("metrics."):]: float(v) for c, v in row.items() if c.startswith("metrics.") and pd.notna(v)} for _, row in runs.iterrows()]
-    tags = [{c[len("tags."):]: v for c, v in row.items() if c.startswith("tags.") and isinstance(v, str)} for _, row in runs.iterrows()]
-    return summarise(models, tags, spec.eval_config())
+def report(table: TrialTable) -> Report:
+    """The sweep's bias report from its finished trials (one per model); see ``summarise``."""
+    table = table.finished()
+    markdown, figures, metrics = summarise([dict(r.metrics) for r in table], [dict(r.tags) for r in table], table.settings)
+    return Report(markdown, figures, metrics)
 
 
-def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]], cfg: EvalConfig) -> tuple[str, dict, dict]:
+def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]], cfg: Settings) -> tuple[str, dict, dict]:
     """Per-group accuracy, signed differences from the reference group and their tests, per attribute.
 
     models: each model's run metrics (names as in the module docstring); tags: each run's tags.
@@ -243,7 +251,7 @@ def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]]
     bars, parent_metrics = {}, {}
     for attribute in attributes:
         reference = references[attribute]
-        groups = sorted({key.split("/")[2] for m in models for key in m if key.startswith(f"acc/{attribute}/")})
+        groups = sorted(set().union(*(json.loads(t.get(TAG_GROUPS) or "{}").get(attribute, []) for t in tags)))
         omnibus = _values(models, f"p_omnibus/{attribute}")
         lines += [f"### {attribute}: reference {reference} ({DESIGN_WORDS.get(designs.get(attribute, ''), 'design unknown')}); "
                   f"omnibus p (no group differs) = {_p_cell(omnibus)}", "",
@@ -267,14 +275,15 @@ def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]]
             parent_metrics[f"p_omnibus/{attribute}"] = omnibus[0]
         lines.append("")
         if cfg.class_rates:
-            lines += _class_rate_lines(models, attribute, reference, groups, level)
+            classes = sorted(set().union(*(json.loads(t.get(TAG_CLASSES) or "[]") for t in tags)))
+            lines += _class_rate_lines(models, attribute, reference, groups, classes, level)
     figure = group_accuracy_figure(bars, f"Test accuracy per group ({level} CI {'over test people' if one else 'over models'})")
     return "\n".join(lines) + "\n", {"bias_accuracy_by_group.png": figure}, parent_metrics
 
 
-def _class_rate_lines(models: Sequence[dict[str, float]], attribute: str, reference: str, groups: list[str], level: str) -> list[str]:
+def _class_rate_lines(models: Sequence[dict[str, float]], attribute: str, reference: str, groups: list[str],
+                     classes: list[str], level: str) -> list[str]:
     """Per class: TPR and FPR differences of each group from the reference, with CI and Holm p."""
-    classes = sorted({key.split("/")[-1] for m in models for key in m if key.startswith((f"tpr_diff/{attribute}/", f"fpr_diff/{attribute}/"))})
     rows = []
     for name in classes:
         for group in (g for g in groups if g != reference):
@@ -315,7 +324,7 @@ def _mean(values: list[float]) -> float:
 
 
 def _interval(low: float, high: float) -> str:
-    return "-" if not (np.isfinite(low) and np.isfinite(high)) else f"{low:.3f}–{high:.3f}"
+    return interval_text(low, high)
 
 
 def _p_cell(values: list[float]) -> str:
@@ -327,3 +336,6 @@ def _merged_json(tags: Sequence[dict[str, str]], key: str) -> dict[str, str]:
     for run_tags in tags:
         merged.update(json.loads(run_tags.get(key) or "{}"))
     return merged
+
+
+EXPERIMENT = Experiment(name="bias", settings=Settings, evaluates_model=True, run=run, report=report)

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
@@ -40,18 +39,20 @@ from fer_ray.core.explain import (
     saliency_panels,
     vanilla_saliency,
 )
+from fer_ray.core.formatting import model_label, summary_cell
 from fer_ray.core.insight_plots import saliency_row_figure
 from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
 
-EVALUATES_MODEL = True
 #: the maps whose central mass is reported, in report order
 MAP_NAMES = ("vanilla", "guided", "gradcam")
 #: names the maps whose central mass is not reported, and why (e.g. Grad-CAM at 2x2), or "none"
 TAG_CENTER_MASS_WITHHELD = "fer_ray.center_mass_withheld"
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """The ``eval:`` section of a saliency sweep."""
 
     images: list[str] = Field([], description="file name stems (e.g. AF01HAS), case-insensitive; any split")
@@ -61,7 +62,7 @@ class EvalConfig(Strict):
     center_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="side of the central box / image side")
 
     @model_validator(mode="after")
-    def _one_way_of_choosing(self) -> "EvalConfig":
+    def _one_way_of_choosing(self) -> "Settings":
         if self.images and self.per_class is not None:
             raise ValueError(
                 f"give eval.images ({self.images}) or eval.per_class ({self.per_class}), not both; "
@@ -72,7 +73,7 @@ class EvalConfig(Strict):
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Saliency PNGs of the chosen images; returns the central-mass summary (see module docstring)."""
-    cfg: EvalConfig = trial.eval
+    cfg: Settings = trial.settings
     model, data = load_model_and_data(trial)
     rows = select_by_name(data, cfg.images) if cfg.images else select_per_class(data, cfg.per_class or 1)
     images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)[torch.from_numpy(rows)]
@@ -195,12 +196,14 @@ def _cell(column: str, value: float) -> str:
     return f"{value:.0f}" if column.startswith(("n_", "zero_")) else f"{value:.3f}"
 
 
-def report(runs: pd.DataFrame, spec) -> tuple[str, dict]:
+def report(table: TrialTable) -> Report:
     """The central-mass summary per model and its mean over models."""
-    cfg: EvalConfig = spec.eval_config()
+    table = table.finished()
+    cfg: Settings = table.settings
+    runs = table.frame()
     columns = ["n_images", "selected_acc", "center_area", *[f"center_mass_{name}" for name in MAP_NAMES],
                *[f"zero_maps_{name}" for name in MAP_NAMES]]
-    columns = [c for c in columns if f"metrics.{c}" in runs]
+    columns = [c for c in columns if c in runs]
     lines = [
         "## Saliency",
         "",
@@ -212,26 +215,31 @@ def report(runs: pd.DataFrame, spec) -> tuple[str, dict]:
         "selected_acc: the chosen images predicted right. Interval: 95 % over models (training seeds), the same images, "
         "Student t clipped to [0, 1].",
         "",
-        *_withheld_lines(runs),
+        *_withheld_lines(table),
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
-    runs = runs.sort_values("tags.fer_ray.source_model") if "tags.fer_ray.source_model" in runs else runs
-    for number, (_, run) in enumerate(runs.iterrows(), start=1):
-        lines.append(f"| model {number} | " + " | ".join(_cell(c, float(run[f"metrics.{c}"])) for c in columns) + " |")
+    has_sources = runs["source_model"].notna().any()
+    if has_sources:
+        runs = runs.sort_values("source_model", kind="stable")
+    labels = [model_label(seed, number) for number, seed in enumerate(runs["train_seed"], start=1)]
+    for label, (_, run) in zip(labels, runs.iterrows()):
+        lines.append(f"| {label} | " + " | ".join(_cell(c, float(run[c])) for c in columns) + " |")
     if len(runs) > 1:
         cells = []
         for column in columns:
-            summary = mean_ci(runs[f"metrics.{column}"].astype(float), bounds=None if column.startswith(("n_", "zero_")) else ACCURACY_BOUNDS)
-            cells.append(f"{summary['mean']:.3f} [{summary['low']:.3f}–{summary['high']:.3f}]")
+            bounds = None if column.startswith(("n_", "zero_")) else ACCURACY_BOUNDS
+            cells.append(summary_cell(mean_ci(runs[column].astype(float), bounds=bounds)))
         lines.append("| mean [95 % CI over models] | " + " | ".join(cells) + " |")
-    if "tags.fer_ray.source_model" in runs:
-        lines += ["", *[f"- model {n}: {source}" for n, source in enumerate(runs["tags.fer_ray.source_model"], start=1)]]
-    return "\n".join(lines) + "\n", {}
+    if has_sources:
+        lines += ["", *[f"- {label}: {source}" for label, source in zip(labels, runs["source_model"])]]
+    return Report("\n".join(lines) + "\n")
 
 
-def _withheld_lines(runs: pd.DataFrame) -> list[str]:
+def _withheld_lines(table: TrialTable) -> list[str]:
     """One line per distinct reason a map kind's central mass was not reported."""
-    column = f"tags.{TAG_CENTER_MASS_WITHHELD}"
-    reasons = sorted({r for r in runs.get(column, pd.Series(dtype=str)).dropna() if r != "none"})
+    reasons = sorted({r.tags.get(TAG_CENTER_MASS_WITHHELD, "none") for r in table} - {"none"})
     return [f"Central mass not reported: {reason}." for reason in reasons] + ([""] if reasons else [])
+
+
+EXPERIMENT = Experiment(name="saliency", settings=Settings, evaluates_model=True, run=run, report=report)
