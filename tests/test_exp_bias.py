@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 
 import trial_tables
@@ -13,6 +13,7 @@ from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import EXPRESSIONS
 from fer_ray.core.evaluate import evaluate_model
+from fer_ray.core.stats import mean_ci
 from fer_ray.core.train import load_model
 from fer_ray.experiments import bias
 from fer_ray.experiments.base import LocalReporter, Trial
@@ -57,40 +58,68 @@ def test_group_counts_add_up_and_accuracies_match_the_evaluator(bias_run, tiny_t
     assert set(reporter.figures) == {"bias_accuracy.png"}
 
 
-def test_gaps_lie_in_their_intervals_and_class_rate_gaps_match_the_rates(bias_run):
-    _, _, metrics = bias_run
-    for attribute in ("gender", "session"):
-        for statistic in ("acc_gap", "acc_ratio"):
-            assert metrics[f"{statistic}_low/{attribute}"] <= metrics[f"{statistic}/{attribute}"] <= metrics[f"{statistic}_high/{attribute}"]
-        for group in {"gender": ("F", "M"), "session": ("A", "B")}[attribute]:
-            assert metrics[f"acc_low/{attribute}/{group}"] <= metrics[f"acc/{attribute}/{group}"] <= metrics[f"acc_high/{attribute}/{group}"]
-    assert metrics["acc_gap/gender"] == pytest.approx(abs(metrics["acc/gender/F"] - metrics["acc/gender/M"]))
-    assert metrics["acc_diff/gender"] == pytest.approx(metrics["acc/gender/F"] - metrics["acc/gender/M"])
-    assert 0 < metrics["p_value/gender"] <= 1
-    assert "p_value/session" not in metrics, "the same people are in both sessions: no per-person permutation"
-    for rate in ("tpr", "fpr"):
-        compared = [c for c in EXPRESSIONS if f"{rate}/gender/F/{c}" in metrics and f"{rate}/gender/M/{c}" in metrics]
-        assert compared, rate
-        for name in compared:
-            difference = abs(metrics[f"{rate}/gender/F/{name}"] - metrics[f"{rate}/gender/M/{name}"])
-            assert metrics[f"{rate}_gap/gender/{name}"] == pytest.approx(difference), (rate, name)
+def test_differences_are_signed_from_the_reference_and_tested_per_person(bias_run):
+    _, reporter, metrics = bias_run
+    references = json.loads(reporter.tag_values[bias.TAG_REFERENCE])
+    assert references["gender"] == "M", "the conventional reference: differences read F - M"
+    assert json.loads(reporter.tag_values[bias.TAG_DESIGN]) == {"gender": "between", "session": "within"}
+    for attribute, groups in (("gender", ("F", "M")), ("session", ("A", "B"))):
+        reference = references[attribute]
+        [other] = [g for g in groups if g != reference]
+        name = f"{attribute}/{other}"
+        assert metrics[f"acc_diff/{name}"] == pytest.approx(metrics[f"acc/{name}"] - metrics[f"acc/{attribute}/{reference}"])
+        assert -1 <= metrics[f"acc_diff_low/{name}"] <= metrics[f"acc_diff_high/{name}"] <= 1
+        assert 0 < metrics[f"p_value/{name}"] <= 1 and metrics[f"p_holm/{name}"] == metrics[f"p_value/{name}"]
+        assert metrics[f"p_omnibus/{attribute}"] == metrics[f"p_value/{name}"], "two groups: the one difference is the test"
+        assert f"acc_diff/{attribute}/{reference}" not in metrics
+        for group in groups:
+            assert 0 <= metrics[f"acc_low/{attribute}/{group}"] <= metrics[f"acc_high/{attribute}/{group}"] <= 1
+        assert not any(key.startswith(("acc_gap", "acc_ratio", "tpr_gap", "fpr_gap")) for key in metrics), "no max-minus-min"
+        for rate in ("tpr", "fpr"):
+            compared = [c for c in EXPRESSIONS if f"{rate}_diff/{name}/{c}" in metrics]
+            assert compared, (attribute, rate)
+            for c in compared:
+                difference = metrics[f"{rate}/{name}/{c}"] - metrics[f"{rate}/{attribute}/{reference}/{c}"]
+                assert metrics[f"{rate}_diff/{name}/{c}"] == pytest.approx(difference), (rate, name, c)
+                assert 0 < metrics[f"{rate}_p_holm/{name}/{c}"] <= 1
 
 
-def test_report_averages_over_models(bias_run):
+def test_a_configured_reference_is_used_and_an_unknown_one_named(tiny_trained_model, tmp_path):
+    trial = _trial(tiny_trained_model, "eval.attributes=[gender]", "eval.reference={gender: F}", "eval.class_rates=false")
+    reporter = LocalReporter(tmp_path)
+    metrics = bias.run(trial, reporter)
+    assert json.loads(reporter.tag_values[bias.TAG_REFERENCE]) == {"gender": "F"}
+    assert metrics["acc_diff/gender/M"] == pytest.approx(metrics["acc/gender/M"] - metrics["acc/gender/F"])
+    with pytest.raises(ValueError, match=r"eval.reference.gender='X' is not a group of the test split; groups: \['F', 'M'\]"):
+        bias.run(_trial(tiny_trained_model, "eval.attributes=[gender]", "eval.reference={gender: X}"), LocalReporter(tmp_path))
+
+
+def test_report_of_one_model_shows_its_subject_intervals_and_of_several_the_spread_over_models(bias_run):
     trial, reporter, metrics = bias_run
-    first = {f"metrics.{k}": v for k, v in metrics.items()}
-    second = {**first, **{f"metrics.{k}/gender/F": first[f"metrics.{k}/gender/F"] + 0.2 for k in ("acc", "acc_low", "acc_high")}}
     spec = _spec("eval.attributes=[gender, session, angle]")
-    tags = reporter.tag_values
-    runs = trial_tables.table(spec, [trial_tables.record(spec, {}, {k[len("metrics."):]: v for k, v in row.items()}, tags=tags)
-                                     for row in (first, second)])
-    report = bias.report(runs)
+    tags = dict(reporter.tag_values)
+    reference = json.loads(tags[bias.TAG_REFERENCE])["gender"]
+    other = "F" if reference == "M" else "M"
+    report = bias.report(trial_tables.table(spec, [trial_tables.record(spec, {}, metrics, tags=tags)]))
     markdown, figures, parent_metrics = report.markdown, report.figures, report.metrics
-    mean_f = [first[f"metrics.{k}/gender/F"] + 0.1 for k in ("acc", "acc_low", "acc_high")]
-    assert f"| gender | F | {first['metrics.n/gender/F']:.0f} | {mean_f[0]:.3f} | {mean_f[1]:.3f}–{mean_f[2]:.3f} |" in markdown
-    assert "Models: 2" in markdown and "Skipped attributes: angle: one group only (S)." in markdown
-    assert parent_metrics["acc_gap/gender"] == pytest.approx(metrics["acc_gap/gender"])
+    name = f"gender/{other}"
+    assert "over test people: subject-clustered bootstrap" in markdown
+    assert f"### gender: reference {reference} (each person in one group)" in markdown
+    assert (f"| {other} | 1 | {metrics[f'n/{name}']:.0f} | {metrics[f'acc/{name}']:.3f} | "
+            f"{metrics[f'acc_low/{name}']:.3f}–{metrics[f'acc_high/{name}']:.3f} | {metrics[f'acc_diff/{name}']:+.3f} |") in markdown
+    assert f"| {reference} | 1 |" in markdown and "(reference)" in markdown
+    assert "Skipped attributes: angle: one group only (S)." in markdown
+    assert parent_metrics[f"acc_diff/{name}"] == pytest.approx(metrics[f"acc_diff/{name}"])
     assert set(figures) == {"bias_accuracy_by_group.png"}
+
+    shifted = {**metrics, f"acc/{name}": min(1.0, metrics[f"acc/{name}"] + 0.2)}
+    records = [trial_tables.record(spec, {}, m, tags=tags, run_id=f"run{i}") for i, m in enumerate((metrics, shifted))]
+    markdown = bias.report(trial_tables.table(spec, records)).markdown
+    assert "Models: 2. Cells: means over the 2 models" in markdown and "over training seeds" in markdown
+    mean = (metrics[f"acc/{name}"] + shifted[f"acc/{name}"]) / 2
+    assert f"| {other} | 1 | {metrics[f'n/{name}']:.0f} | {mean:.3f} | " in markdown
+    spread = mean_ci([metrics[f"acc/{name}"], shifted[f"acc/{name}"]], bounds=(0.0, 1.0))
+    assert f"{spread['low']:.3f}–{spread['high']:.3f}" in markdown and 0 <= spread["low"] and spread["high"] <= 1
 
 
 @pytest.mark.slow
@@ -114,17 +143,19 @@ def test_bias_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     assert child["metrics.n/gender/F"] + child["metrics.n/gender/M"] == child["metrics.n_test"]
     assert child["tags.fer_ray.bias_skipped"] == "race: not recorded by the dataset; angle: one group only (S)"
     assert "bias_accuracy.png" in {a.path for a in mlflow.MlflowClient(uri).list_artifacts(child["run_id"])}
-    assert parent["metrics.acc_gap/gender"] == pytest.approx(child["metrics.acc_gap/gender"])
+    reference = json.loads(child[f"tags.{bias.TAG_REFERENCE}"])["gender"]
+    other = "F" if reference == "M" else "M"
+    assert parent[f"metrics.acc_diff/gender/{other}"] == pytest.approx(child[f"metrics.acc_diff/gender/{other}"])
 
     folder = tmp_path / "reports" / "bias"
     report = (folder / "report.md").read_text()
     for group in ("F", "M"):
         name = f"gender/{group}"
-        row = (f"| gender | {group} | {child[f'metrics.n/{name}']:.0f} | {child[f'metrics.acc/{name}']:.3f} | "
+        row = (f"| {group} | {child[f'metrics.people/{name}']:.0f} | {child[f'metrics.n/{name}']:.0f} | {child[f'metrics.acc/{name}']:.3f} | "
                f"{child[f'metrics.acc_low/{name}']:.3f}–{child[f'metrics.acc_high/{name}']:.3f} |")
         assert row in report, row
-    gap = "gender | {:.3f} | {:.3f}–{:.3f} |".format(*(child[f"metrics.{k}/gender"] for k in ("acc_gap", "acc_gap_low", "acc_gap_high")))
-    assert gap in report and f"| {child['metrics.p_value/gender']:.3f} |" in report
+    diff = f"| {child[f'metrics.acc_diff/gender/{other}']:+.3f} | {child[f'metrics.acc_diff_low/gender/{other}']:.3f}–"
+    assert diff in report and f"| {child[f'metrics.p_value/gender/{other}']:.3g} |" in report
     assert "Skipped attributes: race: not recorded by the dataset; angle: one group only (S)." in report
     assert (folder / "bias_accuracy_by_group.png").is_file()
-    assert np.isfinite(child["metrics.acc_ratio/gender"]) or child["metrics.acc/gender/F"] == child["metrics.acc/gender/M"] == 0
+    assert not any(c.startswith(("metrics.acc_gap", "metrics.acc_ratio")) for c in runs.columns)

@@ -134,7 +134,8 @@ def test_report_averages_repeats_per_model_then_gives_the_ci_over_models():
     markdown, figures, parent_metrics = report.markdown, report.figures, report.metrics
 
     per_model = [np.mean([0.60, 0.62, 0.64]), np.mean([0.50, 0.55, 0.57])]
-    summary = mean_ci(per_model)
+    summary = mean_ci(per_model, bounds=(0.0, 1.0))
+    assert summary["high"] == 1.0, "the plain t interval over two models reaches 1.09: clipped to [0, 1]"
     assert f"| 0.1 | 0.3162 | 80.6 | {summary['mean']:.3f} [{summary['low']:.3f}–{summary['high']:.3f}] | 2 | 0.2 |" in markdown
     assert "| model 2 | 3 | 0.550 | 0.500 | 0.570 | 0.540 |" in markdown
     assert "| all models | 6 | 0.585 | 0.500 | 0.640 | 0.580 |" in markdown

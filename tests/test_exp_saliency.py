@@ -40,17 +40,18 @@ def test_named_images_get_one_png_each_from_any_split(tiny_trained_model, tmp_pa
     assert metrics["center_area"] == 0.25, "a 16 x 16 box in a 32 x 32 image"
     for name in ("selected_acc", "center_mass_vanilla", "center_mass_guided"):
         assert 0.0 <= metrics[name] <= 1.0, name
-    # Grad-CAM at layer4 of a 32 px input is a 1 x 1 map: uniform (its center mass is the box's area)
-    # or, where the class score falls with every channel, all zero: no mass to place (NaN), left out
-    # of the mean. The metric is the mean over the images that have a map, NaN if none has.
+    # Grad-CAM at layer4 of a 32 px input is a 1 x 1 map: upsampled, any map puts exactly the box's
+    # area in the box, so its central mass says nothing and is not reported; the tag says why, and
+    # the all-zero maps (no positive evidence) are counted
+    assert "center_mass_gradcam" not in metrics
+    assert reporter.tag_values[saliency.TAG_CENTER_MASS_WITHHELD].startswith("gradcam: maps computed at 1x1")
     trial = _trial(tiny_trained_model)
     model, _ = load_model_and_data(trial)
     rows = torch.tensor([int(data.test.indices[0]), int(data.split.train[3])])
     images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)[rows]
     cams = grad_cam(model, images, torch.from_numpy(data.dataset.labels[rows.numpy()]), "layer4")
-    expected = saliency.center_mass_fraction(cams).nanmean().item()
-    assert metrics["center_mass_gradcam"] == pytest.approx(expected, nan_ok=True)
-    assert math.isnan(expected) or expected == pytest.approx(0.25)
+    assert metrics["zero_maps_gradcam"] == int((cams.flatten(1).amax(dim=1) == 0).sum())
+    assert metrics["zero_maps_vanilla"] == 0
     assert reporter.tag_values["fer_ray.saliency_images"] == f"{test_stem} {train_stem}"
 
 
@@ -101,5 +102,7 @@ def test_saliency_sweep_end_to_end_per_class(tiny_trained_model, tmp_path, monke
 
     report = (tmp_path / "reports" / "saliency" / "report.md").read_text()
     cells = "7 | " + " | ".join(f"{child[f'metrics.{name}']:.3f}" for name in
-                                ("selected_acc", "center_area", "center_mass_vanilla", "center_mass_guided", "center_mass_gradcam"))
+                                ("selected_acc", "center_area", "center_mass_vanilla", "center_mass_guided"))
+    cells += " | " + " | ".join(f"{child[f'metrics.zero_maps_{name}']:.0f}" for name in ("vanilla", "guided", "gradcam"))
     assert f"| model 1 | {cells} |" in report
+    assert "Central mass not reported: gradcam: maps computed at 1x1" in report

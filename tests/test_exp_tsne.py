@@ -37,7 +37,8 @@ def test_run_embeds_the_test_features_in_2d_and_3d(tiny_trained_model, tmp_path)
     reporter = LocalReporter(tmp_path)
     metrics = tsne.run(trial, reporter)
 
-    test = prepare_data(trial.data).test
+    data = prepare_data(trial.data)
+    test = data.test
     saved = _embedding(reporter)
     assert saved["coords_2d"].shape == (len(test), 2) and saved["coords_3d"].shape == (len(test), 3)
     assert np.isfinite(saved["coords_2d"]).all() and np.isfinite(saved["coords_3d"]).all()
@@ -48,7 +49,8 @@ def test_run_embeds_the_test_features_in_2d_and_3d(tiny_trained_model, tmp_path)
     assert metrics["n_images"] == len(test) and metrics["feature_dim"] == 512
     # the logged metrics describe the saved embedding of the model's own features
     features = extract_features(load_model(tiny_trained_model)[0], test.images)
-    assert embedding_quality(features, saved["coords_2d"], saved["labels"], k=5) == {
+    people = data.dataset.identities[test.indices]  # k-NN neighbours come from other people only
+    assert embedding_quality(features, saved["coords_2d"], saved["labels"], people, k=5) == {
         "trustworthiness": pytest.approx(metrics["trustworthiness_2d"]), "knn_accuracy": pytest.approx(metrics["knn_acc_2d"])}
     assert set(reporter.figures) == {"tsne_2d.png", "tsne_3d.png"}
     assert all(path.stat().st_size > 0 for path in reporter.figures.values())

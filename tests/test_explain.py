@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from captum.attr import LayerAttribution
 from sklearn.datasets import make_blobs
-from sklearn.model_selection import LeaveOneOut, cross_val_predict
+from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 from torch import nn
@@ -20,13 +21,18 @@ from torchvision.models.resnet import BasicBlock
 
 from fer_ray.core.config import ModelConfig
 from fer_ray.core.explain import (
+    MIN_INFORMATIVE_SPAN,
     CheckedGuidedBackprop,
     ExplainError,
     GuidedBackpropError,
+    center_mass_fraction,
+    center_mass_range,
+    center_mass_summary,
     embed_tsne,
     embedding_quality,
     extract_features,
     grad_cam,
+    grad_cam_with_resolution,
     guided_backprop,
     saliency_panels,
     vanilla_saliency,
@@ -287,7 +293,7 @@ def test_tsne_keeps_well_separated_clusters(blobs, dims):
     features, labels = blobs
     embedding = embed_tsne(torch.as_tensor(features), perplexity=10, dims=dims, seed=0)
     assert embedding.shape == (60, dims) and np.isfinite(embedding).all()
-    quality = embedding_quality(features, embedding, labels, k=5)
+    quality = embedding_quality(features, embedding, labels, identities=np.arange(len(labels)) // 3, k=5)
     assert quality["trustworthiness"] > 0.9
     assert quality["knn_accuracy"] > 0.9
 
@@ -300,11 +306,62 @@ def test_tsne_rejects_perplexity_not_below_sample_count(blobs):
         embed_tsne(features, perplexity=5, dims=4)
 
 
-def test_knn_accuracy_is_leave_one_out_knn():
+def test_knn_accuracy_leaves_each_person_out():
     rng = np.random.default_rng(0)
     embedding = rng.normal(size=(40, 2))
     labels = rng.integers(0, 3, size=40)
-    expected = cross_val_predict(KNeighborsClassifier(n_neighbors=5), embedding, labels, cv=LeaveOneOut())
-    quality = embedding_quality(rng.normal(size=(40, 6)), embedding, labels, k=5)
+    identities = np.repeat([f"P{i}" for i in range(10)], 4)
+    expected = cross_val_predict(KNeighborsClassifier(n_neighbors=5), embedding, labels, groups=identities, cv=LeaveOneGroupOut())
+    quality = embedding_quality(rng.normal(size=(40, 6)), embedding, labels, identities, k=5)
     assert quality["knn_accuracy"] == np.mean(expected == labels)
     assert 0 <= quality["trustworthiness"] <= 1
+
+
+def test_knn_accuracy_does_not_credit_recognising_people():
+    # 12 people, each a tight cluster of 7 images far from the others, all of one class per person
+    # (person p shows class p % 7): neighbours of the same person give the class away (image-level
+    # leave-one-out scores 1.0) though nothing in the embedding separates classes across people.
+    rng = np.random.default_rng(1)
+    people, images = 12, 7
+    embedding = np.repeat(rng.normal(scale=50, size=(people, 2)), images, axis=0)
+    embedding += rng.normal(scale=0.1, size=embedding.shape)
+    labels = np.repeat(np.arange(people) % 7, images)
+    identities = np.repeat(np.arange(people), images)
+    image_level = embedding_quality(embedding, embedding, labels, np.arange(people * images), k=3)
+    person_level = embedding_quality(embedding, embedding, labels, identities, k=3)
+    assert image_level["knn_accuracy"] == 1.0
+    assert person_level["knn_accuracy"] < 0.5
+    with pytest.raises(ExplainError, match=r"identities \(3\) must have the same length"):
+        embedding_quality(embedding, embedding, labels, identities[:3], k=3)
+
+
+def test_center_mass_at_2x2_is_the_box_area_whatever_the_map_and_is_withheld():
+    rng = np.random.default_rng(0)
+    coarse = torch.from_numpy(rng.random((6, 1, 2, 2)))
+    maps = LayerAttribution.interpolate(coarse, (40, 40), interpolate_mode="bilinear")[:, 0]
+    torch.testing.assert_close(center_mass_fraction(maps), torch.full((6,), 0.25, dtype=torch.float32))
+    assert center_mass_range((2, 2), (40, 40)) == pytest.approx((0.25, 0.25))
+    summary = center_mass_summary(torch.cat([maps, torch.zeros(2, 40, 40, dtype=maps.dtype)]), map_size=(2, 2))
+    assert summary["informative"] is False and np.isnan(summary["center_mass"])
+    assert "2x2" in summary["reason"] and "0.250-0.250" in summary["reason"]
+    assert summary["n_maps"] == 8 and summary["n_zero_maps"] == 2
+
+
+def test_center_mass_is_reported_where_the_resolution_allows_and_zero_maps_are_counted():
+    low, high = center_mass_range((4, 4), (64, 64))
+    assert high - low >= MIN_INFORMATIVE_SPAN and 0 <= low < 0.25 < high <= 1
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 3:5, 3:5] = 1.0  # all mass in the central box
+    maps[1, 0, 0] = 1.0  # all mass in a corner
+    summary = center_mass_summary(maps)  # full-resolution maps (vanilla, guided)
+    assert summary["informative"] and summary["reason"] == ""
+    assert summary["center_mass"] == pytest.approx(0.5)  # mean of 1 and 0; the zero map is counted, not averaged
+    assert summary["n_zero_maps"] == 1
+    empty = center_mass_summary(torch.zeros(2, 8, 8))
+    assert np.isnan(empty["center_mass"]) and empty["n_zero_maps"] == 2 and "all zero" in empty["reason"]
+
+
+def test_grad_cam_reports_its_layer_resolution(fernet):
+    images = torch.rand(2, 3, 40, 40)
+    maps, size = grad_cam_with_resolution(fernet, images, 0)
+    assert maps.shape == (2, 40, 40) and size == (2, 2)

@@ -96,3 +96,29 @@ def test_metric_curve_figure_draws_mean_band_and_labels():
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     assert buffer.tell() > 5000
+
+
+def test_repeats_boxplot_keeps_the_data_readable_when_the_reference_is_far_off():
+    from fer_ray.core.robustness_plots import repeats_boxplot_figure
+
+    values = {"train seed 0": [0.21, 0.24, 0.26], "train seed 1": [0.28, 0.30, 0.25]}
+    reference = {"median": 0.67, "min": 0.65, "max": 0.68}
+    figure = repeats_boxplot_figure(values, "test accuracy", "repeats", reference=reference)
+    axis = figure.axes[0]
+    low, high = axis.get_ylim()
+    assert low <= 0.21 and high >= 0.30
+    assert high - low < 0.2, "the y-axis must span the data, not stretch to the reference at 0.67"
+    notes = " ".join(text.get_text() for text in axis.texts)
+    assert "above this range" in notes and "median 0.67" in notes and "max 0.68" in notes
+    assert [tick.get_text() for tick in axis.get_xticklabels()] == ["train seed 0", "train seed 1"]
+    assert axis.get_xlabel() == "model (training source)"
+    assert _png_bytes(figure).startswith(b"\x89PNG")
+
+
+def test_repeats_boxplot_draws_a_reference_inside_the_data_range_as_lines():
+    from fer_ray.core.robustness_plots import repeats_boxplot_figure
+
+    figure = repeats_boxplot_figure({"train seed 0": [0.60, 0.70, 0.66]}, "acc", "t", reference={"median": 0.67, "min": 0.65, "max": 0.68})
+    axis = figure.axes[0]
+    assert len([line for line in axis.get_lines() if line.get_label().startswith("seed project")]) == 3
+    assert not axis.texts

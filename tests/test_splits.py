@@ -157,3 +157,45 @@ def test_training_subset_by_image_takes_images():
     assert set(quarter) < set(half) <= set(split.train)
     # images of one person are now spread over subsets rather than taken whole
     assert len(set(dataset.identities[quarter])) > math.ceil(0.25 * 24)
+
+
+def irregular_people(people: int = 30, seed: int = 0) -> FaceDataset:
+    """``people`` persons with 0-3 images of each expression at random (at least one image each)."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 4, size=(people, len(EXPRESSIONS)))
+    counts[counts.sum(axis=1) == 0, 0] = 1
+    images = [
+        FaceImage(path=Path(f"/p{person}_{label}_{shot}.png"), expression=EXPRESSIONS[label], identity=f"P{person:02d}")
+        for person in range(people)
+        for label in range(len(EXPRESSIONS))
+        for shot in range(counts[person, label])
+    ]
+    return FaceDataset(name="irregular", images=tuple(images))
+
+
+#: split seeds of the fairness simulation, and the tolerance on each person's frequency: 4 binomial
+#: standard deviations at p = 1/7 over 200 seeds (sqrt(p (1 - p) / 200) = 0.025)
+FAIRNESS_SEEDS = 200
+FAIRNESS_TOLERANCE = 0.10
+
+
+def test_every_person_is_equally_likely_to_be_in_test_and_val_over_seeds():
+    dataset = irregular_people()
+    people = np.unique(dataset.identities)
+    in_test = np.zeros(len(people))
+    in_val = np.zeros(len(people))
+    overall = class_shares(dataset, np.arange(len(dataset)))
+    mean_test_shares = np.zeros(len(dataset.classes))
+    for seed in range(FAIRNESS_SEEDS):
+        split = split_dataset(dataset, SplitConfig(val=0.15, test=0.15, seed=seed))
+        in_test += np.isin(people, dataset.identities[split.test])
+        in_val += np.isin(people, dataset.identities[split.val])
+        mean_test_shares += class_shares(dataset, split.test) / FAIRNESS_SEEDS
+    # test: one fold of round(1 / 0.15) = 7; val: one fold of round(0.85 / 0.15) = 6 of the rest
+    expected_test, expected_val = 1 / 7, (6 / 7) * (1 / 6)
+    test_frequency, val_frequency = in_test / FAIRNESS_SEEDS, in_val / FAIRNESS_SEEDS
+    worst = people[np.argmax(np.abs(test_frequency - expected_test))]
+    assert np.abs(test_frequency - expected_test).max() <= FAIRNESS_TOLERANCE, (worst, test_frequency.round(3))
+    assert np.abs(val_frequency - expected_val).max() <= FAIRNESS_TOLERANCE, val_frequency.round(3)
+    # still stratified: on average over seeds the test side has every class in its overall share
+    assert np.abs(mean_test_shares - overall).max() < 0.02, (mean_test_shares, overall)

@@ -25,3 +25,11 @@ def mean_interval_cell(mean: float, low: float, high: float, digits: int = 3) ->
 def summary_cell(summary: Mapping[str, float], digits: int = 3) -> str:
     """mean_interval_cell of a ``{"mean", "low", "high"}`` mapping (what stats.mean_ci returns)."""
     return mean_interval_cell(summary["mean"], summary["low"], summary["high"], digits)
+
+
+def model_label(train_seed, number: int) -> str:
+    """How a report names a model: by where it came from (``train seed 0``) when its training seed is
+    known, else by its position (``model 2``)."""
+    if train_seed is None or (isinstance(train_seed, float) and math.isnan(train_seed)):
+        return f"model {number}"
+    return f"train seed {int(train_seed)}"

@@ -1,21 +1,21 @@
 """Per-group results for the demographic-bias experiment, and their uncertainty, on plain arrays.
 
 Images of one person are not independent (same face, same session), so the uncertainty of a group
-accuracy or of a gap between groups is computed over SUBJECTS (identities): the cluster bootstrap
-resamples subjects with all their images, the permutation test permutes group labels subject by
-subject. Labels are class indices into ``classes``; groups and subjects are any hashable values
-(None -> the group "unknown", as in fer_ray.core.evaluate.group_accuracy).
+accuracy or of a difference between groups is computed over SUBJECTS (identities): the cluster
+bootstrap resamples subjects with all their images, the permutation tests move group labels only
+between units that are exchangeable when the group has no effect (compare_groups). A difference is
+always signed and named (group - reference), never a max-minus-min that cannot be negative. Labels
+are class indices into ``classes``; groups and subjects are any hashable values (None -> the group
+"unknown", as in fer_ray.core.evaluate.group_accuracy).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 from sklearn.metrics import multilabel_confusion_matrix
 
 from fer_ray.core.evaluate import UNKNOWN_GROUP
-
-#: Statistics cluster_bootstrap_ci knows.
-BOOTSTRAP_STATISTICS: tuple[str, ...] = ("acc_gap", "acc_ratio", "acc")
 
 
 class GroupStatsError(ValueError):
@@ -57,155 +57,277 @@ def group_rates(y_true, y_pred, groups, classes) -> dict:
     return rates
 
 
-def gap_summary(rates: dict) -> dict:
-    """The spread of accuracy across groups, from group_rates (or any {group: {"acc": ...}}).
+# ----------------------------------------------------------------------------------------------
+# Signed, testable comparisons between groups (what the bias experiment reports)
+# ----------------------------------------------------------------------------------------------
 
-    Returns {"acc_gap": best - worst accuracy, "acc_ratio": worst / best (NaN when best is 0),
-    "worst_group", "best_group"} (ties -> the first group in sorted order).
-    """
-    if not rates:
-        raise GroupStatsError("gap_summary needs at least one group; rates is empty")
-    accuracy = {group: values["acc"] for group, values in rates.items()}
-    worst, best = min(accuracy, key=accuracy.get), max(accuracy, key=accuracy.get)
-    return {
-        "acc_gap": accuracy[best] - accuracy[worst],
-        "acc_ratio": accuracy[worst] / accuracy[best] if accuracy[best] > 0 else float("nan"),
-        "worst_group": worst,
-        "best_group": best,
-    }
+#: What compare_groups' intervals and tests are over, in one line for report tables.
+COMPARISON_COVERS = (
+    "over test people: subject-clustered bootstrap (people resampled with all their images) for CIs, "
+    "subject-level permutation of group labels for p-values"
+)
 
 
-def cluster_bootstrap_ci(
-    y_true,
-    y_pred,
+def compare_groups(
+    successes,
     groups,
     subjects,
-    statistic: str = "acc_gap",
-    n_boot: int = 1000,
+    reference=None,
+    n_boot: int = 2000,
+    n_perm: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
-    group=None,
-) -> dict[str, float]:
-    """Percentile confidence interval of an accuracy statistic, resampling subjects within groups.
+) -> dict:
+    """Per-group rates and signed differences against a reference group, tested at the level of people.
 
-    Each replicate draws, within every group, as many subjects as the group has, with replacement,
-    each bringing all its images of that group (stratified cluster bootstrap), and recomputes the
-    statistic on the image-level accuracies. statistic: "acc_gap" (best - worst group accuracy),
-    "acc_ratio" (worst / best) or "acc" (the accuracy of ``group``). A subject found in several
-    groups (e.g. groups = camera angle) is resampled independently in each, which ignores that
-    pairing. Returns {"estimate" (on the data as given), "low", "high", "n_boot", "confidence"}.
+    successes: bool (N,) per image (correct, for accuracy; see ``rate_outcomes`` for TPR / FPR);
+    groups: (N,) hashable values, at least two distinct (None -> "unknown"); subjects: (N,) identities.
+    reference: the group every other group is compared with (default: the group with the most people,
+    ties -> the most images, then the first in sorted order); each difference is ``rate(group) -
+    rate(reference)``, signed and named, never a max-minus-min.
+
+    Design: a person may belong to one group (gender, race: "between") or to several (camera angle,
+    session: "within"; "mixed" when both occur). Everything below respects that:
+
+    - CIs: percentile cluster bootstrap. People are resampled with all their images, within strata
+      of people who share the same set of groups (between: within each group; within: all people
+      together, which keeps each person's pairing across groups). Rates are pooled image-level
+      fractions of each replicate, so every rate interval lies in [0, 1], every difference in [-1, 1].
+    - p-values: permutation tests of "group has no effect" that move group labels only between units
+      that are exchangeable under it. People seen in one group swap labels with each other (all their
+      images move together); a person seen in several groups has the group labels of their own
+      images shuffled among those images (a person's images are exchangeable when the group has no
+      effect; where the images also differ otherwise, e.g. KDEF's seven expressions at every angle,
+      shuffling across that balance only widens the null distribution: conservative, never liberal). p = (1 + #{permuted statistic >= observed}) /
+      (1 + n_perm).  Pairwise statistic: |rate(g) - rate(reference)| on the data of those two groups;
+      omnibus statistic (three or more groups): sum_g n_g (rate_g - overall rate)^2, n_g images.
+    - Multiple comparisons: Holm's step-down adjustment over the pairwise p-values (family = the
+      differences against the reference). The difference CIs are NOT adjusted (per comparison).
+
+    Returns {"reference", "design", "omnibus_p" (three or more groups; with two it is the one
+    pairwise p), "groups": [{"group", "n_images", "n_subjects", "rate", "low", "high"}...] in sorted
+    order, "differences": [{"group", "reference", "diff", "low", "high", "p_value", "p_holm"}...]
+    for every group but the reference, "n_boot", "n_perm", "confidence", "covers"}.
     """
-    if statistic not in BOOTSTRAP_STATISTICS:
-        raise GroupStatsError(f"unknown statistic {statistic!r}; choose one of {list(BOOTSTRAP_STATISTICS)}")
-    if statistic == "acc" and group is None:
-        raise GroupStatsError("statistic 'acc' needs group=<the group value>")
     _check_level(confidence, n_boot, "n_boot")
-    true, predicted = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
-    keys, subject_keys = _group_keys(groups), _subject_keys(subjects)
-    _same_length(y_true=true, y_pred=predicted, groups=keys, subjects=subject_keys)
-    correct = true == predicted
-    group_values = _sorted_values(keys)
-    if statistic == "acc" and group not in group_values:
-        raise GroupStatsError(f"group {group!r} is not among the groups {group_values}")
-    if statistic == "acc":
-        group_values = [group]
-
-    rng = np.random.default_rng(seed)
-    estimates, replicates = [], []
-    for value in group_values:
-        members = keys == value
-        correct_per_subject, images_per_subject = _per_subject_counts(correct[members], subject_keys[members])
-        estimates.append(correct_per_subject.sum() / images_per_subject.sum())
-        # Vectorised cluster resampling: (n_boot, subjects) draws of subject indices.
-        draws = rng.integers(0, len(images_per_subject), size=(n_boot, len(images_per_subject)))
-        replicates.append(correct_per_subject[draws].sum(axis=1) / images_per_subject[draws].sum(axis=1))
-    estimate = _statistic(np.array(estimates)[None, :], statistic)[0]
-    values = _statistic(np.stack(replicates, axis=1), statistic)
-    tail = (1 - confidence) / 2
-    low, high = np.nanquantile(values, [tail, 1 - tail])
-    return {
-        "estimate": float(estimate),
-        "low": float(low),
-        "high": float(high),
-        "n_boot": n_boot,
-        "confidence": confidence,
-    }
-
-
-def permutation_test_acc_diff(correct, groups, subjects, n_perm: int = 2000, seed: int = 0) -> dict:
-    """Two-sided permutation test of the accuracy difference between exactly two groups.
-
-    correct: bool (N,) per image; groups: (N,) with two distinct values; subjects: (N,) identities,
-    each in one group only. Group labels are permuted between SUBJECTS (a person's images stay
-    together and keep one label), the subject count of each group fixed. diff = acc(first group)
-    - acc(second group), groups in sorted order. p_value = (1 + #{|permuted diff| >= |diff|}) /
-    (1 + n_perm). Returns {"diff", "p_value", "groups": [first, second], "n_perm"}.
-    """
-    correct = np.asarray(correct)
-    if correct.dtype != bool:
-        raise GroupStatsError(f"correct must be a bool array, got dtype {correct.dtype}")
-    keys, subject_keys = _group_keys(groups), _subject_keys(subjects)
-    _same_length(correct=correct, groups=keys, subjects=subject_keys)
-    group_values = _sorted_values(keys)
-    if len(group_values) != 2:
-        raise GroupStatsError(f"permutation_test_acc_diff needs exactly two groups, got {group_values}")
     if n_perm < 1:
         raise GroupStatsError(f"n_perm must be at least 1, got {n_perm}")
+    success = _success_vector(successes)
+    keys, subject_keys = _group_keys(groups), _subject_keys(subjects)
+    _same_length(successes=success, groups=keys, subjects=subject_keys)
+    group_values = _sorted_values(keys)
+    if len(group_values) < 2:
+        raise GroupStatsError(f"compare_groups needs at least two groups, got {group_values}")
+    table = _SubjectTable.build(success, keys, subject_keys, group_values)
+    if reference is None:
+        reference = group_values[table.default_reference()]
+    elif reference not in group_values:
+        raise GroupStatsError(f"reference group {reference!r} is not among the groups {group_values}")
+    ref = group_values.index(reference)
 
-    subject_values, subject_index = np.unique(subject_keys, return_inverse=True)
-    first_group_rows = keys == group_values[0]
-    in_first = np.bincount(subject_index, weights=first_group_rows, minlength=len(subject_values))
-    images_per_subject = np.bincount(subject_index, minlength=len(subject_values)).astype(float)
-    mixed = (in_first > 0) & (in_first < images_per_subject)
-    if mixed.any():
-        raise GroupStatsError(
-            f"subject {str(subject_values[mixed][0])!r} has images in both groups {group_values}; group labels "
-            "can only be permuted between subjects that each belong to one group"
-        )
-    correct_per_subject = np.bincount(subject_index, weights=correct, minlength=len(subject_values))
-    subject_in_first = in_first > 0
-
-    def accuracy_difference(labels: np.ndarray) -> np.ndarray:
-        """labels: bool (..., subjects), True = first group -> acc(first) - acc(second), (...)."""
-        first = (labels * correct_per_subject).sum(-1) / (labels * images_per_subject).sum(-1)
-        second = (~labels * correct_per_subject).sum(-1) / (~labels * images_per_subject).sum(-1)
-        return first - second
-
-    observed = float(accuracy_difference(subject_in_first))
     rng = np.random.default_rng(seed)
-    permuted = rng.permuted(np.tile(subject_in_first, (n_perm, 1)), axis=1)
-    differences = accuracy_difference(permuted)
-    # The small tolerance keeps ties (the same difference up to rounding) counted as extreme.
-    extreme = np.abs(differences) >= abs(observed) - 1e-12
+    rates = table.correct.sum(0) / table.images.sum(0)
+    boot_rates = table.bootstrap_rates(n_boot, rng)
+    people = (table.images > 0).sum(0)
+    others = [g for g in range(len(group_values)) if g != ref]
+    rate_low, rate_high = np.empty(len(group_values)), np.empty(len(group_values))
+    diff_low, diff_high = np.zeros(len(group_values)), np.zeros(len(group_values))
+    rate_tails = expanded_tail(confidence, people)
+    # differences: simultaneous over the family (Bonferroni), as the Holm-adjusted p-values are
+    diff_tails = expanded_tail(1 - (1 - confidence) / len(others), np.minimum(people, people[ref]))
+    for g in range(len(group_values)):
+        rate_low[g], rate_high[g] = np.quantile(boot_rates[:, g], [rate_tails[g], 1 - rate_tails[g]])
+        if g != ref:
+            diff = boot_rates[:, g] - boot_rates[:, ref]
+            diff_low[g], diff_high[g] = np.quantile(diff, [diff_tails[g], 1 - diff_tails[g]])
+
+    p_values = np.array([table.pair_p_value(g, ref, n_perm, rng) for g in others])
+    p_holm = holm_adjust(p_values)
+    omnibus = table.omnibus_p_value(n_perm, rng) if len(group_values) > 2 else float(p_values[0])
     return {
-        "diff": observed,
-        "p_value": float((1 + extreme.sum()) / (1 + n_perm)),
-        "groups": list(group_values),
+        "reference": reference,
+        "design": table.design(),
+        "omnibus_p": omnibus,
+        "groups": [
+            {"group": value, "n_images": int(table.images[:, g].sum()), "n_subjects": int((table.images[:, g] > 0).sum()),
+             "rate": float(rates[g]), "low": float(rate_low[g]), "high": float(rate_high[g])}
+            for g, value in enumerate(group_values)
+        ],
+        "differences": [
+            {"group": group_values[g], "reference": reference, "diff": float(rates[g] - rates[ref]),
+             "low": float(diff_low[g]), "high": float(diff_high[g]), "p_value": float(p), "p_holm": float(adjusted)}
+            for g, p, adjusted in zip(others, p_values, p_holm)
+        ],
+        "n_boot": n_boot,
         "n_perm": n_perm,
+        "confidence": confidence,
+        "covers": COMPARISON_COVERS,
     }
+
+
+def rate_outcomes(y_true, y_pred, rate: str, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The images a rate is measured on and whether each counts as a success: (rows bool (N,), successes bool (rows,)).
+
+    rate: "acc" (all images; success = correct), "tpr" (images of class ``class_index``; success =
+    predicted that class) or "fpr" (images of every other class; success = wrongly predicted that
+    class, one-vs-rest). Feed ``successes`` with the groups / subjects of ``rows`` to compare_groups.
+    """
+    true, predicted = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
+    _same_length(y_true=true, y_pred=predicted)
+    if rate == "acc":
+        return np.ones(len(true), dtype=bool), true == predicted
+    if rate not in ("tpr", "fpr") or class_index is None:
+        raise GroupStatsError(f"rate must be 'acc', or 'tpr' / 'fpr' with a class_index; got {rate!r}, class_index={class_index}")
+    rows = true == class_index if rate == "tpr" else true != class_index
+    return rows, predicted[rows] == class_index
+
+
+def accuracy_ci(
+    correct, subjects, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Subject-clustered percentile bootstrap CI of one run's test accuracy: (low, high) in [0, 1].
+
+    correct: bool (N,) per test image; subjects: (N,) identities. Each replicate draws as many people
+    as the test set has, with replacement, each with all their images, and pools their images'
+    accuracy. It covers the variation from WHICH PEOPLE are in the test set (a new sample of people
+    like them), not the variation over training seeds; with few test people (under ~10) percentile
+    intervals are known to be too narrow. Logged per run as ``test_acc/ci_low``, ``test_acc/ci_high``.
+    """
+    _check_level(confidence, n_boot, "n_boot")
+    success = _success_vector(correct)
+    subject_keys = _subject_keys(subjects)
+    _same_length(correct=success, subjects=subject_keys)
+    one_group = np.zeros(len(success), dtype=object)
+    table = _SubjectTable.build(success, one_group, subject_keys, [0])
+    replicates = table.bootstrap_rates(n_boot, np.random.default_rng(seed))[:, 0]
+    tail = expanded_tail(confidence, len(table.images))
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def expanded_tail(confidence: float, n_clusters):
+    """Lower tail probability of Hesterberg's expanded percentile bootstrap interval.
+
+    The plain percentile interval of a mean over n independent units (here: people) is too narrow
+    for small n: it uses the plug-in variance (factor (n-1)/n) and normal rather than t quantiles.
+    The expanded interval (Hesterberg 2015, "What teachers should know about the bootstrap", Am.
+    Stat. 69:371) takes the bootstrap quantiles at alpha'/2 with Phi^-1(alpha'/2) =
+    sqrt(n/(n-1)) * t_{n-1}(alpha/2). n_clusters: an int or an array of them (-> a float array);
+    below 2 -> the plain tail alpha/2 (no correction possible).
+    """
+    alpha = 1 - confidence
+    n = np.asarray(n_clusters, dtype=float)
+    safe = np.maximum(n, 2.0)
+    tail = np.where(n < 2, alpha / 2, stats.norm.cdf(np.sqrt(safe / (safe - 1)) * stats.t.ppf(alpha / 2, df=safe - 1)))
+    return float(tail) if tail.ndim == 0 else tail
+
+
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (controls the family-wise error rate), same order as given.
+
+    Hand-written (five lines) rather than adding statsmodels for it: sorted ascending, the i-th
+    (0-based) of m gets max over j <= i of min(1, (m - j) * p_(j)).
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted
+
+
+class _SubjectTable:
+    """Correct and image counts per (subject, group): float (S, G) each, and the resampling /
+    permutation machinery over them (vectorised over replicates)."""
+
+    def __init__(self, correct: np.ndarray, images: np.ndarray) -> None:
+        self.correct, self.images = correct, images
+
+    @classmethod
+    def build(cls, success, keys, subject_keys, group_values) -> "_SubjectTable":
+        _, subject_index = np.unique(subject_keys, return_inverse=True)
+        position = {value: g for g, value in enumerate(group_values)}
+        group_index = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(keys))
+        n_subjects, n_groups = int(subject_index.max()) + 1, len(group_values)
+        cell = subject_index * n_groups + group_index
+        shape = (n_subjects, n_groups)
+        return cls(
+            np.bincount(cell, weights=success, minlength=n_subjects * n_groups).reshape(shape),
+            np.bincount(cell, minlength=n_subjects * n_groups).reshape(shape).astype(float),
+        )
+
+    def default_reference(self) -> int:
+        people, images = (self.images > 0).sum(0), self.images.sum(0)
+        return int(np.lexsort((np.arange(len(people)), -images, -people))[0])
+
+    def design(self) -> str:
+        groups_per_subject = (self.images > 0).sum(1)
+        if (groups_per_subject == 1).all():
+            return "between"
+        return "within" if (groups_per_subject > 1).all() else "mixed"
+
+    def bootstrap_rates(self, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+        """(n_boot, G) pooled rates; people resampled within strata of the same set of groups."""
+        _, stratum = np.unique(self.images > 0, axis=0, return_inverse=True)
+        correct, images = np.zeros((n_boot, self.correct.shape[1])), np.zeros((n_boot, self.correct.shape[1]))
+        for members in (np.flatnonzero(stratum.ravel() == s) for s in np.unique(stratum)):
+            draws = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+            correct += self.correct[draws].sum(axis=1)
+            images += self.images[draws].sum(axis=1)
+        return correct / images
+
+    def pair_p_value(self, group: int, reference: int, n_perm: int, rng: np.random.Generator) -> float:
+        pair = _SubjectTable(self.correct[:, [group, reference]], self.images[:, [group, reference]])
+        return pair._permutation_p(n_perm, rng, lambda c, n: np.abs(c[..., 0] / n[..., 0] - c[..., 1] / n[..., 1]))
+
+    def omnibus_p_value(self, n_perm: int, rng: np.random.Generator) -> float:
+        overall = self.correct.sum() / self.images.sum()
+        return self._permutation_p(n_perm, rng, lambda c, n: (n * (c / n - overall) ** 2).sum(-1))
+
+    def _permutation_p(self, n_perm: int, rng: np.random.Generator, statistic) -> float:
+        """statistic(correct (..., G), images (..., G)) -> (...); larger = further from 'no effect'."""
+        subject, group = np.nonzero(self.images > 0)  # one cell per (subject, group) with images
+        cell_correct, cell_images = self.correct[subject, group], self.images[subject, group]
+        several = (self.images > 0).sum(1)[subject] > 1
+        # Exchangeable units. A person seen in one group: the whole person (their cell), in one shared
+        # block (-1), so group labels move between such people. A person seen in several groups: each
+        # of their images, in a block of their own, so labels move between that person's images only.
+        # An image-level unit is rebuilt from its cell's counts (c correct of n -> c ones, n - c zeros).
+        repeats = np.where(several, cell_images, 1).astype(np.int64)
+        unit_cell = np.repeat(np.arange(len(subject)), repeats)
+        rank_in_cell = np.arange(len(unit_cell)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+        unit_correct = np.where(several[unit_cell], rank_in_cell < cell_correct[unit_cell], cell_correct[unit_cell])
+        unit_images = np.where(several[unit_cell], 1.0, cell_images[unit_cell])
+        block = np.where(several[unit_cell], subject[unit_cell], -1)
+        order = np.argsort(block, kind="stable")
+        group, block = group[unit_cell][order], block[order]
+        cell_correct, cell_images = unit_correct[order].astype(float), unit_images[order]
+        n_groups = self.images.shape[1]
+
+        def totals(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            rows = labels.shape[0]
+            flat = (np.arange(rows)[:, None] * n_groups + labels).ravel()
+            c = np.bincount(flat, weights=np.tile(cell_correct, rows), minlength=rows * n_groups)
+            n = np.bincount(flat, weights=np.tile(cell_images, rows), minlength=rows * n_groups)
+            return c.reshape(rows, n_groups), n.reshape(rows, n_groups)
+
+        observed = statistic(*totals(group[None, :]))[0]
+        # block + U[0,1) sorts cells block by block, in random order within each block: a uniform
+        # permutation of the group labels inside every block, for all permutations at once.
+        shuffled = np.argsort(block[None, :] + rng.random((n_perm, len(group))), axis=1)
+        permuted = statistic(*totals(group[shuffled]))
+        # The small tolerance keeps ties (the same statistic up to rounding) counted as extreme.
+        return float((1 + np.sum(permuted >= observed - 1e-12)) / (1 + n_perm))
+
+
+def _success_vector(values) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1 or array.dtype != bool:
+        raise GroupStatsError(f"successes must be a 1-D bool array (per image), got shape {array.shape} dtype {array.dtype}")
+    return array
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def _statistic(accuracies: np.ndarray, statistic: str) -> np.ndarray:
-    """accuracies: (replicates, groups) -> the statistic per replicate, (replicates,)."""
-    if statistic == "acc":
-        return accuracies[:, 0]
-    best, worst = accuracies.max(axis=1), accuracies.min(axis=1)
-    if statistic == "acc_gap":
-        return best - worst
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(best > 0, worst / best, np.nan)
-
-
-def _per_subject_counts(correct: np.ndarray, subject_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Correct images and images per subject, float (subjects,) each."""
-    _, subject_index = np.unique(subject_keys, return_inverse=True)
-    return (
-        np.bincount(subject_index, weights=correct).astype(float),
-        np.bincount(subject_index).astype(float),
-    )
 
 
 def _as_labels(values, name: str) -> np.ndarray:

@@ -120,11 +120,15 @@ def repeats_boxplot_figure(
     title: str,
     reference: Mapping[str, float] | None = None,
     reference_label: str = "seed project",
+    xlabel: str = "model (training source)",
 ) -> Figure:
     """A box plot of a metric over repeats, one box per entry (e.g. per model), every repeat as a dot.
 
-    values: {box label: the repeats' values}. reference: optional {"median", "min", "max"} drawn as
-    grey horizontal lines (solid median, dashed min / max).
+    values: {box label: the repeats' values}; name boxes by where the model came from (e.g. "train
+    seed 0"), not by position. reference: optional {"median", "min", "max"}. The y-axis spans the
+    data (plus a margin), never stretched to the reference: reference values inside that span are
+    grey horizontal lines (solid median, dashed min / max); values outside are written at the top or
+    bottom edge with an arrow pointing their way, so a far-off reference cannot squash the boxes.
     """
     labels = list(values)
     if not labels or any(len(values[label]) == 0 for label in labels):
@@ -136,13 +140,32 @@ def repeats_boxplot_figure(
     jitter = np.random.default_rng(0)  # fixed jitter: the figure is the same on every run
     for position, points in enumerate(data, start=1):
         axis.scatter(position + jitter.uniform(-0.08, 0.08, len(points)), points, s=14, color="tab:blue", alpha=0.7, zorder=3)
+    everything = np.concatenate(data)
+    low, high = float(np.nanmin(everything)), float(np.nanmax(everything))
+    margin = max(0.15 * (high - low), 0.01)
+    axis.set_ylim(low - margin, high + margin)
     if reference:
-        axis.axhline(reference["median"], color=REFERENCE_COLOUR, linewidth=1.2,
-                     label=f"{reference_label}: median {reference['median']:.2f}")
-        for key in ("min", "max"):
-            axis.axhline(reference[key], color=REFERENCE_COLOUR, linewidth=0.9, linestyle="--")
-        axis.legend(loc="best", fontsize=8)
+        _draw_reference(axis, reference, reference_label, (low - margin, high + margin))
+    axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3, axis="y")
     return figure
+
+
+def _draw_reference(axis, reference: Mapping[str, float], label: str, limits: tuple[float, float]) -> None:
+    """Lines for the reference values inside ``limits``; an edge note with an arrow for those outside."""
+    inside = {key: value for key, value in reference.items() if limits[0] <= value <= limits[1]}
+    for key, value in inside.items():
+        axis.axhline(value, color=REFERENCE_COLOUR, linewidth=1.2 if key == "median" else 0.9,
+                     linestyle="-" if key == "median" else "--", label=f"{label}: {key} {value:.2f}")
+    if inside:
+        axis.legend(loc="best", fontsize=8)
+    for side, arrow, y, keys in (
+        ("above", "\u2191", 0.97, [k for k, v in reference.items() if v > limits[1]]),
+        ("below", "\u2193", 0.03, [k for k, v in reference.items() if v < limits[0]]),
+    ):
+        if keys:
+            text = f"{arrow} {label} ({side} this range): " + ", ".join(f"{k} {reference[k]:.2f}" for k in keys)
+            axis.text(0.02, y, text, transform=axis.transAxes, ha="left", va="top" if side == "above" else "bottom",
+                      fontsize=8, color=REFERENCE_COLOUR)

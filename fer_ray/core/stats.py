@@ -6,24 +6,51 @@ import numpy as np
 from scipy import stats
 
 
-def mean_ci(values, confidence: float = 0.95) -> dict[str, float]:
+class StatsInputError(ValueError):
+    """Input a statistic cannot use; the message names the argument and its value."""
+
+
+#: The range of an accuracy (or any fraction): pass as ``bounds`` so its interval stays inside.
+ACCURACY_BOUNDS = (0.0, 1.0)
+
+#: What mean_ci's interval covers, in one line for report tables.
+SEEDS_COVER = "over training seeds (or models) on one test set: Student t of the mean, clipped to [0, 1]"
+
+
+def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> dict[str, float]:
     """Mean and two-sided Student-t confidence interval of independent runs (e.g. seeds).
 
     values: 1-D sequence of floats (NaNs dropped). With one value the interval is (nan, nan): one
     seed says nothing about seed-to-seed spread, and the report shows that rather than hiding it.
+    bounds: the range the quantity cannot leave (ACCURACY_BOUNDS for accuracies); the t interval is
+    intersected with it. Why clipping, not a logit-scale interval or a bootstrap: the true mean lies
+    inside the bounds, so cutting off the part of the t interval outside them never removes it: the
+    coverage is exactly the t interval's, and the width stays honest (two seeds give t = 12.7 standard
+    errors each side, often all of [0, 1]: two seeds say little, and the table should show that).
+    A logit-scale t interval breaks at accuracies of exactly 0 or 1 (common on small test sets) and
+    centres on the mean logit, not the mean; a bootstrap over 2-3 seeds has 3-10 distinct resamples
+    and covers far below its nominal level. It covers seed-to-seed (model-to-model) variation; the
+    test set is held fixed (see fer_ray.core.groups.accuracy_ci for the variation over test people).
     Returns {"mean", "low", "high", "std", "n"}.
     """
     array = np.asarray(values, dtype=float)
     array = array[np.isfinite(array)]
     n = int(array.size)
+    if bounds is not None and not bounds[0] < bounds[1]:
+        raise StatsInputError(f"bounds must be (low, high) with low < high, got {bounds}")
     if n == 0:
         return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "std": float("nan"), "n": 0}
+    if bounds is not None and ((array < bounds[0]).any() or (array > bounds[1]).any()):
+        raise StatsInputError(f"values must lie within bounds {bounds}, got min {array.min()}, max {array.max()}")
     mean = float(array.mean())
     if n == 1:
         return {"mean": mean, "low": float("nan"), "high": float("nan"), "std": float("nan"), "n": 1}
     std = float(array.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1) * std / np.sqrt(n))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "std": std, "n": n}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "low": low, "high": high, "std": std, "n": n}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,10 +60,6 @@ def mean_ci(values, confidence: float = 0.95) -> dict[str, float]:
 #: mcnemar() uses the exact binomial test when there are fewer discordant pairs than this (the
 #: chi-square approximation is poor for small counts; the usual rule of thumb is 25).
 MCNEMAR_EXACT_BELOW = 25
-
-
-class StatsInputError(ValueError):
-    """Input a statistic cannot use; the message names the argument and its value."""
 
 
 def bootstrap_ci(

@@ -3,39 +3,41 @@
 For every group attribute the dataset records (gender on KDEF and the synthetic faces, race and
 gender on RADIATE, camera angle on KDEF) and that has at least two groups in the test split, per
 group: accuracy with a subject-clustered bootstrap CI, and per class the recall (TPR) and the
-one-vs-rest false-positive rate (FPR). Across groups: the largest accuracy gap (best - worst) and
-the min/max ratio, each with its bootstrap CI; per class the same for TPR and FPR; with exactly two
-groups, a subject-level permutation test of the accuracy difference. Uncertainty is over SUBJECTS
-(identities), since a person's images are not independent (fer_ray.core.groups).
+one-vs-rest false-positive rate (FPR). Across groups, what can be tested: the SIGNED difference of
+each group from a stated reference group (``eval.reference``; default angle S and gender M
+where present, else the group with the most people), e.g. ``acc_diff/gender/F`` = acc(F) - acc(M), with a subject-clustered CI, a subject-level
+permutation p and its Holm-adjusted value, and an omnibus permutation test of "no group differs"
+(fer_ray.core.groups.compare_groups); per class the same for TPR and FPR. Uncertainty is over
+SUBJECTS (identities), since a person's images are not independent; people seen in several groups
+(angle, session) are compared within themselves.
 
 Metric names (``<a>`` attribute, ``<g>`` group, ``<c>`` class; a rate a group cannot have, e.g. the
 TPR of a class it has no image of, is left out):
-  n/<a>/<g>, acc/<a>/<g>, acc_low/<a>/<g>, acc_high/<a>/<g>, tpr/<a>/<g>/<c>, fpr/<a>/<g>/<c>,
-  acc_gap/<a>, acc_gap_low/<a>, acc_gap_high/<a>, acc_ratio/<a> (+ _low, _high),
-  acc_diff/<a>, p_value/<a> (two groups), tpr_gap/<a>/<c>, tpr_ratio/<a>/<c>, fpr_gap/<a>/<c>,
-  fpr_ratio/<a>/<c> (+ _low, _high), and test_acc, n_test.
-Attributes with a single group (e.g. angle when only straight-on images are used) are skipped and
-named in the tag ``fer_ray.bias_skipped`` and in the report.
+  n/<a>/<g>, people/<a>/<g>, acc/<a>/<g>, acc_low/<a>/<g>, acc_high/<a>/<g>, tpr/<a>/<g>/<c>,
+  fpr/<a>/<g>/<c>; for every group but the reference: acc_diff/<a>/<g> (+ _low, _high),
+  p_value/<a>/<g>, p_holm/<a>/<g>; p_omnibus/<a>; per class tpr_diff/<a>/<g>/<c> (+ _low, _high),
+  tpr_p_holm/<a>/<g>/<c>, tpr_p_omnibus/<a>/<c> and the same for fpr; and test_acc, n_test.
+Tags: ``fer_ray.bias_reference`` (JSON {attribute: reference group}), ``fer_ray.bias_design`` (JSON
+{attribute: between | within | mixed}). Attributes with a single group (e.g. angle when only
+straight-on images are used) are skipped and named in the tag ``fer_ray.bias_skipped`` and in the report.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
 from fer_ray.core.evaluate import UNKNOWN_GROUP, predict_proba
-from fer_ray.core.formatting import interval_text
-from fer_ray.core.groups import GroupStatsError, cluster_bootstrap_ci, gap_summary, group_rates, permutation_test_acc_diff
+from fer_ray.core.groups import COMPARISON_COVERS, GroupStatsError, compare_groups, group_rates, rate_outcomes
 from fer_ray.core.insight_plots import group_accuracy_figure
-from fer_ray.core.stats import mean_ci
+from fer_ray.core.stats import SEEDS_COVER, mean_ci
+from fer_ray.core.formatting import interval_text
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
@@ -44,10 +46,18 @@ from fer_ray.experiments.results import Report, TrialTable
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "race", "angle")
 TAG_STUDIED = "fer_ray.bias_attributes"
 TAG_SKIPPED = "fer_ray.bias_skipped"
+TAG_REFERENCE = "fer_ray.bias_reference"
+#: reference groups used when eval.reference does not name one and the group is in the test split:
+#: straight-on faces for angle, M for gender (so the difference reads F - M)
+PREFERRED_REFERENCES = {"angle": "S", "gender": "M"}
+TAG_DESIGN = "fer_ray.bias_design"
 #: JSON {attribute: [group, ...]}: the groups of each studied attribute, as they appear in metric names
 TAG_GROUPS = "fer_ray.bias_groups"
 #: JSON [class, ...]: the class names of the per-class rate metrics
 TAG_CLASSES = "fer_ray.bias_classes"
+#: how the report words each design
+DESIGN_WORDS = {"between": "each person in one group", "within": "people seen in every group, compared within themselves",
+                "mixed": "some people in several groups"}
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. :]")
 
 
@@ -57,8 +67,12 @@ class Settings(Strict):
     attributes: list[Literal["gender", "race", "angle", "session"]] = Field(
         list(DEFAULT_ATTRIBUTES), min_length=1, description="group attributes to study (those the dataset lacks are skipped)"
     )
+    reference: dict[str, str] = Field(
+        {}, description="reference group per attribute, e.g. {race: White}; differences are group - reference "
+        "(default: angle S, gender M when present, else the group with the most people)"
+    )
     n_boot: int = Field(1000, ge=50, description="bootstrap replicates (subjects resampled within groups)")
-    n_perm: int = Field(2000, ge=50, description="permutations of the two-group accuracy test")
+    n_perm: int = Field(2000, ge=50, description="permutations of each subject-level test")
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     class_rates: bool = Field(True, description="per-class TPR / FPR per group and their gaps")
     seed: int = Field(0, description="seed of the bootstrap and the permutations")
@@ -79,87 +93,90 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     y_pred = predict_proba(model, data.test.images).argmax(dim=1).numpy()
     subjects = data.dataset.identities[data.test.indices]
     metrics = {"test_acc": float(np.mean(y_true == y_pred)), "n_test": float(len(y_true))}
-    studied, skipped = {}, {}
+    studied, skipped, references, designs, group_names = [], {}, {}, {}, {}
     for attribute in cfg.attributes:
         groups = data.dataset.attribute(attribute)[data.test.indices]
         reason = _skip_reason(groups)
         if reason:
             skipped[attribute] = reason
             continue
-        with warnings.catch_warnings():
-            # a ratio whose best rate is 0 in every bootstrap replicate is NaN, and left out below
-            warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
-            metrics.update(attribute_metrics(attribute, y_true, y_pred, groups, subjects, data.dataset.classes, cfg))
-        studied[attribute] = sorted({metric_part(group) for group in _keys(groups)})
+        attribute_values, comparison = attribute_metrics(attribute, y_true, y_pred, groups, subjects, data.dataset.classes, cfg)
+        metrics.update(attribute_values)
+        studied.append(attribute)
+        references[attribute], designs[attribute] = metric_part(comparison["reference"]), comparison["design"]
+        group_names[attribute] = [metric_part(row["group"]) for row in comparison["groups"]]
     reporter.tags({
         "fer_ray.dataset_fingerprint": data.fingerprint,
         "fer_ray.protocol": data.protocol,
         TAG_STUDIED: ",".join(studied) or "none",
         TAG_SKIPPED: "; ".join(f"{a}: {why}" for a, why in skipped.items()) or "none",
-        TAG_GROUPS: json.dumps(studied),
+        TAG_REFERENCE: json.dumps(references),
+        TAG_DESIGN: json.dumps(designs),
+        TAG_GROUPS: json.dumps(group_names),
         TAG_CLASSES: json.dumps([metric_part(c) for c in data.dataset.classes]),
     })
     if studied:
-        bars = {a: _group_rows(metrics.__getitem__, a, names) for a, names in studied.items()}
+        bars = {a: _group_rows(metrics.__getitem__, a, group_names[a]) for a in studied}
         reporter.figure(group_accuracy_figure(bars, f"{trial.sweep}: test accuracy per group ({cfg.confidence * 100:g} % subject bootstrap CI)"), "bias_accuracy.png")
     return {name: value for name, value in metrics.items() if np.isfinite(value)}
 
 
-def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes, cfg: Settings) -> dict[str, float]:
-    """The metrics of one attribute (names in the module docstring; NaN where undefined).
+def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes, cfg: Settings) -> tuple[dict[str, float], dict]:
+    """The metrics of one attribute (names in the module docstring; NaN where undefined), and the
+    accuracy comparison they came from (fer_ray.core.groups.compare_groups' dict).
 
     y_true, y_pred: int (N,) class indices; groups: (N,) values of ``attribute`` (None -> "unknown");
     subjects: (N,) identities.
     """
-    boot = {"subjects": subjects, "n_boot": cfg.n_boot, "seed": cfg.seed, "confidence": cfg.confidence}
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    groups, subjects = np.asarray(_keys(groups), dtype=object), np.asarray(subjects)
+    options = {"reference": _reference(cfg, attribute, groups), "n_boot": cfg.n_boot, "n_perm": cfg.n_perm,
+               "seed": cfg.seed, "confidence": cfg.confidence}
     rates = group_rates(y_true, y_pred, groups, classes)
-    metrics: dict[str, float] = {}
-    for group, values in rates.items():
-        name = f"{attribute}/{metric_part(group)}"
-        interval = cluster_bootstrap_ci(y_true, y_pred, groups, statistic="acc", group=group, **boot)
-        metrics.update({f"n/{name}": float(values["n"]), f"acc/{name}": values["acc"],
-                        f"acc_low/{name}": interval["low"], f"acc_high/{name}": interval["high"]})
+    comparison = compare_groups(y_true == y_pred, groups, subjects, **options)
+    metrics: dict[str, float] = {f"p_omnibus/{attribute}": comparison["omnibus_p"]}
+    for row in comparison["groups"]:
+        name = f"{attribute}/{metric_part(row['group'])}"
+        metrics.update({f"n/{name}": float(row["n_images"]), f"people/{name}": float(row["n_subjects"]),
+                        f"acc/{name}": row["rate"], f"acc_low/{name}": row["low"], f"acc_high/{name}": row["high"]})
         if cfg.class_rates:
-            metrics.update({f"tpr/{name}/{c}": values["tpr"][c] for c in classes})
-            metrics.update({f"fpr/{name}/{c}": values["fpr"][c] for c in classes})
-    gap = gap_summary(rates)
-    for statistic in ("acc_gap", "acc_ratio"):
-        interval = cluster_bootstrap_ci(y_true, y_pred, groups, statistic=statistic, **boot)
-        metrics.update({f"{statistic}/{attribute}": gap[statistic],
-                        f"{statistic}_low/{attribute}": interval["low"], f"{statistic}_high/{attribute}": interval["high"]})
-    if len(rates) == 2:
-        try:
-            test = permutation_test_acc_diff(np.asarray(y_true) == np.asarray(y_pred), groups, subjects, n_perm=cfg.n_perm, seed=cfg.seed)
-            metrics.update({f"acc_diff/{attribute}": test["diff"], f"p_value/{attribute}": test["p_value"]})
-        except GroupStatsError:  # a subject in both groups (e.g. angles): labels cannot be permuted per subject
-            pass
+            metrics.update({f"{rate}/{name}/{metric_part(c)}": rates[row["group"]][rate][c] for rate in ("tpr", "fpr") for c in classes})
+    metrics.update(_difference_metrics("acc", attribute, "", comparison))
     if cfg.class_rates:
-        metrics.update(_class_rate_gaps(attribute, np.asarray(y_true), np.asarray(y_pred), np.asarray(groups, dtype=object), classes, boot))
+        for index, name in enumerate(classes):
+            for rate in ("tpr", "fpr"):
+                rows, successes = rate_outcomes(y_true, y_pred, rate, index)
+                if len(set(groups[rows].tolist())) != len(comparison["groups"]):  # a group has no image to measure it on
+                    continue
+                per_class = compare_groups(successes, groups[rows], subjects[rows], **options)
+                metrics[f"{rate}_p_omnibus/{attribute}/{metric_part(name)}"] = per_class["omnibus_p"]
+                metrics.update(_difference_metrics(rate, attribute, f"/{metric_part(name)}", per_class))
+    return metrics, comparison
+
+
+def _difference_metrics(rate: str, attribute: str, suffix: str, comparison: dict) -> dict[str, float]:
+    """<rate>_diff/<a>/<g><suffix> (+ _low, _high) and the p-values of each group against the reference."""
+    p_names = ("p_value", "p_holm") if rate == "acc" else (f"{rate}_p_value", f"{rate}_p_holm")
+    metrics = {}
+    for row in comparison["differences"]:
+        name = f"{attribute}/{metric_part(row['group'])}{suffix}"
+        metrics.update({f"{rate}_diff/{name}": row["diff"], f"{rate}_diff_low/{name}": row["low"], f"{rate}_diff_high/{name}": row["high"],
+                        f"{p_names[0]}/{name}": row["p_value"], f"{p_names[1]}/{name}": row["p_holm"]})
     return metrics
 
 
-def _class_rate_gaps(attribute: str, y_true, y_pred, groups, classes, boot: dict) -> dict[str, float]:
-    """tpr/fpr gap and ratio per class with their CIs, through cluster_bootstrap_ci's accuracy statistics:
-    a group's TPR of class c IS its accuracy on its images of class c, and its FPR of c is the
-    'accuracy' of the indicator (predicted c) against all-ones on its images of other classes."""
-    metrics: dict[str, float] = {}
-    all_groups = set(_keys(groups))
-    for c, name in enumerate(classes):
-        own, other = y_true == c, y_true != c
-        cases = {
-            "tpr": (own, y_true[own], y_pred[own]),
-            "fpr": (other, (y_pred[other] == c).astype(np.int64), np.ones(int(other.sum()), dtype=np.int64)),
-        }
-        for rate, (rows, true, predicted) in cases.items():
-            if set(_keys(groups[rows])) != all_groups:  # some group has no image to measure the rate on
-                continue
-            subset = {**boot, "subjects": np.asarray(boot["subjects"])[rows]}
-            for statistic, label in (("acc_gap", "gap"), ("acc_ratio", "ratio")):
-                interval = cluster_bootstrap_ci(true, predicted, groups[rows], statistic=statistic, **subset)
-                key = f"{rate}_{label}"
-                metrics.update({f"{key}/{attribute}/{name}": interval["estimate"],
-                                f"{key}_low/{attribute}/{name}": interval["low"], f"{key}_high/{attribute}/{name}": interval["high"]})
-    return metrics
+def _reference(cfg: Settings, attribute: str, groups: np.ndarray):
+    """The reference group of ``attribute`` as it appears in ``groups``: the configured one, else the
+    conventional one when present (PREFERRED_REFERENCES), else None (compare_groups' default)."""
+    wanted = cfg.reference.get(attribute)
+    if wanted is None:
+        preferred = PREFERRED_REFERENCES.get(attribute)
+        return preferred if preferred in set(groups.tolist()) else None
+    present = sorted({str(g) for g in groups})
+    matches = [g for g in set(groups.tolist()) if str(g) == wanted]
+    if not matches:
+        raise GroupStatsError(f"eval.reference.{attribute}={wanted!r} is not a group of the test split; groups: {present}")
+    return matches[0]
 
 
 def metric_part(value) -> str:
@@ -184,9 +201,9 @@ def _skip_reason(groups) -> str | None:
     return f"one group only ({distinct[0]})" if len(distinct) < 2 else None
 
 
-def _group_rows(value_of: Callable[[str], float], attribute: str, groups: list[str]) -> list[dict]:
+def _group_rows(value_of, attribute: str, groups: list[str]) -> list[dict]:
     """Bar-chart rows (group, acc, low, high, n) of one attribute; ``value_of(metric name)`` gives a
-    metric's value (one run's, or the mean over models)."""
+    metric's value."""
     return [
         {"group": group, **{key: value_of(f"{metric}/{attribute}/{group}") for key, metric in
                             (("acc", "acc"), ("low", "acc_low"), ("high", "acc_high"), ("n", "n"))}}
@@ -200,94 +217,125 @@ def _group_rows(value_of: Callable[[str], float], attribute: str, groups: list[s
 
 
 def report(table: TrialTable) -> Report:
-    """Per-group accuracy, gaps and class-rate gaps, aggregated over the models of the sweep.
-
-    With one model the intervals are that model's subject bootstrap CIs; with several, the cells are
-    means over models and the bootstrap bounds are the means of the per-model bounds (a model-to-model
-    Student-t CI of the mean is added in its own column). Parent metrics: acc_gap/<attribute>
-    averaged over models.
-    """
+    """The sweep's bias report from its finished trials (one per model); see ``summarise``."""
     table = table.finished()
-    cfg: Settings = table.settings
-    runs = table.frame()
+    markdown, figures, metrics = summarise([dict(r.metrics) for r in table], [dict(r.tags) for r in table], table.settings)
+    return Report(markdown, figures, metrics)
+
+
+def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]], cfg: Settings) -> tuple[str, dict, dict]:
+    """Per-group accuracy, signed differences from the reference group and their tests, per attribute.
+
+    models: each model's run metrics (names as in the module docstring); tags: each run's tags.
+    One model: its subject-clustered CIs and subject-level p-values. Several (models trained with
+    different seeds): cells are means over models with a Student-t CI over models (clipped to the
+    quantity's range), and the per-model p-values are listed. Returns (markdown, figures, parent
+    metrics: acc_diff/<a>/<g> averaged over models, p_omnibus/<a> with one model).
+    """
     level = f"{cfg.confidence * 100:g} %"
-    n_models = len(runs)
-    groups: dict[str, set[str]] = {}
-    for record in table:
-        for attribute, names in json.loads(record.tags.get(TAG_GROUPS, "{}")).items():
-            groups.setdefault(attribute, set()).update(names)
-    attributes = [a for a in cfg.attributes if a in groups]
-    lines = [
-        "## Demographic bias (test split)",
-        "",
-        f"Models: {n_models}. Intervals: {level} subject-clustered bootstrap ({cfg.n_boot} replicates; people resampled "
-        "within each group)" + (", bounds averaged over models; 'CI over models': Student t across models." if n_models > 1 else "."),
-        "",
-    ]
-    skipped = sorted({record.tags[TAG_SKIPPED] for record in table if record.tags.get(TAG_SKIPPED, "none") != "none"})
+    references = _merged_json(tags, TAG_REFERENCE)
+    designs = _merged_json(tags, TAG_DESIGN)
+    attributes = [a for a in cfg.attributes if a in references]
+    one = len(models) == 1
+    covers = (f"{level} intervals {COMPARISON_COVERS} ({cfg.n_boot} replicates, {cfg.n_perm} permutations)" if one
+              else f"cells: means over the {len(models)} models; {level} intervals {SEEDS_COVER}; p-values: one per model, subject-level permutation")
+    lines = ["## Demographic bias (test split)", "", f"Models: {len(models)}. {covers[0].upper()}{covers[1:]}.",
+             "Differences are signed, group − reference; p (Holm): adjusted over the differences of one attribute.", ""]
+    skipped = sorted({t.get(TAG_SKIPPED, "none") for t in tags} - {"none"})
     if skipped:
         lines += [f"Skipped attributes: {'; '.join(skipped)}.", ""]
     if not attributes:
         lines.append("No attribute with at least two groups in the test split: nothing to compare.")
-        return Report("\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n", {}, {}
 
     bars, parent_metrics = {}, {}
-    lines += ["### Accuracy per group", "", "| attribute | group | images | accuracy | bootstrap CI |" + (" CI over models |" if n_models > 1 else ""),
-              "|---|---|---|---|---|" + ("---|" if n_models > 1 else "")]
     for attribute in attributes:
-        bars[attribute] = _group_rows(lambda metric: _mean(runs, metric), attribute, sorted(groups[attribute]))
-        for bar in bars[attribute]:
-            group = bar["group"]
-            row = f"| {attribute} | {group} | {bar['n']:.0f} | {bar['acc']:.3f} | {interval_text(bar['low'], bar['high'])} |"
-            lines.append(row + (f" {_t_interval(runs, f'acc/{attribute}/{group}')} |" if n_models > 1 else ""))
-    lines += ["", "### Gaps between groups", "",
-              "| attribute | accuracy gap (best − worst) | bootstrap CI | min/max ratio | bootstrap CI | difference (first − second) | permutation p |",
-              "|---|---|---|---|---|---|---|"]
-    for attribute in attributes:
-        gap, gap_low, gap_high = (_mean(runs, f"{k}/{attribute}") for k in ("acc_gap", "acc_gap_low", "acc_gap_high"))
-        ratio, ratio_low, ratio_high = (_mean(runs, f"{k}/{attribute}") for k in ("acc_ratio", "acc_ratio_low", "acc_ratio_high"))
-        diff, p_values = _column(runs, f"acc_diff/{attribute}"), _column(runs, f"p_value/{attribute}")
-        diff_cell = f"{diff.mean():.3f}" if diff.notna().any() else "-"
-        p_cell = ", ".join(f"{p:.3f}" for p in p_values.dropna()) or "-"
-        lines.append(f"| {attribute} | {gap:.3f} | {interval_text(gap_low, gap_high)} | {ratio:.3f} | {interval_text(ratio_low, ratio_high)} | {diff_cell} | {p_cell} |")
-        parent_metrics[f"acc_gap/{attribute}"] = gap
-    if cfg.class_rates:
-        classes = sorted({c for record in table for c in json.loads(record.tags.get(TAG_CLASSES, "[]"))})
-        lines += _class_rate_table(runs, attributes, classes)
-    figure = group_accuracy_figure(bars, f"Test accuracy per group ({level} subject bootstrap CI)")
-    return Report("\n".join(lines) + "\n", {"bias_accuracy_by_group.png": figure}, parent_metrics)
+        reference = references[attribute]
+        groups = sorted(set().union(*(json.loads(t.get(TAG_GROUPS) or "{}").get(attribute, []) for t in tags)))
+        omnibus = _values(models, f"p_omnibus/{attribute}")
+        lines += [f"### {attribute}: reference {reference} ({DESIGN_WORDS.get(designs.get(attribute, ''), 'design unknown')}); "
+                  f"omnibus p (no group differs) = {_p_cell(omnibus)}", "",
+                  f"| group | people | images | accuracy | {level} CI | difference vs {reference} | {level} CI | p | p (Holm) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        bars[attribute] = []
+        for group in groups:
+            name = f"{attribute}/{group}"
+            acc = _cell(models, name, "acc", (0.0, 1.0))
+            bars[attribute].append({"group": group, "acc": acc[0], "low": acc[1], "high": acc[2], "n": _mean(_values(models, f"n/{name}"))})
+            if group == reference:
+                diff_cells = "(reference) | | | |"
+            else:
+                diff = _cell(models, name, "acc_diff", (-1.0, 1.0))
+                diff_cells = (f"{diff[0]:+.3f} | {_interval(diff[1], diff[2])} | {_p_cell(_values(models, f'p_value/{name}'))} | "
+                              f"{_p_cell(_values(models, f'p_holm/{name}'))} |")
+                parent_metrics[f"acc_diff/{name}"] = diff[0]
+            lines.append(f"| {group} | {_mean(_values(models, f'people/{name}')):.0f} | {_mean(_values(models, f'n/{name}')):.0f} | "
+                         f"{acc[0]:.3f} | {_interval(acc[1], acc[2])} | {diff_cells}")
+        if one and omnibus:
+            parent_metrics[f"p_omnibus/{attribute}"] = omnibus[0]
+        lines.append("")
+        if cfg.class_rates:
+            classes = sorted(set().union(*(json.loads(t.get(TAG_CLASSES) or "[]") for t in tags)))
+            lines += _class_rate_lines(models, attribute, reference, groups, classes, level)
+    figure = group_accuracy_figure(bars, f"Test accuracy per group ({level} CI {'over test people' if one else 'over models'})")
+    return "\n".join(lines) + "\n", {"bias_accuracy_by_group.png": figure}, parent_metrics
 
 
-def _class_rate_table(runs: pd.DataFrame, attributes: list[str], classes: list[str]) -> list[str]:
-    lines = ["", "### Per-class gaps (recall = TPR, one-vs-rest FPR)", "",
-             "| attribute | class | TPR gap | bootstrap CI | FPR gap | bootstrap CI |", "|---|---|---|---|---|---|"]
-    for attribute in attributes:
-        for name in classes:
+def _class_rate_lines(models: Sequence[dict[str, float]], attribute: str, reference: str, groups: list[str],
+                     classes: list[str], level: str) -> list[str]:
+    """Per class: TPR and FPR differences of each group from the reference, with CI and Holm p."""
+    rows = []
+    for name in classes:
+        for group in (g for g in groups if g != reference):
             cells = []
             for rate in ("tpr", "fpr"):
-                key = f"{rate}_gap/{attribute}/{name}"
-                if key not in runs or runs[key].isna().all():
-                    cells += ["-", "-"]
+                key = f"{attribute}/{group}/{name}"
+                if not _values(models, f"{rate}_diff/{key}"):
+                    cells += ["-", "-", "-"]
                     continue
-                low, high = _mean(runs, f"{rate}_gap_low/{attribute}/{name}"), _mean(runs, f"{rate}_gap_high/{attribute}/{name}")
-                cells += [f"{_mean(runs, key):.3f}", interval_text(low, high)]
-            if cells != ["-"] * 4:
-                lines.append(f"| {attribute} | {name} | " + " | ".join(cells) + " |")
-    return lines
+                diff = _cell(models, key, f"{rate}_diff", (-1.0, 1.0))
+                cells += [f"{diff[0]:+.3f}", _interval(diff[1], diff[2]), _p_cell(_values(models, f"{rate}_p_holm/{key}"))]
+            rows.append(f"| {name} | {group} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [f"Per class, {attribute} (recall = TPR, one-vs-rest FPR; group − {reference}; p (Holm) over the groups of one class "
+            "and rate, not across classes):", "",
+            f"| class | group | TPR difference | {level} CI | p (Holm) | FPR difference | {level} CI | p (Holm) |",
+            "|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
-def _column(runs: pd.DataFrame, metric: str) -> pd.Series:
-    return runs[metric].astype(float) if metric in runs else pd.Series(np.nan, index=runs.index)
+def _cell(models: Sequence[dict[str, float]], name: str, metric: str, bounds: tuple[float, float]) -> tuple[float, float, float]:
+    """(estimate, low, high) of ``metric/name``: one model -> its own subject-clustered interval; several
+    -> the mean over models and the Student-t interval over models, within ``bounds``."""
+    values = _values(models, f"{metric}/{name}")
+    if len(models) == 1:
+        low, high = _values(models, f"{metric}_low/{name}"), _values(models, f"{metric}_high/{name}")
+        return _mean(values), _mean(low), _mean(high)
+    summary = mean_ci(values, bounds=bounds)
+    return summary["mean"], summary["low"], summary["high"]
 
 
-def _mean(runs: pd.DataFrame, metric: str) -> float:
-    values = _column(runs, metric).dropna()
-    return float(values.mean()) if len(values) else float("nan")
+def _values(models: Sequence[dict[str, float]], metric: str) -> list[float]:
+    return [m[metric] for m in models if metric in m and np.isfinite(m[metric])]
 
 
-def _t_interval(runs: pd.DataFrame, metric: str) -> str:
-    summary = mean_ci(_column(runs, metric))
-    return interval_text(summary["low"], summary["high"])
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _interval(low: float, high: float) -> str:
+    return interval_text(low, high)
+
+
+def _p_cell(values: list[float]) -> str:
+    return ", ".join(f"{p:.3g}" for p in values) or "-"
+
+
+def _merged_json(tags: Sequence[dict[str, str]], key: str) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for run_tags in tags:
+        merged.update(json.loads(run_tags.get(key) or "{}"))
+    return merged
 
 
 EXPERIMENT = Experiment(name="bias", settings=Settings, evaluates_model=True, run=run, report=report)

@@ -30,7 +30,7 @@ from fer_ray.core.config import Strict
 from fer_ray.core.formatting import summary_cell
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, top_k_caption
-from fer_ray.core.stats import mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
@@ -181,7 +181,7 @@ def report(table: TrialTable) -> Report:
         "## Adversarial attack",
         "",
         "ε is the L∞ radius in the [0,1] pixel space (ε·255 grey levels). Cells: mean over models"
-        " [95 % CI, Student t over models; '-' with one model].",
+        " [95 % CI over models (training seeds) on the same test images, Student t clipped to [0, 1]; '-' with one model].",
         "",
         f"| attack | ε | ε·255 | accuracy | models | {REFERENCE_LABEL} |",
         "|---|---|---|---|---|---|",
@@ -196,7 +196,7 @@ def report(table: TrialTable) -> Report:
             per_model = group.groupby("source_model", sort=False)[column].mean().dropna()
             if per_model.empty:
                 continue
-            summary = mean_ci(per_model)
+            summary = mean_ci(per_model, bounds=ACCURACY_BOUNDS)
             curve.append((epsilon, summary))
             parent_metrics[f"mean_{accuracy_key(epsilon)}" + ("" if attack == "fgsm" else f"/{attack}")] = summary["mean"]
             reference = REFERENCE_FGSM.get(epsilon) if attack == "fgsm" else None

@@ -14,6 +14,7 @@ from pydantic import Field
 from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import evaluate_model
+from fer_ray.core.groups import accuracy_ci
 from fer_ray.core.models import build_model, count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
 from fer_ray.core.train import fit, save_model
@@ -61,7 +62,17 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         model_path = reporter.work_dir / MODEL_FILE
         save_model(model_path, model, trial.model, data.dataset.classes)
         reporter.artifact(model_path, MODEL_ARTIFACT_DIR)
-    return final_metrics(evaluation, result.best_val_acc, result.epochs_run, count_parameters(model)["total"])
+    metrics = final_metrics(evaluation, result.best_val_acc, result.epochs_run, count_parameters(model)["total"])
+    return metrics | accuracy_interval_metrics(evaluation, data)
+
+
+def accuracy_interval_metrics(evaluation: dict, data) -> dict[str, float]:
+    """``test_acc/ci_low``, ``test_acc/ci_high``: 95 % CI of this run's test accuracy over test PEOPLE
+    (subject-clustered bootstrap, fer_ray.core.groups.accuracy_ci), so a one-seed result carries an
+    uncertainty too. It does not cover seed-to-seed variation."""
+    correct = (evaluation["probs"].argmax(dim=1) == data.test.labels).numpy()
+    low, high = accuracy_ci(correct, data.dataset.identities[data.test.indices])
+    return {"test_acc/ci_low": low, "test_acc/ci_high": high}
 
 
 def epoch_metrics(epoch) -> dict[str, float]:

@@ -37,11 +37,11 @@ from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
-from fer_ray.core.formatting import interval_text, summary_cell
-from fer_ray.core.groups import cluster_bootstrap_ci
+from fer_ray.core.formatting import interval_text, model_label, summary_cell
+from fer_ray.core.groups import accuracy_ci
 from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, repeats_boxplot_figure
-from fer_ray.core.stats import bootstrap_ci, mcnemar, mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, bootstrap_ci, mcnemar, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
@@ -134,17 +134,10 @@ def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, ident
 
 
 def subject_bootstrap_ci(correct: np.ndarray, identities: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """95 % CI of an accuracy resampling subjects (identities) with all their images.
-
-    correct: bool (N,) per image; identities: (N,) the person in each image. Uses
-    groups.cluster_bootstrap_ci with a single group and correctness encoded as labels (true 0,
-    predicted 0 when correct, 1 when wrong), whose accuracy is the fraction correct.
-    """
-    correct = np.asarray(correct, dtype=bool)
-    return cluster_bootstrap_ci(
-        np.zeros(len(correct), dtype=np.int64), (~correct).astype(np.int64), ["all"] * len(correct), identities,
-        statistic="acc", group="all", n_boot=n_boot, seed=seed,
-    )
+    """95 % CI of an accuracy over test people: fer_ray.core.groups.accuracy_ci (people resampled with
+    all their images; expanded percentile). correct: bool (N,) per image; identities: (N,)."""
+    low, high = accuracy_ci(np.asarray(correct, dtype=bool), identities, n_boot=n_boot, seed=seed)
+    return {"low": low, "high": high}
 
 
 def _save_correctness(folder: Path, results: dict, test, identities: np.ndarray, seed: int) -> Path:
@@ -200,7 +193,7 @@ def report(table: TrialTable) -> Report:
     variances = sorted({v for record in table for v in record.settings.variances})
     runs = table.frame(settings=("noise_seed",)).rename(columns={"noise_seed": "_seed"})
     sources = runs["source_model"].fillna("model")
-    labels = {source: f"model {i + 1}" for i, source in enumerate(dict.fromkeys(sources))}
+    labels = _source_labels(sources, runs["train_seed"])
     runs["_model"] = sources.map(labels)
     lines = ["## Gaussian noise", "", "Variance and σ are in the [0,1] pixel space (σ·255 grey levels); noisy images are clipped to [0,1].", ""]
     figures: dict[str, object] = {}
@@ -214,12 +207,25 @@ def report(table: TrialTable) -> Report:
     return Report("\n".join(lines) + "\n", figures, parent_metrics)
 
 
+def _source_labels(sources: pd.Series, train_seeds: pd.Series) -> dict[str, str]:
+    """Each source model's name in tables and figures: ``train seed <s>`` (where it came from) when
+    every source has a distinct known training seed, else ``model <n>`` in first-seen order."""
+    order = list(dict.fromkeys(sources))
+    seeds = {source: train_seeds[sources == source].dropna().iloc[0] if train_seeds[sources == source].notna().any() else None
+             for source in order}
+    labels = {source: model_label(seeds[source], number) for number, source in enumerate(order, start=1)}
+    if len(set(labels.values())) < len(labels) or any(seed is None for seed in seeds.values()):
+        labels = {source: model_label(None, number) for number, source in enumerate(order, start=1)}
+    return labels
+
+
 def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) -> list[str]:
     """Accuracy at every variance: mean over models (each model's repeats averaged first) [t CI]."""
     lines = [
         "### Accuracy vs noise variance",
         "",
-        "Cells: mean over models [95 % CI, Student t over models; '-' with one model]; a model's repeats"
+        "Cells: mean over models [95 % CI over models (training seeds) on the same test images, Student t clipped"
+        " to [0, 1]; '-' with one model]; a model's repeats"
         " (noise seeds) are averaged first. McNemar: paired test against clean accuracy on the same"
         " images, largest p over all runs.",
         "",
@@ -229,7 +235,7 @@ def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) ->
     rows = []
     for variance in variances:
         per_model = runs.groupby("_model", sort=False)[accuracy_key(variance)].mean()
-        summary = mean_ci(per_model)
+        summary = mean_ci(per_model, bounds=ACCURACY_BOUNDS)
         p_column = f"mcnemar_p_var_{variance_label(variance)}"
         p_max = runs[p_column].max() if p_column in runs else float("nan")
         sigma = variance_to_sigma(variance)

@@ -10,8 +10,12 @@ Images: ``eval.images`` (file name stems such as AF01HAS, case-insensitive, from
 says which) or ``eval.per_class: N`` (the first N held-out test images of each class, in dataset
 order); neither: one per class. Metrics, averaged over the chosen images: ``center_mass_<map>``, the
 fraction of the map's total mass inside the central box (side ``eval.center_fraction`` of the image
-side), beside ``center_area``, that box's share of the pixels (what a uniform map would give);
-``selected_acc`` (fraction of the chosen images predicted right) and ``n_images``.
+side), beside ``center_area``, that box's share of the pixels (what a uniform map would give), over
+the maps that have any mass; ``zero_maps_<map>``: how many maps were all zero (counted, not
+averaged); ``selected_acc`` (fraction of the chosen images predicted right) and ``n_images``. A
+map kind whose resolution makes the central share uninformative (Grad-CAM at layer4 is 2x2 or
+smaller at 33-64 px inputs: bilinear upsampling then puts exactly the box's area in the box, for
+any map) gets no ``center_mass_<map>``; the tag ``fer_ray.center_mass_withheld`` says why.
 """
 
 from __future__ import annotations
@@ -27,16 +31,25 @@ from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import as_float_images, predict_proba
-from fer_ray.core.explain import grad_cam, guided_backprop, saliency_panels, vanilla_saliency
-from fer_ray.core.formatting import summary_cell
+from fer_ray.core.explain import (
+    center_mass_fraction,
+    center_mass_summary,
+    grad_cam_with_resolution,
+    guided_backprop,
+    saliency_panels,
+    vanilla_saliency,
+)
+from fer_ray.core.formatting import model_label, summary_cell
 from fer_ray.core.insight_plots import saliency_row_figure
-from fer_ray.core.stats import mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
 
 #: the maps whose central mass is reported, in report order
 MAP_NAMES = ("vanilla", "guided", "gradcam")
+#: names the maps whose central mass is not reported, and why (e.g. Grad-CAM at 2x2), or "none"
+TAG_CENTER_MASS_WITHHELD = "fer_ray.center_mass_withheld"
 
 
 class Settings(Strict):
@@ -76,11 +89,8 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     predicted = probs.argmax(dim=1)
     target = labels if cfg.target == "true_class" else predicted
     guided = guided_backprop(model, images, target)
-    maps = {
-        "vanilla": vanilla_saliency(model, images, target),
-        "guided": guided.abs().sum(dim=1),
-        "gradcam": grad_cam(model, images, target, cfg.gradcam_layer),
-    }
+    cams, cam_size = grad_cam_with_resolution(model, images, target, cfg.gradcam_layer)
+    maps = {"vanilla": vanilla_saliency(model, images, target), "guided": guided.abs().sum(dim=1), "gradcam": cams}
     panels = saliency_panels(guided)
     for i, row in enumerate(rows):
         figure = saliency_row_figure(
@@ -100,9 +110,15 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 
     metrics = {"n_images": float(len(rows)), "selected_acc": float((predicted == labels).float().mean())}
     metrics["center_area"] = float(center_mass_fraction(torch.ones_like(maps["vanilla"][:1]), cfg.center_fraction)[0])
+    withheld = {}
     for name in MAP_NAMES:
-        # nanmean: an all-zero map has no mass to place (NaN) and is left out
-        metrics[f"center_mass_{name}"] = float(center_mass_fraction(maps[name], cfg.center_fraction).nanmean())
+        summary = center_mass_summary(maps[name], cfg.center_fraction, cam_size if name == "gradcam" else None)
+        metrics[f"zero_maps_{name}"] = float(summary["n_zero_maps"])
+        if np.isfinite(summary["center_mass"]):
+            metrics[f"center_mass_{name}"] = summary["center_mass"]
+        else:
+            withheld[name] = summary["reason"]
+    reporter.tags({TAG_CENTER_MASS_WITHHELD: "; ".join(f"{name}: {why}" for name, why in withheld.items()) or "none"})
     return metrics
 
 
@@ -145,21 +161,6 @@ def select_per_class(data: PreparedData, per_class: int) -> np.ndarray:
     return rows
 
 
-def center_mass_fraction(maps: torch.Tensor, center_fraction: float = 0.5) -> torch.Tensor:
-    """Share of each non-negative map's mass inside the central box, float32 (B,).
-
-    maps: (B, H, W). The box spans ``center_fraction`` of the height and of the width, centred
-    (rounded to whole pixels). An all-zero map gives NaN (no mass to place).
-    """
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
-    height, width = maps.shape[-2:]
-    top, left = round(height * (1 - center_fraction) / 2), round(width * (1 - center_fraction) / 2)
-    inner = maps[:, top : height - top, left : width - left].flatten(1).sum(dim=1)
-    total = maps.flatten(1).sum(dim=1)
-    return torch.where(total > 0, inner / total.clamp(min=torch.finfo(maps.dtype).tiny), torch.full_like(total, float("nan"))).float()
-
-
 # ----------------------------------------------------------------------------------------------
 
 
@@ -192,7 +193,7 @@ def _file_key(data: PreparedData, rows: np.ndarray, i: int) -> str:
 
 
 def _cell(column: str, value: float) -> str:
-    return f"{value:.0f}" if column == "n_images" else f"{value:.3f}"
+    return f"{value:.0f}" if column.startswith(("n_", "zero_")) else f"{value:.3f}"
 
 
 def report(table: TrialTable) -> Report:
@@ -200,7 +201,8 @@ def report(table: TrialTable) -> Report:
     table = table.finished()
     cfg: Settings = table.settings
     runs = table.frame()
-    columns = ["n_images", "selected_acc", "center_area", *[f"center_mass_{name}" for name in MAP_NAMES]]
+    columns = ["n_images", "selected_acc", "center_area", *[f"center_mass_{name}" for name in MAP_NAMES],
+               *[f"zero_maps_{name}" for name in MAP_NAMES]]
     columns = [c for c in columns if c in runs]
     lines = [
         "## Saliency",
@@ -208,25 +210,36 @@ def report(table: TrialTable) -> Report:
         f"Maps for the {cfg.target.replace('_', ' ')} of each chosen image: vanilla gradients, guided backpropagation "
         f"(|gradient| summed over colour channels) and Grad-CAM at {cfg.gradcam_layer}; one PNG per image in "
         "each run's artifacts (saliency_<file>.png). center_mass_<map>: share of the map's mass in the central "
-        f"box ({cfg.center_fraction:g} of each side); center_area: that box's share of the pixels, what a map "
-        "spread evenly would give. selected_acc: the chosen images predicted right.",
+        f"box ({cfg.center_fraction:g} of each side), over the maps with any mass; zero_maps_<map>: all-zero maps "
+        "(counted, not averaged); center_area: that box's share of the pixels, what a map spread evenly would give. "
+        "selected_acc: the chosen images predicted right. Interval: 95 % over models (training seeds), the same images, "
+        "Student t clipped to [0, 1].",
         "",
+        *_withheld_lines(table),
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     has_sources = runs["source_model"].notna().any()
     if has_sources:
         runs = runs.sort_values("source_model", kind="stable")
-    for number, (_, run) in enumerate(runs.iterrows(), start=1):
-        lines.append(f"| model {number} | " + " | ".join(_cell(c, float(run[c])) for c in columns) + " |")
+    labels = [model_label(seed, number) for number, seed in enumerate(runs["train_seed"], start=1)]
+    for label, (_, run) in zip(labels, runs.iterrows()):
+        lines.append(f"| {label} | " + " | ".join(_cell(c, float(run[c])) for c in columns) + " |")
     if len(runs) > 1:
         cells = []
         for column in columns:
-            cells.append(summary_cell(mean_ci(runs[column].astype(float))))
+            bounds = None if column.startswith(("n_", "zero_")) else ACCURACY_BOUNDS
+            cells.append(summary_cell(mean_ci(runs[column].astype(float), bounds=bounds)))
         lines.append("| mean [95 % CI over models] | " + " | ".join(cells) + " |")
     if has_sources:
-        lines += ["", *[f"- model {n}: {source}" for n, source in enumerate(runs["source_model"], start=1)]]
+        lines += ["", *[f"- {label}: {source}" for label, source in zip(labels, runs["source_model"])]]
     return Report("\n".join(lines) + "\n")
+
+
+def _withheld_lines(table: TrialTable) -> list[str]:
+    """One line per distinct reason a map kind's central mass was not reported."""
+    reasons = sorted({r.tags.get(TAG_CENTER_MASS_WITHHELD, "none") for r in table} - {"none"})
+    return [f"Central mass not reported: {reason}." for reason in reasons] + ([""] if reasons else [])
 
 
 EXPERIMENT = Experiment(name="saliency", settings=Settings, evaluates_model=True, run=run, report=report)

@@ -3,8 +3,8 @@
 One trial = one perplexity (the sweep's grid) on one trained model. The features of the chosen
 splits (default: the held-out test images) are reduced by PCA to ``eval.pca_dims`` dimensions and
 embedded by t-SNE in each of ``eval.dims`` (2 and/or 3). Per dimension the trial logs
-``trustworthiness_<d>d`` (sklearn, k = eval.k_neighbors) and ``knn_acc_<d>d`` (leave-one-out k-NN
-expression accuracy in the embedding), a scatter plot ``tsne_<d>d.png`` (colour = expression,
+``trustworthiness_<d>d`` (sklearn, k = eval.k_neighbors) and ``knn_acc_<d>d`` (leave-one-person-out
+k-NN expression accuracy in the embedding: a point's neighbours are other people's images only), a scatter plot ``tsne_<d>d.png`` (colour = expression,
 marker = eval.marker_by) and the coordinates (artifact ``tsne/embedding.npz``, which the report
 redraws side by side). ``knn_acc_features`` (the same k-NN in the full feature space) and
 ``test_acc`` give the reference points.
@@ -28,7 +28,7 @@ from fer_ray.core.evaluate import classification_metrics, predict_proba
 from fer_ray.core.explain import ExplainError, embed_tsne, embedding_quality, extract_features
 from fer_ray.core.formatting import summary_cell
 from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure
-from fer_ray.core.stats import mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
@@ -66,6 +66,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     model, data = load_model_and_data(trial)
     rows, images, split_of_row = _gather_splits(data, cfg.splits)
     labels = data.dataset.labels[rows]
+    people = data.dataset.identities[rows]  # k-NN accuracy counts only other people's images as neighbours
     _check_sizes(cfg, len(rows))
     reporter.tags({
         "fer_ray.dataset_fingerprint": data.fingerprint,
@@ -79,7 +80,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         "n_images": float(len(rows)),
         "feature_dim": float(features.shape[1]),
         "test_acc": test_metrics["accuracy"],
-        "knn_acc_features": embedding_quality(features, features, labels, cfg.k_neighbors)["knn_accuracy"],
+        "knn_acc_features": embedding_quality(features, features, labels, people, cfg.k_neighbors)["knn_accuracy"],
     }
     groups = _marker_groups(data, rows, split_of_row, cfg.marker_by)
     embeddings = {}
@@ -89,7 +90,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         # with 1; 700 images: 87 s vs 13 s, on 2 loaded cores). One thread is quick at these sizes.
         with threadpool_limits(limits=1):
             coords = embed_tsne(features, perplexity=cfg.perplexity, dims=dims, seed=cfg.seed, pca_dims=cfg.pca_dims)
-            quality = embedding_quality(features, coords, labels, cfg.k_neighbors)
+            quality = embedding_quality(features, coords, labels, people, cfg.k_neighbors)
         metrics[f"trustworthiness_{dims}d"] = quality["trustworthiness"]
         metrics[f"knn_acc_{dims}d"] = quality["knn_accuracy"]
         title = (
@@ -169,9 +170,9 @@ def report(table: TrialTable) -> Report:
         "## t-SNE of the penultimate-layer features",
         "",
         f"Features of the {'+'.join(cfg.splits)} images; PCA to {cfg.pca_dims} dimensions, "
-        f"then t-SNE. trustworthiness: neighbourhoods kept (1 = all); knn_acc: leave-one-out "
-        f"{cfg.k_neighbors}-NN expression accuracy in the embedding (knn_acc_features: the same in the "
-        "full feature space). Cells: mean over models [95 % CI, Student t; '-' with one model].",
+        f"then t-SNE. trustworthiness: neighbourhoods kept (1 = all); knn_acc: leave-one-person-out "
+        f"{cfg.k_neighbors}-NN expression accuracy in the embedding, neighbours from other people only (knn_acc_features: the same in the "
+        "full feature space). Cells: mean over models [95 % CI over models (training seeds) on the same images, Student t clipped to [0, 1]; '-' with one model].",
         "",
         "| perplexity | " + " | ".join(columns) + " | models |",
         "|---|" + "---|" * (len(columns) + 1),
@@ -186,7 +187,7 @@ def report(table: TrialTable) -> Report:
 
 
 def _mean_ci_cell(values: pd.Series) -> str:
-    return summary_cell(mean_ci(values.astype(float)))
+    return summary_cell(mean_ci(values.astype(float), bounds=ACCURACY_BOUNDS))  # every t-SNE column is a fraction
 
 
 def _side_by_side(table: TrialTable, marker_by: str) -> tuple[dict, int]:

@@ -18,6 +18,13 @@ from fer_ray.core.config import SplitConfig
 from fer_ray.core.data.records import DataError, FaceDataset
 
 
+#: Stream id (with the split seed) of the generator that picks which fold is carved.
+_FOLD_CHOICE_STREAM = 1
+
+#: What a subject-disjoint split promises over seeds, in one line for reports.
+SPLIT_FAIRNESS = "every identity is in test with the same probability over split seeds, 1/round(1/test)"
+
+
 @dataclass(frozen=True)
 class Split:
     """Row indices (int64, sorted, disjoint, together covering the dataset) of each side."""
@@ -89,10 +96,14 @@ def _carve_groups(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``rows`` into (kept, carved) with about ``fraction`` of the groups carved off.
 
-    Chosen: sklearn StratifiedGroupKFold (shuffled, seeded) with n_splits = round(1/fraction) and one
-    fold as the carved side — it keeps groups whole *and* balances classes across folds, which
-    GroupShuffleSplit does not. Of its folds we take the one whose number of groups is closest to the
-    target, since fold sizes differ. A fraction above 1/2 takes the complement: one fold is kept.
+    Chosen: sklearn StratifiedGroupKFold (shuffled, seeded) with k = n_splits = round(1/fraction) and
+    one fold as the carved side — it keeps groups whole *and* balances classes across folds, which
+    GroupShuffleSplit does not. Which fold is carved is drawn uniformly by the seed (from its own
+    stream), never "fold 0" or "the fold of the best size": StratifiedGroupKFold files the people with
+    the most irregular class counts first, into fold 0, so a rule that favours a fold favours those
+    people (a person missing one expression was in test for 40 of 40 seeds). With a uniform fold,
+    every group is carved with probability exactly 1/k over seeds, whatever its classes. A fraction
+    above 1/2 takes the complement: one fold is kept (each group kept with probability 1/k).
     """
     carve_one_fold = fraction <= 0.5
     n_splits = max(2, round(1.0 / (fraction if carve_one_fold else 1.0 - fraction)))
@@ -107,9 +118,9 @@ def _carve_groups(
             f"cannot carve {fraction:.3f} of {len(np.unique(groups))} identities "
             f"({len(rows)} images) into a side of its own: {error}"
         ) from error
-    n_groups = len(np.unique(groups))
-    target = (fraction if carve_one_fold else 1.0 - fraction) * n_groups
-    chosen = min(folds, key=lambda fold: abs(len(np.unique(groups[fold])) - target))
+    folds = [fold for fold in folds if len(fold)]  # (a fold left empty by the greedy filing cannot be a side)
+    # a second stream of the same seed, so the fold choice does not depend on sklearn's use of it
+    chosen = folds[np.random.default_rng([seed, _FOLD_CHOICE_STREAM]).integers(len(folds))]
     in_fold = np.zeros(len(rows), dtype=bool)
     in_fold[chosen] = True
     if carve_one_fold:

@@ -1,0 +1,30 @@
+"""The fine-tuning trial's per-run interval of its test accuracy (over test people)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.evaluate import predict_proba
+from fer_ray.core.groups import accuracy_ci
+from fer_ray.core.train import load_model
+from fer_ray.experiments import finetune
+from fer_ray.experiments.base import LocalReporter, Trial
+from fer_ray.orchestrate.spec import resolve_spec
+
+
+def test_run_logs_a_subject_clustered_interval_of_its_test_accuracy(tmp_path):
+    spec = resolve_spec({"name": "t", "experiment": "finetune"}, TINY)
+    trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config())
+    metrics = finetune.run(trial, LocalReporter(tmp_path))
+
+    low, high = metrics["test_acc/ci_low"], metrics["test_acc/ci_high"]
+    assert 0.0 <= low <= metrics["test_acc"] <= high <= 1.0
+    # the interval is the one accuracy_ci gives for the saved model's predictions and the test people
+    data = prepare_data(trial.data)
+    model = load_model(tmp_path / finetune.MODEL_FILE)[0]
+    correct = (predict_proba(model, data.test.images).argmax(dim=1) == data.test.labels).numpy()
+    assert np.mean(correct) == pytest.approx(metrics["test_acc"])
+    assert (low, high) == pytest.approx(accuracy_ci(correct, data.dataset.identities[data.test.indices]))
