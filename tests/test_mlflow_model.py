@@ -84,3 +84,11 @@ def test_registry_versions_aliases_and_spec_errors(logged):
         resolve_registered(tracker, "models:/nobody@champion")
     with pytest.raises(SpecError, match="is not models:/<name>/<version>"):
         resolve_registered(tracker, "models:/fer-tiny")
+
+
+def test_register_is_for_training_sweeps_only():
+    from fer_ray.orchestrate.spec import resolve_spec
+
+    assert resolve_spec({"name": "a", "experiment": "finetune", "register": "fer-kdef"}, []).register == "fer-kdef"
+    with pytest.raises(SpecError, match="register: 'fer-kdef' needs a training sweep"):
+        resolve_spec({"name": "a", "experiment": "evaluate", "register": "fer-kdef"}, [])

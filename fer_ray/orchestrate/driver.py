@@ -24,6 +24,7 @@ from ray import tune
 
 from fer_ray.orchestrate.cluster import check_storage_for_cluster, check_tracking_for_cluster
 from fer_ray.experiments import evaluates_model
+from fer_ray.orchestrate.mlflow_model import register_best
 from fer_ray.orchestrate.stages import check_source, resolve_models
 from fer_ray.orchestrate.trial import trial_key, trial_overrides
 from fer_ray.orchestrate.spec import SweepSpec
@@ -118,7 +119,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     """Run (or resume) the sweep end to end and write its report."""
     tracker = tracker_for(spec)
     if evaluates_model(spec.experiment):
-        check_source(spec)
+        check_source(spec, tracker)
     _start_ray_and_tracking(tracker, address, num_cpus)
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
     check_storage_for_cluster(spec.storage.path, nodes)
@@ -143,6 +144,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     from fer_ray.orchestrate.report import write_report
 
     report_dir = write_report(spec, tracker, parent_id, Path("reports") / spec.name)
+    if spec.register:
+        print(register_best(tracker, parent_id, spec.register))
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
     return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows)
 

@@ -32,13 +32,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from fer_ray.experiments.base import MODEL_FILE
 from fer_ray.orchestrate.spec import SpecError
 from fer_ray.orchestrate.tracking import Tracker, _retry_locked
 
 #: Run artifact folder of a logged model (runs:/<run id>/model).
 MODEL_DIR = "model"
 #: Name of the fer_ray model file inside the pyfunc model (model/artifacts/<WEIGHTS>).
-WEIGHTS = "model.pt"
+WEIGHTS = MODEL_FILE
 #: The models-from-code entry file that mlflow copies into the model (see pyfunc_entry.py).
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
 
@@ -185,3 +186,18 @@ def download_registered(tracker: Tracker, model: RegisteredModel, folder: Path) 
     folder.mkdir(parents=True, exist_ok=True)
     local = mlflow.artifacts.download_artifacts(artifact_uri=model.source, dst_path=str(folder), tracking_uri=tracker.uri)
     return weights_file(Path(local))
+
+
+def register_best(tracker: Tracker, parent_id: str, name: str) -> str:
+    """Register the model of the finished child run of ``parent_id`` with the highest best_val_acc
+    (model selection on validation data, never test) as a new version of ``name``; a one-line summary."""
+    children = tracker.children(parent_id)
+    if children.empty or "metrics.best_val_acc" not in children:
+        return f"register: no trained model under parent run {parent_id}; nothing registered as {name!r}"
+    finished = children[(children["status"] == "FINISHED") & children["metrics.best_val_acc"].notna()]
+    if finished.empty:
+        return f"register: no finished trial under parent run {parent_id}; nothing registered as {name!r}"
+    best = finished.loc[finished["metrics.best_val_acc"].idxmax()]
+    version = register(tracker, best["run_id"], name)
+    return (f"Registered models:/{name}/{version} (run {best['run_name']}, best_val_acc "
+            f"{best['metrics.best_val_acc']:.4f}) in {tracker.uri}")
