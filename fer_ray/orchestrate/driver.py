@@ -29,6 +29,7 @@ from fer_ray.orchestrate.stages import check_source, resolve_models
 from fer_ray.orchestrate.trial import trial_key, trial_overrides
 from fer_ray.orchestrate.spec import SweepSpec
 from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
+from fer_ray.orchestrate.weights import prefetch_weights
 from fer_ray.orchestrate.tune import build_tuner, set_tune_environment, trainable, trial_plan
 
 SPEC_ARTIFACT = "spec.json"
@@ -120,6 +121,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     tracker = tracker_for(spec)
     if evaluates_model(spec.experiment):
         check_source(spec, tracker)
+    prefetch_weights(spec)
     _start_ray_and_tracking(tracker, address, num_cpus)
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
     check_storage_for_cluster(spec.storage.path, nodes)

@@ -54,7 +54,7 @@ class FerPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model, self.classes = load_model(Path(context.artifacts["weights"]))
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         from fer_ray.core.evaluate import predict_proba
 
         images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))

@@ -24,6 +24,7 @@ import itertools
 import json
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +135,11 @@ class SourceConfig(Strict):
 
     model: str = "train"
     train_seeds: list[int] = Field([0], min_length=1, description="model='train': one model per seed")
+
+
+# The sweep file's key is `register` (issue 15); on a pydantic model it shadows ABCMeta.register, which
+# nothing calls on a spec: the warning about that alone is silenced.
+warnings.filterwarnings("ignore", message='Field name "register" in "SweepSpec" shadows', category=UserWarning)
 
 
 class SweepSpec(Strict):
