@@ -121,6 +121,12 @@ def source_tags(tracker: Tracker, source: str) -> dict[str, str]:
     return tags
 
 
+def gpu_ids() -> str:
+    """The GPUs Ray gave this trial, as the node's ids joined by ',' ('' on CPU): a fractional trial
+    shares its id with the other trials on that GPU."""
+    return ",".join(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
+
+
 def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tracker, parent_id: str) -> None:
     """The Tune trainable: config = this trial's overrides; the sweep spec arrives via the object store."""
     # Ray logs every per-epoch checkpoint at INFO from the trial process: noise between the progress tables
@@ -134,7 +140,7 @@ def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tra
         run_name=run_name(overrides),
         params=flatten(spec.model_dump(mode="json", include={"data", "model", "train", "eval"})),
         tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id(),
-              "fer_ray.node_id": ray.get_runtime_context().get_node_id()},
+              "fer_ray.node_id": ray.get_runtime_context().get_node_id(), "fer_ray.gpu_ids": gpu_ids()},
     )
     experiment = load_experiment(spec.experiment)
     # A run left open here (an exception, ASHA stopping the trial, a lost node) is closed by the driver
