@@ -51,6 +51,7 @@ def check_source(spec: SweepSpec, tracker: Tracker | None = None) -> None:
     registry (``tracker``'s URI) (checked in the driver before Ray starts; SpecError otherwise)."""
     source = spec.source.model
     if source.startswith("models:/") and tracker is not None:
+        tracker.check()  # an unreachable server fails in seconds here, not after MLflow's minutes of retries
         resolve_registered(tracker, source)
     if source == "train" or source.startswith(("runs:/", "models:/")):
         return
