@@ -23,12 +23,12 @@ import ray
 from ray import tune
 
 from fer_ray.orchestrate.cluster import check_storage_for_cluster, check_tracking_for_cluster
-from fer_ray.experiments import evaluates_model
+from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.mlflow_model import register_best
 from fer_ray.orchestrate.stages import check_source, resolve_models
 from fer_ray.orchestrate.trial import trial_key, trial_overrides
 from fer_ray.orchestrate.spec import SweepSpec
-from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
+from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_STOPPED_EARLY, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
 from fer_ray.orchestrate.weights import prefetch_weights
 from fer_ray.orchestrate.tune import build_tuner, set_tune_environment, trainable, trial_plan
 
@@ -119,7 +119,7 @@ def dry_run(spec: SweepSpec, address: str | None = None, num_cpus: int | None = 
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None) -> SweepOutcome:
     """Run (or resume) the sweep end to end and write its report."""
     tracker = tracker_for(spec)
-    if evaluates_model(spec.experiment):
+    if get_experiment(spec.experiment).evaluates_model:
         check_source(spec, tracker)
     prefetch_weights(spec)
     _start_ray_and_tracking(tracker, address, num_cpus)
@@ -154,7 +154,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
 
 def with_model_sources(spec: SweepSpec, tracker: Tracker, address: str | None, num_cpus: int | None) -> SweepSpec:
     """Evaluation sweeps: resolve (training first where needed) the models and fan trials over them."""
-    if not evaluates_model(spec.experiment):
+    if not get_experiment(spec.experiment).evaluates_model:
         return spec
 
     def run_training(training: SweepSpec) -> None:
@@ -267,7 +267,7 @@ def _close_open_runs(results, tracker: Tracker, parent_id: str) -> None:
         if result.error is not None:
             tracker.finish(run_id, "FAILED")
         else:
-            tracker.set_tags(run_id, {"fer_ray.stopped_early": "true"})
+            tracker.set_tags(run_id, {TAG_STOPPED_EARLY: "true"})
             tracker.finish(run_id, "KILLED")
 
 

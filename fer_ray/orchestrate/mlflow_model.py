@@ -34,7 +34,7 @@ from mlflow.types import Schema, TensorSpec
 
 from fer_ray.experiments.base import MODEL_FILE
 from fer_ray.orchestrate.spec import SpecError
-from fer_ray.orchestrate.tracking import Tracker, _retry_locked
+from fer_ray.orchestrate.tracking import TAG_SOURCE_RUN, Tracker, _retry_locked
 
 #: Run artifact folder of a logged model (runs:/<run id>/model).
 MODEL_DIR = "model"
@@ -148,7 +148,7 @@ class RegisteredModel:
     def tags(self) -> dict[str, str]:
         """Tags for an evaluation run of this version (the training run when the version has one)."""
         tags = {"fer_ray.source_model_name": self.name, "fer_ray.source_model_version": self.version}
-        return tags | ({"fer_ray.source_run": self.run_id} if self.run_id else {})
+        return tags | ({TAG_SOURCE_RUN: self.run_id} if self.run_id else {})
 
 
 def resolve_registered(tracker: Tracker, uri: str) -> RegisteredModel:
