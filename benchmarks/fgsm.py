@@ -12,7 +12,7 @@ the gradient for every epsilon, on one model and one image set, timed in this pr
 
 (a), (a') and (b) must give the same adversarial accuracies (the process exits 1 if not). Labels are the
 model's own clean predictions, so clean accuracy is 1 and every epsilon has room to lower it.
-Everything runs in float32 (as fer_ray's attacks do) on one device.
+Everything runs in IEEE float32 (as fer_ray's attacks do; TF32 off on CUDA) on one device.
 
     python benchmarks/fgsm.py --images 128 --size 64 --arch resnet18
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_ray.core.config import ModelConfig
-from fer_ray.core.device import pick_device
+from fer_ray.core.device import pick_device, strict_float32
 from fer_ray.core.models import build_model
 from fer_ray.core.robustness import fgsm_accuracy
 
@@ -52,6 +52,12 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    with strict_float32():  # every path in IEEE float32 (not cuDNN's TF32), as fer_ray's attacks run
+        return run(args, device)
+
+
+def run(args: argparse.Namespace, device: torch.device) -> int:
+    """Time the paths, check they agree; the exit status."""
     model, images, labels = make_problem(args.arch, args.size, args.images, device)
     subset = min(args.seed_style_images, args.images)
     print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} intra-op threads); {args.arch} "

@@ -340,7 +340,7 @@ def test_trials_spread_over_workers_and_log_through_the_server(ray_cluster, mlfl
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), "artifacts go through the server"
         listed = {a.path for a in client.list_artifacts(run.info.run_id)} | {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-        assert {"model/model.pt", "confusion_matrix.png"} <= listed
+        assert {"model/MLmodel", "confusion_matrix.png"} <= listed
         stored = [p for p in mlflow_server.artifacts.rglob("model.pt") if run.info.run_id in p.parts]
         assert len(stored) == 1 and stored[0].stat().st_size > 0, "the server stored the trial's model file"
         assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2

@@ -65,7 +65,7 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
     for run_id in children["run_id"]:
         assert len(client.get_metric_history(run_id, "val_acc")) == 2, "one val_acc per epoch"
         artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
-        assert "model/model.pt" in artifacts and "confusion_matrix.png" in artifacts
+        assert "model/MLmodel" in artifacts and "confusion_matrix.png" in artifacts, "the model is an MLflow Model"
 
     # the report holds the numbers that are in MLflow
     summary = pd.read_csv(workdir / "reports" / "quickstart" / "summary.csv")

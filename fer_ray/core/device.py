@@ -8,6 +8,7 @@ Inside a Ray trial CUDA_VISIBLE_DEVICES already restricts which GPU "cuda" means
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -45,3 +46,22 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def use_channels_last(device: torch.device) -> bool:
     """Whether to keep images and convolution weights in channels_last layout (CUDA only)."""
     return device.type == "cuda"
+
+
+@contextlib.contextmanager
+def strict_float32() -> Iterator[None]:
+    """IEEE float32 (no TF32) for cuDNN convolutions and CUDA matmuls inside the block; the previous
+    settings come back afterwards, also when the block raises.
+
+    This torch build runs float32 cuDNN convolutions as TF32 by default (10 mantissa bits), which
+    moves a 0.001 FGSM epsilon by ~7 %; attacks that promise float32 run under this. Uses torch's
+    per-backend ``fp32_precision`` settings only: mixing them with the legacy ``allow_tf32`` flags
+    makes torch raise. Process-wide, like the flags themselves; a no-op in effect on CPU.
+    """
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = (conv.fp32_precision, matmul.fp32_precision)
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved

@@ -1,12 +1,14 @@
 """The FER network: an ImageNet ResNet backbone (torchvision) with a new dense head.
 
 Inputs are [0,1] float images (B, 3, H, W); ImageNet normalisation happens inside the model, so
-noise, attacks and saliency all work in image space. Weights are never downloaded here:
-'imagenet' reads torchvision's file from the local torch hub cache, or the caller names a file.
+noise, attacks and saliency all work in image space. build_model never downloads: 'imagenet' reads
+torchvision's file from the local torch hub cache, or the caller names a file. ensure_imagenet_weights
+fetches that file into the cache (hash-checked), once, where a sweep starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -153,6 +155,59 @@ def imagenet_weights_file(arch: str) -> Path:
             "instead. Nothing is downloaded at run time."
         )
     return path
+
+
+def verify_weights_hash(path: Path) -> Path:
+    """``path`` when its SHA-256 starts with the prefix in its torchvision file name
+    (``resnet50-11ad3fa6.pth`` -> ``11ad3fa6``, torch.hub.HASH_REGEX); a name without one passes.
+
+    Raises WeightsError naming the file, both hashes and what to do (a truncated or foreign file).
+    """
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None or not match.group(1):
+        return path
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise WeightsError(
+            f"weights file {path} has SHA-256 {digest.hexdigest()[:16]}..., but torchvision publishes "
+            f"{match.group(1)}... for it: the file is incomplete or not the published one; delete it "
+            "and fetch it again"
+        )
+    return path
+
+
+def fetch_weights_file(url: str, progress: bool = False) -> Path:
+    """The torch hub cache file of ``url`` (<TORCH_HOME>/hub/checkpoints/<file name>), downloaded
+    when missing and hash-checked either way (verify_weights_hash).
+
+    torch.hub.download_url_to_file writes a .partial file and renames it only once the SHA-256 matches,
+    so concurrent or interrupted fetches never leave a broken file under the final name.
+    Raises WeightsNotFoundError (the file to place where, and why the download failed) or WeightsError.
+    """
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    if not path.is_file():
+        match = torch.hub.HASH_REGEX.search(path.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None, progress=progress)
+        except RuntimeError as error:  # torch's hash mismatch
+            raise WeightsError(f"the download of {url} was refused: {error}") from error
+        except OSError as error:  # offline, DNS, HTTP errors (URLError is an OSError)
+            raise WeightsNotFoundError(
+                f"cannot download {url} ({getattr(error, 'reason', error)}): place the file at {path} "
+                "(the folder follows $TORCH_HOME: <TORCH_HOME>/hub/checkpoints), or set model.weights "
+                "to the path of the file instead"
+            ) from error
+    return verify_weights_hash(path)
+
+
+def ensure_imagenet_weights(arch: str, progress: bool = False) -> Path:
+    """torchvision's DEFAULT ImageNet weights file for ``arch`` in the local torch hub cache, fetched
+    when missing (online) and hash-checked; see fetch_weights_file for the errors."""
+    return fetch_weights_file(torchvision.models.get_model_weights(arch).DEFAULT.url, progress)
 
 
 def _load_backbone(backbone: ResNet, path: Path, arch: str) -> None:

@@ -11,7 +11,8 @@ from its own CPU ``torch.Generator`` seeded by (seed, image index, stream), so t
 the same noise on any device and at any batch size, and two models can be compared on identical
 noise. Gaussian noise and PGD's random start use different streams.
 
-Precision: attacks (gradients and the adversarial predictions) run in float32 on every device. Under
+Precision: attacks (gradients and the adversarial predictions) run in float32 on every device, TF32
+off for their duration (device.strict_float32; this torch's cuDNN default is TF32). Under
 bf16 autocast the first convolution would round the normalised input to 8 mantissa bits (a step of
 ~0.004 in pixel units near white), which swallows the seed's smallest epsilons (0.001, 0.005).
 Noise evaluation reuses ``evaluate.predict_logits`` (bf16 autocast on CUDA), as clean evaluation does;
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_ray.core.device import use_channels_last
+from fer_ray.core.device import strict_float32, use_channels_last
 from fer_ray.core.evaluate import as_float_images, eval_mode, predict_logits
 
 #: Generator streams: one per kind of random draw, so noise and PGD starts are independent.
@@ -133,7 +134,7 @@ def input_gradient_sign(model: nn.Module, images: torch.Tensor, labels: torch.Te
     device; labels: int (N,). Computed in float32 in eval mode.
     """
     labels = _checked_labels(images, labels).to(images.device)
-    with eval_mode(model):
+    with eval_mode(model), strict_float32():
         return _loss_gradient_sign(model, as_float_images(images), labels)
 
 
@@ -170,7 +171,7 @@ def fgsm_accuracy(
     device = device or _model_device(model)
     model.to(device)
     tally = _AttackTally(epsilons, len(labels), return_examples)
-    with eval_mode(model):
+    with eval_mode(model), strict_float32():
         for start, batch, batch_labels in _batches(images, labels, batch_size, device):
             # Hand-written rather than captum.robust.FGSM: its perturb() recomputes the gradient on
             # every call, i.e. once per epsilon; the sign is the same for every epsilon, so one
@@ -212,7 +213,7 @@ def pgd_attack(
     eps = _checked_epsilon(eps)
     step_size = _checked_pgd_step(eps, steps, step_size)
     labels = _checked_labels(images, labels).to(images.device)
-    with eval_mode(model):
+    with eval_mode(model), strict_float32():
         return _pgd(model, as_float_images(images), labels, eps, steps, step_size, random_start, seed, first_index)
 
 
@@ -240,7 +241,7 @@ def pgd_accuracy(
     device = device or _model_device(model)
     model.to(device)
     tally = _AttackTally(epsilons, len(labels), return_examples)
-    with eval_mode(model):
+    with eval_mode(model), strict_float32():
         for start, batch, batch_labels in _batches(images, labels, batch_size, device):
             for epsilon in epsilons:
                 adversarial = _pgd(

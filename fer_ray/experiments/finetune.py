@@ -3,7 +3,7 @@
 Used by the quickstart, dataset-fraction, model-size and Optuna sweeps (they differ only in what the
 sweep varies). Per epoch: train_loss, train_acc, val_loss, val_acc (and a checkpoint). At the end:
 test_acc, test_macro_f1, per-class recall, per-group accuracy, the confusion matrix figure and the
-trained model file (artifact ``model/model.pt``, loadable by run id by later sweeps).
+trained model file (logged by the orchestrator as the MLflow Model ``runs:/<run id>/model``, usable by later sweeps).
 """
 
 from __future__ import annotations

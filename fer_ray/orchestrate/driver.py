@@ -24,10 +24,12 @@ from ray import tune
 
 from fer_ray.orchestrate.cluster import check_storage_for_cluster, check_tracking_for_cluster
 from fer_ray.experiments import get_experiment
+from fer_ray.orchestrate.mlflow_model import register_best
 from fer_ray.orchestrate.stages import check_source, resolve_models
 from fer_ray.orchestrate.trial import trial_key, trial_overrides
 from fer_ray.orchestrate.spec import SweepSpec
 from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_STOPPED_EARLY, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
+from fer_ray.orchestrate.weights import prefetch_weights
 from fer_ray.orchestrate.tune import build_tuner, set_tune_environment, trainable, trial_plan
 
 SPEC_ARTIFACT = "spec.json"
@@ -118,7 +120,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     """Run (or resume) the sweep end to end and write its report."""
     tracker = tracker_for(spec)
     if get_experiment(spec.experiment).evaluates_model:
-        check_source(spec)
+        check_source(spec, tracker)
+    prefetch_weights(spec)
     _start_ray_and_tracking(tracker, address, num_cpus)
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
     check_storage_for_cluster(spec.storage.path, nodes)
@@ -143,6 +146,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     from fer_ray.orchestrate.report import write_report
 
     report_dir = write_report(spec, tracker, parent_id, Path("reports") / spec.name)
+    if spec.register:
+        print(register_best(tracker, parent_id, spec.register))
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
     return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows)
 

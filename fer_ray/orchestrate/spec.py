@@ -24,6 +24,7 @@ import itertools
 import json
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,7 +129,8 @@ class SourceConfig(Strict):
 
     model: 'train'   this file's data/model/train sections: a finished training run with the same
                      config hash is reused, otherwise it is trained first (one model per train seed);
-           'runs:/<run id>/model/model.pt' or 'models:/<name>/<version>'   an MLflow model;
+           'runs:/<run id>/model', 'models:/<name>/<version>' or 'models:/<name>@<alias>'   an MLflow
+                     model (a registered one is looked up in this sweep's tracking server);
            a path   a fer_ray model file (fer_ray.core.train.save_model) every node can read.
     """
 
@@ -138,6 +140,10 @@ class SourceConfig(Strict):
 
 #: the section of a sweep file holding the experiment's own settings (its Experiment.settings model)
 SETTINGS_SECTION = "eval"
+
+# The sweep file's key is `register` (issue 15); on a pydantic model it shadows ABCMeta.register, which
+# nothing calls on a spec: the warning about that alone is silenced.
+warnings.filterwarnings("ignore", message='Field name "register" in "SweepSpec" shadows', category=UserWarning)
 
 
 class SweepSpec(Strict):
@@ -156,6 +162,11 @@ class SweepSpec(Strict):
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
     source: SourceConfig = SourceConfig()
+    register: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="finetune sweeps: register the trial model with the best best_val_acc under this name "
+        "in the sweep's MLflow model registry (evaluate it later with source.model: models:/<name>/<version>)",
+    )
     profile: str = Field("none", description="name of the entry of `profiles` applied ('none' = as written)")
     profiles: dict[str, dict[str, Any]] = {}
 
@@ -165,6 +176,13 @@ class SweepSpec(Strict):
         if experiment not in experiment_names():
             raise ValueError(_unknown("experiment", experiment, experiment_names()))
         return experiment
+
+    @model_validator(mode="after")
+    def _register_trains(self) -> "SweepSpec":
+        if self.register is not None and self.experiment != "finetune":
+            raise ValueError(f"register: {self.register!r} needs a training sweep (experiment finetune), "
+                             f"not {self.experiment!r}")
+        return self
 
     def eval_config(self) -> BaseModel:
         """The ``eval`` section validated by the experiment's own model."""

@@ -12,12 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from fer_ray.orchestrate.mlflow_model import MODEL_DIR, resolve_registered
 from fer_ray.orchestrate.provenance import spec_hash
 from fer_ray.orchestrate.spec import SpecError, SweepSpec, validate_spec
 from fer_ray.orchestrate.tracking import Tracker
 
 TAG_TRAIN_HASH = "fer_ray.train_hash"
-MODEL_ARTIFACT = "model/model.pt"  # where the finetune experiment logs its trained model
+#: where a fine-tuning trial logs its trained model: an MLflow Model folder (mlflow_model.py); runs
+#: made before it was one hold the bare model/model.pt there, which fetch_model reads as well
+MODEL_ARTIFACT = MODEL_DIR
 
 
 def training_config(spec: SweepSpec) -> dict[str, Any]:
@@ -43,9 +46,13 @@ def training_spec(spec: SweepSpec, seeds: list[int]) -> SweepSpec:
     return validate_spec(raw, source=f"{spec.name} (training stage)")
 
 
-def check_source(spec: SweepSpec) -> None:
-    """A model file named as the source must exist (checked in the driver before Ray starts)."""
+def check_source(spec: SweepSpec, tracker: Tracker | None = None) -> None:
+    """A model file named as the source must exist, and a models:/ source must be in the sweep's own
+    registry (``tracker``'s URI) (checked in the driver before Ray starts; SpecError otherwise)."""
     source = spec.source.model
+    if source.startswith("models:/") and tracker is not None:
+        tracker.check()  # an unreachable server fails in seconds here, not after MLflow's minutes of retries
+        resolve_registered(tracker, source)
     if source == "train" or source.startswith(("runs:/", "models:/")):
         return
     if not Path(source).is_file():
@@ -55,10 +62,13 @@ def check_source(spec: SweepSpec) -> None:
 def resolve_models(spec: SweepSpec, tracker: Tracker, run_training: Callable[[SweepSpec], None]) -> list[str]:
     """The model sources an evaluation sweep fans out over, one per training seed or the one named.
 
-    Returns model URIs: ``runs:/<run id>/model/model.pt``, ``models:/...`` or a local file path.
+    Returns model URIs: ``runs:/<run id>/model``, ``models:/<name>/<version>`` (an alias pinned to the
+    version it names now, so every trial evaluates the same one) or a local file path.
     ``run_training(train_spec)`` runs a fine-tuning sweep; it is called only for missing seeds.
     """
     check_source(spec)
+    if spec.source.model.startswith("models:/"):
+        return [resolve_registered(tracker, spec.source.model).uri]
     if spec.source.model != "train":
         return [spec.source.model]
     runs = {seed: _finished_training_run(spec, seed, tracker) for seed in spec.source.train_seeds}

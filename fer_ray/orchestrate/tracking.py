@@ -265,11 +265,13 @@ _experiment_ids: dict[tuple[int, str, str], str] = {}
 
 
 def _client_for(uri: str) -> mlflow.MlflowClient:
-    """One MlflowClient per (process, uri); keyed by pid so a forked child never reuses a pool."""
+    """One MlflowClient per (process, uri); keyed by pid so a forked child never reuses a pool.
+    The model registry is the same URI: never the process-global registry URI (set_registry_uri,
+    MLFLOW_REGISTRY_URI), which a Ray worker lacks and which may point at another server."""
     key = (os.getpid(), uri)
     with _cache_lock:
         if key not in _clients:
-            _clients[key] = mlflow.MlflowClient(tracking_uri=uri)
+            _clients[key] = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         return _clients[key]
 
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 from ray import tune
 
 from fer_ray.experiments import get_experiment
-from fer_ray.experiments.base import MODEL_FILE
+from fer_ray.orchestrate.mlflow_model import MODEL_DIR, WEIGHTS, download_registered, log_pyfunc, resolve_registered, weights_file
 from fer_ray.orchestrate.stages import TAG_TRAIN_HASH, training_hash
 from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.tracking import TAG_SOURCE_MODEL, TAG_SOURCE_RUN, TAG_TRIAL_VALUES, Tracker, flatten
@@ -50,10 +50,12 @@ def run_name(overrides: dict[str, Any]) -> str:
 class TuneMlflowReporter:
     """Reporter (fer_ray.experiments.base) that reports to Ray Tune and logs to one MLflow run."""
 
-    def __init__(self, tracker: Tracker, run_id: str, work_dir: Path):
+    def __init__(self, tracker: Tracker, run_id: str, work_dir: Path, image_size: int = 64):
         self.tracker = tracker
         self.run_id = run_id
         self.work_dir = work_dir
+        #: the trained model's input side, for its MLflow Model signature
+        self.image_size = image_size
         #: the latest per-epoch metrics; the trial's final Tune report repeats them (Optuna reads its
         #: metric, e.g. val_acc, from the last report)
         self.last_epoch_metrics: dict[str, float] = {}
@@ -72,6 +74,9 @@ class TuneMlflowReporter:
         self.tracker.log_figure(self.run_id, figure, name)
 
     def artifact(self, path: Path, folder: str | None = None) -> None:
+        if folder == MODEL_DIR and path.name == WEIGHTS:  # the trained model: logged as an MLflow Model
+            log_pyfunc(self.tracker, self.run_id, path, self.image_size)
+            return
         self.tracker.log_artifact(self.run_id, path, folder)
 
     def tags(self, tags: dict[str, str]) -> None:
@@ -89,22 +94,36 @@ class TuneMlflowReporter:
 
 
 def fetch_model(tracker: Tracker, source: str, folder: Path) -> Path:
-    """A local copy of the model to evaluate: MLflow URIs (runs:/, models:/) are downloaded from the
-    tracking server (so any node can fetch them); a plain path is used where it is."""
-    if not source.startswith(("runs:/", "models:/")):
+    """A local copy of the model file to evaluate: MLflow URIs (runs:/, models:/ from the sweep's own
+    registry) are downloaded from the tracking server (so any node can fetch them); a plain path is
+    used where it is. A downloaded MLflow Model folder yields the fer_ray model file inside it."""
+    if source.startswith("models:/"):
+        return download_registered(tracker, resolve_registered(tracker, source), folder)
+    if not source.startswith("runs:/"):
         return Path(source)
+    if source.endswith(f"/{MODEL_DIR}/{WEIGHTS}"):  # written before models were MLflow Models: take the folder
+        source = source.removesuffix(f"/{WEIGHTS}")
     folder.mkdir(parents=True, exist_ok=True)
     local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder), tracking_uri=tracker.uri)
     path = Path(local)
-    return path if path.is_file() else path / MODEL_FILE
+    return path if path.is_file() else weights_file(path)
 
 
-def source_tags(source: str) -> dict[str, str]:
-    """Which model an evaluation run used (the training run id when it came from one)."""
+def source_tags(tracker: Tracker, source: str) -> dict[str, str]:
+    """Which model an evaluation run used (the training run id when it came from one; a registered
+    version's name, version and training run)."""
     tags = {TAG_SOURCE_MODEL: source}
     if source.startswith("runs:/"):
         tags[TAG_SOURCE_RUN] = source.split("/")[1]
+    if source.startswith("models:/"):
+        tags.update(resolve_registered(tracker, source).tags())
     return tags
+
+
+def gpu_ids() -> str:
+    """The GPUs Ray gave this trial, as the node's ids joined by ',' ('' on CPU): a fractional trial
+    shares its id with the other trials on that GPU."""
+    return ",".join(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
 
 
 def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tracker, parent_id: str) -> None:
@@ -120,18 +139,18 @@ def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tra
         run_name=run_name(overrides),
         params=flatten(spec.model_dump(mode="json", include={"data", "model", "train", "eval"})),
         tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id(),
-              "fer_ray.node_id": ray.get_runtime_context().get_node_id(),
+              "fer_ray.node_id": ray.get_runtime_context().get_node_id(), "fer_ray.gpu_ids": gpu_ids(),
               TAG_TRIAL_VALUES: json.dumps(overrides, sort_keys=True, default=str)},
     )
     experiment = get_experiment(spec.experiment)
     # A run left open here (an exception, ASHA stopping the trial, a lost node) is closed by the driver
     # once Tune is done with the trial: it alone knows whether the trial failed or was stopped early.
     with tempfile.TemporaryDirectory(prefix="fer_ray_trial_") as folder:
-        reporter = TuneMlflowReporter(tracker, run_id, Path(folder))
+        reporter = TuneMlflowReporter(tracker, run_id, Path(folder), spec.data.image_size)
         trial = trial_of(spec)
         if experiment.evaluates_model:
             trial = replace(trial, model_file=fetch_model(tracker, spec.source.model, Path(folder) / "source"))
-            reporter.tags(source_tags(spec.source.model))
+            reporter.tags(source_tags(tracker, spec.source.model))
         else:
             reporter.tags({TAG_TRAIN_HASH: training_hash(spec)})
         final_metrics = experiment.run(trial, reporter)
