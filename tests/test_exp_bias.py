@@ -23,19 +23,19 @@ SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 def _spec(*overrides: str):
-    return resolve_spec({"name": "t", "experiment": "bias"}, [*TINY, "eval.n_boot=200", "eval.n_perm=200", *overrides])
+    return resolve_spec({"name": "t", "experiment": "bias"}, [*TINY, "settings.n_boot=200", "settings.n_perm=200", *overrides])
 
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = _spec(*overrides)
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=model_file)
 
 
 @pytest.fixture(scope="module")
 def bias_run(tiny_trained_model, tmp_path_factory):
     """One run over gender (one person per group here), session (people in both groups) and angle
     (one group: skipped)."""
-    trial = _trial(tiny_trained_model, "eval.attributes=[gender, session, angle]")
+    trial = _trial(tiny_trained_model, "settings.attributes=[gender, session, angle]")
     reporter = LocalReporter(tmp_path_factory.mktemp("bias"))
     return trial, reporter, bias.run(trial, reporter)
 
@@ -80,7 +80,7 @@ def test_report_averages_over_models(bias_run):
     trial, reporter, metrics = bias_run
     first = {f"metrics.{k}": v for k, v in metrics.items()}
     second = {**first, **{f"metrics.{k}/gender/F": first[f"metrics.{k}/gender/F"] + 0.2 for k in ("acc", "acc_low", "acc_high")}}
-    spec = _spec("eval.attributes=[gender, session, angle]")
+    spec = _spec("settings.attributes=[gender, session, angle]")
     tags = reporter.tag_values
     runs = trial_tables.table(spec, [trial_tables.record(spec, {}, {k[len("metrics."):]: v for k, v in row.items()}, tags=tags)
                                      for row in (first, second)])
@@ -101,7 +101,7 @@ def test_bias_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     try:
         code = main([str(SWEEPS / "bias.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-                     "--set", *TINY, f"source.model={tiny_trained_model}", "eval.n_boot=200", "eval.n_perm=200"])
+                     "--set", *TINY, f"source.model={tiny_trained_model}", "settings.n_boot=200", "settings.n_perm=200"])
     finally:
         ray.shutdown()
     assert code == 0

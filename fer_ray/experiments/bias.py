@@ -52,7 +52,7 @@ _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. :]")
 
 
 class Settings(Strict):
-    """The ``eval:`` section of a bias sweep."""
+    """The ``settings:`` section of a bias sweep."""
 
     attributes: list[Literal["gender", "race", "angle", "session"]] = Field(
         list(DEFAULT_ATTRIBUTES), min_length=1, description="group attributes to study (those the dataset lacks are skipped)"
