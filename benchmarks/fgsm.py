@@ -7,7 +7,7 @@ the gradient for every epsilon, on one model and one image set, timed in this pr
            parameters' .grad) run for each epsilon over the same batches;
   (a')     as (a) but asking autograd for the input gradient only (fer_ray's gradient, recomputed
            per epsilon): shows how much of the gain is the reuse alone; printed for information;
-  (b)      the seed's style: one image and one epsilon at a time, as (a) with batches of 1. It is
+  (b)      the reference study's style: one image and one epsilon at a time, as (a) with batches of 1. It is
            timed on the first --seed-style-images images and scaled per image to all of them.
 
 (a), (a') and (b) must give the same adversarial accuracies (the process exits 1 if not). Labels are the
@@ -34,7 +34,7 @@ from fer_ray.core.device import pick_device, strict_float32
 from fer_ray.core.models import build_model
 from fer_ray.core.robustness import fgsm_accuracy
 
-#: The seed's FGSM grid, in [0,1] pixel units.
+#: The reference study's FGSM grid, in [0,1] pixel units.
 SEED_EPSILONS = [0.0, 0.001, 0.005, 0.007, 0.01, 0.05, 0.07, 0.1]
 
 

@@ -63,7 +63,7 @@ PLAIN_SCRIPT = textwrap.dedent("""
     from fer_ray.experiments.base import LocalReporter, Trial
     from fer_ray.orchestrate.spec import load_spec
     spec = load_spec(sys.argv[1])
-    trial = Trial(sweep="probe", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config())
+    trial = Trial(sweep="probe", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings())
     probe.run(trial, LocalReporter(Path(sys.argv[2])))
 """)
 
@@ -72,7 +72,7 @@ def probe_overrides(n_trials: int, folder: Path, name: str) -> list[str]:
     """``--set`` values for an n-trial probe sweep whose MLflow database and Tune state live in ``folder``."""
     values = "[" + ",".join(str(i) for i in range(n_trials)) + "]"
     return [
-        f"search.grid.eval.value={values}",
+        f"search.grid.settings.value={values}",
         f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
         f"storage.path={folder / 'ray_results'}",
         f"name={name}",
@@ -89,7 +89,7 @@ def baseline_seconds(n_trials: int, folder: Path) -> float:
     started = time.perf_counter()
     for i in range(n_trials):
         trial = Trial(sweep="probe", data=spec.data, model=spec.model, train=spec.train,
-                      settings=spec.eval_config().model_copy(update={"value": float(i)}))
+                      settings=spec.experiment_settings().model_copy(update={"value": float(i)}))
         probe.run(trial, LocalReporter(folder / f"trial{i}"))
     return time.perf_counter() - started
 

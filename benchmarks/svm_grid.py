@@ -1,6 +1,6 @@
 """SVM grid search: fer_ray's one-task-per-grid-point on Ray vs sklearn GridSearchCV(n_jobs=2).
 
-The seed's grid (C in 0.1..1000, gamma in scale/auto/0.001/0.01, kernel rbf/linear/poly: 60 points)
+The reference study's grid (C in 0.1..1000, gamma in scale/auto/0.001/0.01, kernel rbf/linear/poly: 60 points)
 with 10 subject-disjoint folds over pixel features (grayscale, resized, flattened) of the synthetic
 faces' training side. Both paths get the same features and the same folds:
 
@@ -42,7 +42,7 @@ from fer_ray.core.svm import (
     untuned_baseline,
 )
 
-#: The seed's grid.
+#: The reference study's grid.
 SEED_GRID = {"C": [0.1, 1, 10, 100, 1000], "gamma": ["scale", "auto", 0.001, 0.01], "kernel": ["rbf", "linear", "poly"]}
 
 

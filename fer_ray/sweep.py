@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_ray.orchestrate.tracking import TrackingError
 
     if args.dry_run:
-        print(dry_run(spec, address=args.address, num_cpus=args.num_cpus))
+        print(dry_run(spec, num_cpus=args.num_cpus))
         return EXIT_OK
     try:
         outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)

@@ -24,19 +24,19 @@ SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 def _spec(*overrides: str):
-    return resolve_spec({"name": "t", "experiment": "bias"}, [*TINY, "eval.n_boot=200", "eval.n_perm=200", *overrides])
+    return resolve_spec({"name": "t", "experiment": "bias"}, [*TINY, "settings.n_boot=200", "settings.n_perm=200", *overrides])
 
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = _spec(*overrides)
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=model_file)
 
 
 @pytest.fixture(scope="module")
 def bias_run(tiny_trained_model, tmp_path_factory):
     """One run over gender (one person per group here), session (people in both groups) and angle
     (one group: skipped)."""
-    trial = _trial(tiny_trained_model, "eval.attributes=[gender, session, angle]")
+    trial = _trial(tiny_trained_model, "settings.attributes=[gender, session, angle]")
     reporter = LocalReporter(tmp_path_factory.mktemp("bias"))
     return trial, reporter, bias.run(trial, reporter)
 
@@ -85,18 +85,18 @@ def test_differences_are_signed_from_the_reference_and_tested_per_person(bias_ru
 
 
 def test_a_configured_reference_is_used_and_an_unknown_one_named(tiny_trained_model, tmp_path):
-    trial = _trial(tiny_trained_model, "eval.attributes=[gender]", "eval.reference={gender: F}", "eval.class_rates=false")
+    trial = _trial(tiny_trained_model, "settings.attributes=[gender]", "settings.reference={gender: F}", "settings.class_rates=false")
     reporter = LocalReporter(tmp_path)
     metrics = bias.run(trial, reporter)
     assert json.loads(reporter.tag_values[bias.TAG_REFERENCE]) == {"gender": "F"}
     assert metrics["acc_diff/gender/M"] == pytest.approx(metrics["acc/gender/M"] - metrics["acc/gender/F"])
-    with pytest.raises(ValueError, match=r"eval.reference.gender='X' is not a group of the test split; groups: \['F', 'M'\]"):
-        bias.run(_trial(tiny_trained_model, "eval.attributes=[gender]", "eval.reference={gender: X}"), LocalReporter(tmp_path))
+    with pytest.raises(ValueError, match=r"settings.reference.gender='X' is not a group of the test split; groups: \['F', 'M'\]"):
+        bias.run(_trial(tiny_trained_model, "settings.attributes=[gender]", "settings.reference={gender: X}"), LocalReporter(tmp_path))
 
 
 def test_report_of_one_model_shows_its_subject_intervals_and_of_several_the_spread_over_models(bias_run):
     trial, reporter, metrics = bias_run
-    spec = _spec("eval.attributes=[gender, session, angle]")
+    spec = _spec("settings.attributes=[gender, session, angle]")
     tags = dict(reporter.tag_values)
     reference = json.loads(tags[bias.TAG_REFERENCE])["gender"]
     other = "F" if reference == "M" else "M"
@@ -130,7 +130,7 @@ def test_bias_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     try:
         code = main([str(SWEEPS / "bias.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-                     "--set", *TINY, f"source.model={tiny_trained_model}", "eval.n_boot=200", "eval.n_perm=200"])
+                     "--set", *TINY, f"source.model={tiny_trained_model}", "settings.n_boot=200", "settings.n_perm=200"])
     finally:
         ray.shutdown()
     assert code == 0

@@ -37,13 +37,13 @@ def one_torch_thread():
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "fgsm"}, [*TINY, *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=model_file)
 
 
 def test_fgsm_run_scores_every_epsilon_and_draws_the_panel(tiny_trained_model, tmp_path):
     reporter = LocalReporter(tmp_path)
     metrics = fgsm.run(
-        _trial(tiny_trained_model, "eval.epsilons=[0, 0.01, 0.1]", "eval.panel_epsilons=[0, 0.3]", "eval.n_panel_images=2"),
+        _trial(tiny_trained_model, "settings.epsilons=[0, 0.01, 0.1]", "settings.panel_epsilons=[0, 0.3]", "settings.n_panel_images=2"),
         reporter,
     )
     assert set(metrics) == {"test_acc", "acc_eps_0", "acc_eps_0.01", "acc_eps_0.1", "acc_eps_0.3"}
@@ -63,10 +63,10 @@ def test_fgsm_run_scores_every_epsilon_and_draws_the_panel(tiny_trained_model, t
 
 
 def test_pgd_is_an_option_of_the_same_experiment(tiny_trained_model, tmp_path):
-    common = ("eval.epsilons=[0, 0.05]", "eval.panel_epsilons=[]", "eval.n_panel_images=0")
+    common = ("settings.epsilons=[0, 0.05]", "settings.panel_epsilons=[]", "settings.n_panel_images=0")
     fgsm_metrics = fgsm.run(_trial(tiny_trained_model, *common), LocalReporter(tmp_path / "fgsm"))
     reporter = LocalReporter(tmp_path / "pgd")
-    pgd_metrics = fgsm.run(_trial(tiny_trained_model, *common, "eval.attack=pgd", "eval.pgd_steps=3"), reporter)
+    pgd_metrics = fgsm.run(_trial(tiny_trained_model, *common, "settings.attack=pgd", "settings.pgd_steps=3"), reporter)
     assert pgd_metrics["test_acc"] == fgsm_metrics["test_acc"]
     assert 0.0 <= pgd_metrics["acc_eps_0.05"] <= 1.0
     assert reporter.tag_values["fer_ray.attack"] == "pgd (3 steps)"
@@ -75,7 +75,7 @@ def test_pgd_is_an_option_of_the_same_experiment(tiny_trained_model, tmp_path):
 
 @pytest.mark.parametrize(
     "override, key",
-    [("eval.epsilons=[0.01, 1.5]", "eval.epsilons"), ("eval.panel_epsilons=[-0.1]", "eval.panel_epsilons")],
+    [("settings.epsilons=[0.01, 1.5]", "settings.epsilons"), ("settings.panel_epsilons=[-0.1]", "settings.panel_epsilons")],
 )
 def test_epsilon_outside_unit_interval_fails_at_spec_load_naming_the_key(override, key):
     with pytest.raises(SpecError, match=re.escape(key) + r".*outside \[0, 1\]"):
@@ -83,12 +83,12 @@ def test_epsilon_outside_unit_interval_fails_at_spec_load_naming_the_key(overrid
 
 
 def test_unknown_attack_is_rejected():
-    with pytest.raises(SpecError, match=r"eval\.attack"):
-        resolve_spec({"name": "t", "experiment": "fgsm"}, ["eval.attack=cw"])
+    with pytest.raises(SpecError, match=r"settings\.attack"):
+        resolve_spec({"name": "t", "experiment": "fgsm"}, ["settings.attack=cw"])
 
 
 def test_report_table_gives_mean_and_ci_over_models_with_eps255_and_the_seed_number():
-    spec = resolve_spec({"name": "t", "experiment": "fgsm"}, ["eval.epsilons=[0, 0.01]", "eval.panel_epsilons=[]"])
+    spec = resolve_spec({"name": "t", "experiment": "fgsm"}, ["settings.epsilons=[0, 0.01]", "settings.panel_epsilons=[]"])
     runs = trial_tables.table(spec, [
         trial_tables.record(spec, {}, {"test_acc": clean, "acc_eps_0": clean, "acc_eps_0.01": attacked}, source_model=model)
         for model, clean, attacked in (("m1", 0.9, 0.40), ("m2", 0.8, 0.30), ("m3", 0.85, 0.20))
@@ -115,7 +115,7 @@ def test_epsilon_sweep_end_to_end_report_matches_mlflow(tiny_trained_model, tmp_
         code = main([
             str(SWEEPS / "epsilon.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
             "--set", *TINY, f"source.model={tiny_trained_model}",
-            "eval.epsilons=[0, 0.01, 0.1]", "eval.panel_epsilons=[0, 0.1]", "eval.n_panel_images=2",
+            "settings.epsilons=[0, 0.01, 0.1]", "settings.panel_epsilons=[0, 0.1]", "settings.n_panel_images=2",
         ])
     finally:
         ray.shutdown()

@@ -17,7 +17,7 @@ from fer_ray.orchestrate.spec import resolve_spec
 
 def test_run_logs_a_subject_clustered_interval_of_its_test_accuracy(tmp_path):
     spec = resolve_spec({"name": "t", "experiment": "finetune"}, TINY)
-    trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config())
+    trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings())
     metrics = finetune.run(trial, LocalReporter(tmp_path))
 
     low, high = metrics["test_acc/ci_low"], metrics["test_acc/ci_high"]

@@ -51,7 +51,7 @@ def input_sensitive_model(tmp_path_factory) -> Path:
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "noise"}, [*TINY, *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=model_file)
 
 
 def _run(model_file: Path, folder: Path, *overrides: str) -> tuple[dict, LocalReporter, np.lib.npyio.NpzFile]:
@@ -64,7 +64,7 @@ def _run(model_file: Path, folder: Path, *overrides: str) -> tuple[dict, LocalRe
 
 def test_run_reports_clean_and_noisy_accuracy_with_paired_statistics(tiny_trained_model, tmp_path):
     metrics, reporter, saved = _run(
-        tiny_trained_model, tmp_path, "eval.variances=[0, 0.01, 0.1]", "eval.n_examples=2", "eval.n_boot=200"
+        tiny_trained_model, tmp_path, "settings.variances=[0, 0.01, 0.1]", "settings.n_examples=2", "settings.n_boot=200"
     )
     accuracies = {k: v for k, v in metrics.items() if re.fullmatch(r"test_acc|acc_var_[^/]+", k)}
     assert set(accuracies) == {"test_acc", "acc_var_0", "acc_var_0.01", "acc_var_0.1"}
@@ -98,10 +98,10 @@ def test_run_reports_clean_and_noisy_accuracy_with_paired_statistics(tiny_traine
 
 
 def test_same_noise_seed_gives_identical_results_and_another_seed_other_noise(input_sensitive_model, tmp_path):
-    options = ("eval.variances=[0.1, 0.3]", "eval.n_examples=0", "eval.n_boot=50")
-    first, _, first_saved = _run(input_sensitive_model, tmp_path / "a", "eval.noise_seed=0", *options)
-    again, _, again_saved = _run(input_sensitive_model, tmp_path / "b", "eval.noise_seed=0", *options)
-    other, _, other_saved = _run(input_sensitive_model, tmp_path / "c", "eval.noise_seed=1", *options)
+    options = ("settings.variances=[0.1, 0.3]", "settings.n_examples=0", "settings.n_boot=50")
+    first, _, first_saved = _run(input_sensitive_model, tmp_path / "a", "settings.noise_seed=0", *options)
+    again, _, again_saved = _run(input_sensitive_model, tmp_path / "b", "settings.noise_seed=0", *options)
+    other, _, other_saved = _run(input_sensitive_model, tmp_path / "c", "settings.noise_seed=1", *options)
 
     assert again == first
     np.testing.assert_array_equal(again_saved["correct"], first_saved["correct"])
@@ -111,7 +111,7 @@ def test_same_noise_seed_gives_identical_results_and_another_seed_other_noise(in
 
 @pytest.mark.parametrize(
     "override, key",
-    [("eval.variances=[0.1, -0.01]", "eval.variances"), ("eval.example_variances=[-1]", "eval.example_variances")],
+    [("settings.variances=[0.1, -0.01]", "settings.variances"), ("settings.example_variances=[-1]", "settings.example_variances")],
 )
 def test_negative_variance_fails_at_spec_load_naming_the_key(override, key):
     with pytest.raises(SpecError, match=re.escape(key) + r".*>= 0.*got -"):
@@ -121,9 +121,9 @@ def test_negative_variance_fails_at_spec_load_naming_the_key(override, key):
 def test_report_averages_repeats_per_model_then_gives_the_ci_over_models():
     """report() on an MLflow-like frame: 2 models x 3 noise seeds, variances 0 and 0.1."""
     accuracy = {("m1", 0): 0.60, ("m1", 1): 0.62, ("m1", 2): 0.64, ("m2", 0): 0.50, ("m2", 1): 0.55, ("m2", 2): 0.57}
-    spec = resolve_spec({"name": "t", "experiment": "noise"}, ["eval.n_examples=0", "eval.n_boot=500", "eval.variances=[0, 0.1]"])
+    spec = resolve_spec({"name": "t", "experiment": "noise"}, ["settings.n_examples=0", "settings.n_boot=500", "settings.variances=[0, 0.1]"])
     runs = trial_tables.table(spec, [
-        trial_tables.record(spec, {"eval.noise_seed": seed}, {
+        trial_tables.record(spec, {"settings.noise_seed": seed}, {
             "test_acc": 0.8, "acc_var_0": 0.8, "acc_var_0.1": value, "mcnemar_b_var_0.1": 5.0,
             "mcnemar_c_var_0.1": 1.0, "mcnemar_p_var_0.1": 0.2 if seed else 0.01,
             "acc_var_0.1/subject_ci_low": value - 0.1, "acc_var_0.1/subject_ci_high": value + 0.1,
@@ -157,7 +157,7 @@ def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch
         code = main([
             str(SWEEPS / "noise_sig.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
             "--set", *TINY, f"source.model={input_sensitive_model}",
-            "search.grid={eval.noise_seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}", "eval.n_boot=200", "eval.n_examples=2",
+            "search.grid={settings.noise_seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}", "settings.n_boot=200", "settings.n_examples=2",
         ])
     finally:
         ray.shutdown()
@@ -168,7 +168,7 @@ def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch
     parent = runs[runs["tags.fer_ray.role"] == "parent"].iloc[0]
     children = runs[runs["tags.fer_ray.role"] == "child"]
     assert len(children) == 10 and set(children["status"]) == {"FINISHED"}
-    assert sorted(children["params.eval.noise_seed"].astype(int)) == list(range(10))
+    assert sorted(children["params.settings.noise_seed"].astype(int)) == list(range(10))
     accuracies = children["metrics.acc_var_0.1"].astype(float)
     assert accuracies.between(0, 1).all()
     assert children["metrics.test_acc"].nunique() == 1, "every repeat scores the same clean images"
@@ -184,12 +184,12 @@ def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch
         assert parent[f"metrics.{name}_acc_var_0.1"] == pytest.approx(value)
     low, high = (float(x) for x in cells[6].split("–"))
     assert low <= summary["median"] <= high, "bootstrap CI of the median over repeats"
-    first = children[children["params.eval.noise_seed"] == "0"].iloc[0]
+    first = children[children["params.settings.noise_seed"] == "0"].iloc[0]
     assert f"{first['metrics.acc_var_0.1/subject_ci_low']:.3f}–{first['metrics.acc_var_0.1/subject_ci_high']:.3f} (seed 0)" in row
 
     # McNemar per repeat: one table row each, with MLflow's b, c and p
     for _, child in children.iterrows():
-        seed = int(child["params.eval.noise_seed"])
+        seed = int(child["params.settings.noise_seed"])
         expected = f"| model 1 | {seed} | {child['metrics.test_acc']:.3f} | {child['metrics.acc_var_0.1']:.3f} | " \
                    f"{int(child['metrics.mcnemar_b_var_0.1'])} | {int(child['metrics.mcnemar_c_var_0.1'])} | {child['metrics.mcnemar_p_var_0.1']:.3g} |"
         assert expected in report

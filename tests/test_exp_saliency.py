@@ -24,7 +24,7 @@ SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "saliency"}, [*TINY, *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=model_file)
 
 
 def test_named_images_get_one_png_each_from_any_split(tiny_trained_model, tmp_path):
@@ -32,7 +32,7 @@ def test_named_images_get_one_png_each_from_any_split(tiny_trained_model, tmp_pa
     test_stem = data.dataset.images[int(data.test.indices[0])].path.stem
     train_stem = data.dataset.images[int(data.split.train[3])].path.stem
     reporter = LocalReporter(tmp_path)
-    metrics = saliency.run(_trial(tiny_trained_model, f"eval.images=[{test_stem.lower()}, {train_stem}]"), reporter)
+    metrics = saliency.run(_trial(tiny_trained_model, f"settings.images=[{test_stem.lower()}, {train_stem}]"), reporter)
 
     assert set(reporter.figures) == {f"saliency_{test_stem}.png", f"saliency_{train_stem}.png"}, "case-insensitive match"
     assert all(path.stat().st_size > 10_000 for path in reporter.figures.values())
@@ -58,14 +58,14 @@ def test_named_images_get_one_png_each_from_any_split(tiny_trained_model, tmp_pa
 def test_unknown_image_names_are_listed_in_one_error(tiny_trained_model, tmp_path):
     data = prepare_data(_trial(tiny_trained_model).data)
     known = data.dataset.images[int(data.test.indices[0])].path.stem
-    with pytest.raises(DataError, match=r"eval\.images: no image file named \['XF99HAS', 'smile'\]"):
-        saliency.run(_trial(tiny_trained_model, f"eval.images=[{known}, XF99HAS, smile]"), LocalReporter(tmp_path))
+    with pytest.raises(DataError, match=r"settings\.images: no image file named \['XF99HAS', 'smile'\]"):
+        saliency.run(_trial(tiny_trained_model, f"settings.images=[{known}, XF99HAS, smile]"), LocalReporter(tmp_path))
     assert not list(tmp_path.glob("*.png")), "nothing drawn"
 
 
 def test_images_and_per_class_together_fail_at_spec_load():
-    with pytest.raises(SpecError, match=r"eval.*give eval\.images .* or eval\.per_class .*not both"):
-        resolve_spec({"name": "t", "experiment": "saliency"}, ["eval.images=[AF01HAS]", "eval.per_class=2"])
+    with pytest.raises(SpecError, match=r"settings\.: give settings\.images .* or settings\.per_class .*not both"):
+        resolve_spec({"name": "t", "experiment": "saliency"}, ["settings.images=[AF01HAS]", "settings.per_class=2"])
 
 
 def test_center_mass_fraction():
@@ -84,7 +84,7 @@ def test_saliency_sweep_end_to_end_per_class(tiny_trained_model, tmp_path, monke
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     try:
         code = main([str(SWEEPS / "saliency.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-                     "--set", *TINY, f"source.model={tiny_trained_model}", "eval.per_class=1"])
+                     "--set", *TINY, f"source.model={tiny_trained_model}", "settings.per_class=1"])
     finally:
         ray.shutdown()
     assert code == 0

@@ -35,8 +35,8 @@ SMALL_GRID = {"C": [0.1, 10.0], "gamma": ["scale", 0.01], "kernel": ["rbf", "lin
 
 
 def _trial(model_file: Path, overrides: list[str] = ()) -> Trial:
-    spec = resolve_spec({"name": "t", "experiment": "svm"}, TINY + ["eval.folds=3", "eval.pixel_size=16", *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
+    spec = resolve_spec({"name": "t", "experiment": "svm"}, TINY + ["settings.folds=3", "settings.pixel_size=16", *overrides])
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=model_file)
 
 
 def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_trained_model, tmp_path):
@@ -67,7 +67,7 @@ def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_t
 
     # the report's pick (from MLflow-shaped rows) is GridSearchCV's, and its refit test accuracy its score
     spec = resolve_spec({"name": "t", "experiment": "svm", "search": {"grid": {f"eval.{k}": v for k, v in SMALL_GRID.items()}}},
-                        TINY + ["eval.folds=3", "eval.pixel_size=16"])
+                        TINY + ["settings.folds=3", "settings.pixel_size=16"])
     runs = trial_tables.table(spec, [
         trial_tables.record(spec, {f"eval.{k}": v for k, v in point.items()}, metrics, run_id=f"r{i}")
         for i, (point, metrics) in reversed(list(enumerate(zip(points, results))))  # any order in, grid order out
@@ -90,11 +90,11 @@ def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_t
 
 @pytest.mark.parametrize("split_by", ["identity", "image"])
 def test_no_identity_is_on_both_sides_of_any_fold(split_by):
-    spec = resolve_spec({"name": "t", "experiment": "svm"}, TINY + ["eval.folds=4", f"data.split.by={split_by}"])
+    spec = resolve_spec({"name": "t", "experiment": "svm"}, TINY + ["settings.folds=4", f"data.split.by={split_by}"])
     data = prepare_data(spec.data)
     people = data.dataset.identities
 
-    design = svm.cv_design(data, spec.eval_config())
+    design = svm.cv_design(data, spec.experiment_settings())
 
     assert len(design.folds) == 4
     validated = np.sort(np.concatenate([val for _, val in design.folds]))
@@ -106,7 +106,7 @@ def test_no_identity_is_on_both_sides_of_any_fold(split_by):
     assert not set(design.pool_rows) & set(design.test_rows)
     if split_by == "identity":
         assert not set(people[design.pool_rows]) & set(people[design.test_rows])
-    without_val = svm.cv_design(data, spec.eval_config().model_copy(update={"include_val": False}))
+    without_val = svm.cv_design(data, spec.experiment_settings().model_copy(update={"include_val": False}))
     np.testing.assert_array_equal(without_val.pool_rows, np.sort(data.train.indices))
 
 
@@ -189,13 +189,13 @@ def test_a_failed_computation_leaves_no_file(tmp_path):
 
 
 def test_bad_settings_name_the_keys(tiny_trained_model, tmp_path):
-    with pytest.raises(SpecError, match=r"eval.gamma: .*'scale', 'auto' or a number > 0, got 'Scale'"):
-        resolve_spec({"name": "t", "experiment": "svm"}, ["eval.gamma=Scale"])
-    with pytest.raises(SpecError, match=r"eval.gamma: .*got -0.1"):
-        resolve_spec({"name": "t", "experiment": "svm", "search": {"grid": {"eval.gamma": [0.1, -0.1]}}})
-    assert resolve_spec({"name": "t", "experiment": "svm"}, ["eval.gamma=0.01"]).eval_config().gamma == 0.01
-    with pytest.raises(svm.SvmConfigError, match=r"eval.pixel_size=48 .* data.image_size=32"):
-        svm.run(_trial(tiny_trained_model, ["eval.pixel_size=48"]), LocalReporter(tmp_path))
+    with pytest.raises(SpecError, match=r"settings.gamma: .*'scale', 'auto' or a number > 0, got 'Scale'"):
+        resolve_spec({"name": "t", "experiment": "svm"}, ["settings.gamma=Scale"])
+    with pytest.raises(SpecError, match=r"settings.gamma: .*got -0.1"):
+        resolve_spec({"name": "t", "experiment": "svm", "search": {"grid": {"settings.gamma": [0.1, -0.1]}}})
+    assert resolve_spec({"name": "t", "experiment": "svm"}, ["settings.gamma=0.01"]).experiment_settings().gamma == 0.01
+    with pytest.raises(svm.SvmConfigError, match=r"settings.pixel_size=48 .* data.image_size=32"):
+        svm.run(_trial(tiny_trained_model, ["settings.pixel_size=48"]), LocalReporter(tmp_path))
 
 
 @pytest.mark.slow
@@ -204,11 +204,11 @@ def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = ["search.grid.eval.C=[1, 100]", "search.grid.eval.gamma=[scale]", "search.grid.eval.kernel=[rbf, linear]"]
+    grid = ["search.grid.eval.C=[1, 100]", "search.grid.settings.gamma=[scale]", "search.grid.settings.kernel=[rbf, linear]"]
     try:
         code = main([
             str(REPO / "sweeps" / "svm.yaml"), "--num-cpus", "2", "--tracking-uri", uri, "--set", *TINY,
-            f"source.model={tiny_trained_model}", "eval.folds=3", "eval.pixel_size=16", *grid,
+            f"source.model={tiny_trained_model}", "settings.folds=3", "settings.pixel_size=16", *grid,
         ])
     finally:
         ray.shutdown()
@@ -223,7 +223,7 @@ def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
 
     # the tuned SVM: best mean CV accuracy, ties to the first point in grid order (C slowest, kernel fastest)
     order = {(c, k): i for i, (c, k) in enumerate([(1.0, "rbf"), (1.0, "linear"), (100.0, "rbf"), (100.0, "linear")])}
-    ranked = children.assign(order=[order[(float(c), k)] for c, k in zip(children["params.eval.C"], children["params.eval.kernel"])])
+    ranked = children.assign(order=[order[(float(c), k)] for c, k in zip(children["params.eval.C"], children["params.settings.kernel"])])
     ranked = ranked.sort_values("order")
     best = ranked.iloc[int(np.argmax(ranked["metrics.cv_acc_mean"].to_numpy()))]  # argmax: the first of ties
     assert parent["metrics.svm_tuned_test_acc"] == best["metrics.test_acc"]
@@ -236,7 +236,7 @@ def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     report = (report_dir / "report.md").read_text()
     for metric in ("cnn_test_acc", "svm_tuned_test_acc", "svm_untuned_test_acc"):
         assert f"{parent[f'metrics.{metric}']:.3f}" in report
-    assert f"C={float(best['params.eval.C']):g}, gamma=scale, kernel={best['params.eval.kernel']}" in report
+    assert f"C={float(best['params.eval.C']):g}, gamma=scale, kernel={best['params.settings.kernel']}" in report
     for png in ("svm_cv_heatmap.png", "svm_vs_cnn.png", "svm_confusion_matrix.png"):
         assert (report_dir / png).stat().st_size > 1000
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(parent["run_id"], "report")}

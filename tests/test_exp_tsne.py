@@ -22,7 +22,7 @@ SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "tsne"}, [*TINY, *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=model_file)
 
 
 def _embedding(reporter: LocalReporter) -> dict:
@@ -33,7 +33,7 @@ def _embedding(reporter: LocalReporter) -> dict:
 
 
 def test_run_embeds_the_test_features_in_2d_and_3d(tiny_trained_model, tmp_path):
-    trial = _trial(tiny_trained_model, "eval.perplexity=5")
+    trial = _trial(tiny_trained_model, "settings.perplexity=5")
     reporter = LocalReporter(tmp_path)
     metrics = tsne.run(trial, reporter)
 
@@ -58,22 +58,22 @@ def test_run_embeds_the_test_features_in_2d_and_3d(tiny_trained_model, tmp_path)
 
 def test_perplexity_must_be_below_the_number_of_images(tiny_trained_model, tmp_path):
     n_test = len(prepare_data(_trial(tiny_trained_model).data).test)
-    with pytest.raises(ExplainError, match=rf"eval\.perplexity={n_test}.*number of images embedded \({n_test}, splits \['test'\]\)"):
-        tsne.run(_trial(tiny_trained_model, f"eval.perplexity={n_test}"), LocalReporter(tmp_path))
+    with pytest.raises(ExplainError, match=rf"settings\.perplexity={n_test}.*number of images embedded \({n_test}, splits \['test'\]\)"):
+        tsne.run(_trial(tiny_trained_model, f"settings.perplexity={n_test}"), LocalReporter(tmp_path))
     assert not (tmp_path / tsne.EMBEDDING_FILE).exists(), "nothing written"
 
     # with the training images added the same perplexity is fine; the split is the marker
     reporter = LocalReporter(tmp_path / "both")
-    metrics = tsne.run(_trial(tiny_trained_model, f"eval.perplexity={n_test}", "eval.splits=[test, train]",
-                              "eval.dims=[2]", "eval.marker_by=split"), reporter)
+    metrics = tsne.run(_trial(tiny_trained_model, f"settings.perplexity={n_test}", "settings.splits=[test, train]",
+                              "settings.dims=[2]", "settings.marker_by=split"), reporter)
     saved = _embedding(reporter)
     assert metrics["n_images"] == len(saved["coords_2d"]) > n_test
     assert (saved["groups"] == "test").sum() == n_test and set(saved["groups"]) == {"test", "train"}
     assert "knn_acc_3d" not in metrics
 
 
-@pytest.mark.parametrize("override, key", [("eval.perplexity=0", "eval.perplexity"), ("eval.dims=[2, 4]", "eval.dims"),
-                                           ("eval.splits=[test, test]", "eval.splits")])
+@pytest.mark.parametrize("override, key", [("settings.perplexity=0", "settings.perplexity"), ("settings.dims=[2, 4]", "settings.dims"),
+                                           ("settings.splits=[test, test]", "settings.splits")])
 def test_bad_eval_values_fail_at_spec_load_naming_the_key(override, key):
     with pytest.raises(SpecError, match=key.replace(".", r"\.")):
         resolve_spec({"name": "t", "experiment": "tsne"}, [override])
@@ -88,7 +88,7 @@ def test_tsne_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     try:
         code = main([
             str(SWEEPS / "tsne.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-            "--set", *TINY, f"source.model={tiny_trained_model}", "search.grid={eval.perplexity: [5, 10]}", "eval.dims=[2]",
+            "--set", *TINY, f"source.model={tiny_trained_model}", "search.grid={settings.perplexity: [5, 10]}", "settings.dims=[2]",
         ])
     finally:
         ray.shutdown()
@@ -99,7 +99,7 @@ def test_tsne_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     children = runs[runs["tags.fer_ray.role"] == "child"]
     assert len(runs[runs["tags.fer_ray.role"] == "parent"]) == 1
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}, "one trial per perplexity"
-    assert sorted(children["params.eval.perplexity"].astype(float)) == [5.0, 10.0]
+    assert sorted(children["params.settings.perplexity"].astype(float)) == [5.0, 10.0]
     assert children["metrics.trustworthiness_2d"].between(0, 1).all() and children["metrics.knn_acc_2d"].between(0, 1).all()
     client = mlflow.MlflowClient(uri)
     for run_id in children["run_id"]:
@@ -109,7 +109,7 @@ def test_tsne_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     folder = tmp_path / "reports" / "tsne"
     report = (folder / "report.md").read_text()
     for _, child in children.iterrows():
-        row = f"| {float(child['params.eval.perplexity']):g} | {child['metrics.trustworthiness_2d']:.3f} [-] | {child['metrics.knn_acc_2d']:.3f} [-] |"
+        row = f"| {float(child['params.settings.perplexity']):g} | {child['metrics.trustworthiness_2d']:.3f} [-] | {child['metrics.knn_acc_2d']:.3f} [-] |"
         assert row in report, row
     assert (folder / "tsne_2d_by_perplexity.png").is_file() and "![tsne_2d_by_perplexity.png]" in report
 
@@ -120,17 +120,17 @@ def test_report_reads_the_embeddings_through_a_tracking_server(tiny_trained_mode
     from fer_ray.orchestrate.report import FETCHED, write_report
     from fer_ray.orchestrate.tracking import Tracker, flatten
 
-    spec = resolve_spec({"name": "tsne-remote", "experiment": "tsne", "search": {"grid": {"eval.perplexity": [5, 8]}}},
-                        [*TINY, "eval.dims=[2]", f"source.model={tiny_trained_model}"])
+    spec = resolve_spec({"name": "tsne-remote", "experiment": "tsne", "search": {"grid": {"settings.perplexity": [5, 8]}}},
+                        [*TINY, "settings.dims=[2]", f"source.model={tiny_trained_model}"])
     tracker = Tracker(mlflow_server.uri, "tsne-remote-report")
     tracker.check()
     parent = tracker.parent_run(spec.name, "tsne-remote-1", tags={})
     for perplexity in (5, 8):
-        trial = _trial(tiny_trained_model, f"eval.perplexity={perplexity}", "eval.dims=[2]")
+        trial = _trial(tiny_trained_model, f"settings.perplexity={perplexity}", "settings.dims=[2]")
         reporter = LocalReporter(tmp_path / f"p{perplexity}")
         metrics = tsne.run(trial, reporter)
         child = tracker.child_run(parent, f"p{perplexity}", f"perplexity={perplexity}",
-                                  params=flatten({"eval": trial.settings.model_dump(mode="json")}),
+                                  params=flatten({"settings": trial.settings.model_dump(mode="json")}),
                                   tags={"fer_ray.source_model": str(tiny_trained_model)})
         tracker.log_metrics(child, metrics)
         for path, folder in reporter.artifacts:
@@ -146,7 +146,7 @@ def test_report_reads_the_embeddings_through_a_tracking_server(tiny_trained_mode
     assert not (folder / FETCHED).exists(), "downloaded embeddings are not left in the report folder"
 
     # a run without the artifact is counted, not fatal
-    empty = tracker.child_run(parent, "p9", "perplexity=9", params={"eval.perplexity": 9},
+    empty = tracker.child_run(parent, "p9", "perplexity=9", params={"settings.perplexity": 9},
                               tags={"fer_ray.source_model": str(tiny_trained_model)})
     tracker.log_metrics(empty, {"trustworthiness_2d": 0.5, "knn_acc_2d": 0.5})
     tracker.finish(empty)

@@ -10,7 +10,7 @@ import pytest
 from fer_ray.core.config import DataConfig
 from fer_ray.core.data import EXPRESSIONS, DataError
 from fer_ray.core.data.kdef import KdefName, KdefNameWarning, parse_kdef_name, read_kdef
-from fer_ray.core.data.sources import read_dataset
+from fer_ray.core.data.datasets import read_dataset
 
 CODES = ("AF", "AN", "DI", "HA", "NE", "SA", "SU")
 ANGLES = ("FL", "HL", "S", "HR", "FR")

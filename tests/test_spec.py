@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fer_ray.orchestrate.spec import SpecError, grid_points, load_spec, resolve_spec, trial_spec
+from fer_ray.orchestrate.spec import RenamedKeyWarning, SpecError, grid_points, load_spec, resolve_spec, trial_spec
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 MINIMAL = {"name": "t", "experiment": "finetune"}
@@ -119,3 +119,23 @@ def test_unknown_experiment_names_the_key_and_the_closest_kind():
         "experiment: unknown experiment 'finetun'; did you mean 'finetune'? "
         "(valid: bias, evaluate, fgsm, finetune, noise, probe, saliency, svm, tsne)"
     )
+
+
+def test_old_eval_section_and_keys_are_read_as_settings_with_a_message(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "old", "experiment": "noise", "eval": {"n_boot": 100},
+        "search": {"grid": {"eval.noise_seed": [0, 1]}}, "profiles": {"quick": {"eval.n_examples": 0}},
+    }))
+    with pytest.warns(RenamedKeyWarning, match=r"'eval:' section is now called 'settings:'"):
+        spec = load_spec(path, ["eval.variances=[0, 0.2]"], profile="quick")
+    settings = spec.experiment_settings()
+    assert (settings.n_boot, settings.n_examples, settings.variances) == (100, 0, [0.0, 0.2])
+    assert spec.search.grid == {"settings.noise_seed": [0, 1]}
+    with pytest.warns(RenamedKeyWarning, match=r"'eval.noise_seed' is now 'settings.noise_seed'"):
+        assert trial_spec(spec, {"eval.noise_seed": 1}).experiment_settings().noise_seed == 1
+
+
+def test_old_and_new_settings_sections_together_are_an_error():
+    with pytest.raises(SpecError, match=r"both 'eval:' and 'settings:'"):
+        resolve_spec({**MINIMAL, "eval": {}, "settings": {}})

@@ -144,7 +144,7 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(workdir):
     assert set(children["status"]) == {"FINISHED"}
 
 
-def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray):
+def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray, capsys):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     code = main([
         str(SWEEPS / "hpo.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
@@ -164,3 +164,24 @@ def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray):
     assert min(epochs_run) < 3, f"ASHA stopped no trial early: {epochs_run}"
     stopped = children[children["status"] != "FINISHED"]
     assert (stopped["tags.fer_ray.stopped_early"] == "true").all()
+    # the end-of-sweep summary says which trials ASHA stopped (Tune's own "done" is set on them too)
+    summary = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("lr=")]
+    statuses = sorted(fields[1] for fields in summary)
+    assert statuses == sorted(["stopped"] * len(stopped) + ["done"] * (5 - len(stopped))), summary
+    # and the report's trial table marks them stopped, with their typed values and val_acc history
+    from fer_ray.experiments.results import TrialStatus
+    from fer_ray.orchestrate.report import trial_table
+    from fer_ray.orchestrate.spec import load_spec
+    from fer_ray.orchestrate.tracking import Tracker
+
+    tracker = Tracker(uri, "fer_ray")
+    parent = _runs(uri).query("`tags.fer_ray.role` == 'parent'")["run_id"].iloc[0]
+    table = trial_table(load_spec(SWEEPS / "hpo.yaml", ["search.optuna.space.train.lr={loguniform: [0.00001, 0.003]}"]),
+                        tracker, tracker.child_runs(parent), workdir / "fetched")
+    by_run = {record.run_id: record for record in table}
+    for _, child in children.iterrows():
+        record = by_run[child["run_id"]]
+        expected = TrialStatus.FINISHED if child["status"] == "FINISHED" else TrialStatus.STOPPED
+        assert record.status == expected
+        assert record.values["train.lr"] == float(child["params.train.lr"]) and record.trial.train.lr == record.values["train.lr"]
+        assert len(record.history["val_acc"]) == len(mlflow.MlflowClient(uri).get_metric_history(child["run_id"], "val_acc"))

@@ -21,6 +21,6 @@ def record(spec: SweepSpec, values: dict[str, Any], metrics: dict[str, float], *
 def table(spec: SweepSpec, records: list[TrialRecord]) -> TrialTable:
     prefix = f"{SETTINGS_SECTION}."
     return TrialTable(
-        sweep=spec.name, experiment=spec.experiment, settings=spec.eval_config(), data=spec.data, records=tuple(records),
+        sweep=spec.name, experiment=spec.experiment, settings=spec.experiment_settings(), data=spec.data, records=tuple(records),
         grid=dict(spec.search.grid), settings_grid={k[len(prefix):]: v for k, v in spec.search.grid.items() if k.startswith(prefix)},
     )

@@ -44,7 +44,7 @@ PROTOCOL_LABELS = {"identity": "subject-disjoint", "image": "subject-dependent (
 class SplitConfig(Strict):
     """How images are divided into train / val / test.
 
-    by=identity (default): no person is on two sides. by=image: the seed's subject-dependent protocol;
+    by=identity (default): no person is on two sides. by=image: the reference study's subject-dependent protocol;
     every report labels it so.
     """
 

@@ -81,7 +81,7 @@ def as_cpu_float_images(images) -> torch.Tensor:
 
 
 def metric_curve_figure(x, mean, low, high, xlabel: str, ylabel: str, title: str, point_labels: list[str] | None = None) -> Figure:
-    """A metric against a swept value with its confidence band (the seed's accuracy-vs-size graphs).
+    """A metric against a swept value with its confidence band (the reference study's accuracy-vs-size graphs).
 
     x, mean, low, high: 1-D sequences of equal length (low/high may be NaN where one seed gives no
     interval; the band is then left out at that point). point_labels annotate the points (e.g. arch).

@@ -14,9 +14,9 @@ noise. Gaussian noise and PGD's random start use different streams.
 Precision: attacks (gradients and the adversarial predictions) run in float32 on every device, TF32
 off for their duration (device.strict_float32; this torch's cuDNN default is TF32). Under
 bf16 autocast the first convolution would round the normalised input to 8 mantissa bits (a step of
-~0.004 in pixel units near white), which swallows the seed's smallest epsilons (0.001, 0.005).
+~0.004 in pixel units near white), which swallows the reference study's smallest epsilons (0.001, 0.005).
 Noise evaluation reuses ``evaluate.predict_logits`` (bf16 autocast on CUDA), as clean evaluation does;
-the seed's variances (0.1 and around) are far above that resolution.
+the reference study's variances (0.1 and around) are far above that resolution.
 """
 
 from __future__ import annotations

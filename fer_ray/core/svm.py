@@ -1,4 +1,4 @@
-"""The seed's SVM baseline as pure functions: features, subject-disjoint folds, the C x gamma x kernel
+"""The reference study's SVM baseline as pure functions: features, subject-disjoint folds, the C x gamma x kernel
 grid, one grid point's 10-fold CV score, the best point, and the test-set evaluation.
 
 One grid point = one call of :func:`cv_score_point` (one Ray Tune trial in fer_ray); its numbers are
@@ -40,7 +40,7 @@ GRID_KEYS: tuple[str, ...] = ("C", "gamma", "kernel")
 
 
 def pixel_features(images: torch.Tensor, size: int, batch_size: int = 256) -> np.ndarray:
-    """The seed's pixel features: grayscale, resized, flattened.
+    """The reference study's pixel features: grayscale, resized, flattened.
 
     images: uint8 (N, 3, S, S) RGB 0..255 (or float in [0,1]), torch tensor or numpy array.
     size: output side in px. Grayscale is ITU-R 601-2 luma (0.299 R + 0.587 G + 0.114 B, PIL's
@@ -242,7 +242,7 @@ def untuned_baseline(
     classes: Sequence[str] | None = None,
     seed: int = 0,
 ) -> dict:
-    """fit_and_test with sklearn's SVC defaults for C, gamma and kernel (the seed's untuned SVM),
+    """fit_and_test with sklearn's SVC defaults for C, gamma and kernel (the reference study's untuned SVM),
     inside the same scaler (and PCA) pipeline."""
     defaults = SVC().get_params()
     params = {key: defaults[key] for key in GRID_KEYS}

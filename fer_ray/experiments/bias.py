@@ -4,7 +4,7 @@ For every group attribute the dataset records (gender on KDEF and the synthetic 
 gender on RADIATE, camera angle on KDEF) and that has at least two groups in the test split, per
 group: accuracy with a subject-clustered bootstrap CI, and per class the recall (TPR) and the
 one-vs-rest false-positive rate (FPR). Across groups, what can be tested: the SIGNED difference of
-each group from a stated reference group (``eval.reference``; default angle S and gender M
+each group from a stated reference group (``settings.reference``; default angle S and gender M
 where present, else the group with the most people), e.g. ``acc_diff/gender/F`` = acc(F) - acc(M), with a subject-clustered CI, a subject-level
 permutation p and its Holm-adjusted value, and an omnibus permutation test of "no group differs"
 (fer_ray.core.groups.compare_groups); per class the same for TPR and FPR. Uncertainty is over
@@ -47,7 +47,7 @@ DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "race", "angle")
 TAG_STUDIED = "fer_ray.bias_attributes"
 TAG_SKIPPED = "fer_ray.bias_skipped"
 TAG_REFERENCE = "fer_ray.bias_reference"
-#: reference groups used when eval.reference does not name one and the group is in the test split:
+#: reference groups used when settings.reference does not name one and the group is in the test split:
 #: straight-on faces for angle, M for gender (so the difference reads F - M)
 PREFERRED_REFERENCES = {"angle": "S", "gender": "M"}
 TAG_DESIGN = "fer_ray.bias_design"
@@ -62,7 +62,7 @@ _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. :]")
 
 
 class Settings(Strict):
-    """The ``eval:`` section of a bias sweep."""
+    """The ``settings:`` section of a bias sweep."""
 
     attributes: list[Literal["gender", "race", "angle", "session"]] = Field(
         list(DEFAULT_ATTRIBUTES), min_length=1, description="group attributes to study (those the dataset lacks are skipped)"
@@ -175,7 +175,7 @@ def _reference(cfg: Settings, attribute: str, groups: np.ndarray):
     present = sorted({str(g) for g in groups})
     matches = [g for g in set(groups.tolist()) if str(g) == wanted]
     if not matches:
-        raise GroupStatsError(f"eval.reference.{attribute}={wanted!r} is not a group of the test split; groups: {present}")
+        raise GroupStatsError(f"settings.reference.{attribute}={wanted!r} is not a group of the test split; groups: {present}")
     return matches[0]
 
 

@@ -2,11 +2,11 @@
 
 Units: images in [0,1]; epsilon is the L-infinity radius in that [0,1] pixel space (epsilon * 255
 grey levels: 0.01 is 2.55 levels). FGSM takes one gradient per batch and serves every epsilon from
-it (fer_ray.core.robustness.fgsm_accuracy); PGD (``eval.attack: pgd``) runs ``pgd_steps`` signed
+it (fer_ray.core.robustness.fgsm_accuracy); PGD (``settings.attack: pgd``) runs ``pgd_steps`` signed
 steps per epsilon, projected on the epsilon-ball and [0,1].
 
 Per trial: metrics ``test_acc`` (clean: epsilon 0 on the same images) and ``acc_eps_<e>`` for every
-epsilon of ``eval.epsilons`` and ``eval.panel_epsilons``; tags ``fer_ray.attack`` and
+epsilon of ``settings.epsilons`` and ``settings.panel_epsilons``; tags ``fer_ray.attack`` and
 ``fer_ray.eps255_<e>`` (epsilon in grey levels); artifact ``attack/attack_correct.npz`` (per-image
 correctness at every epsilon, with labels and dataset rows, for paired tests later); figures
 ``adversarial_panel.png`` (the first test images at each panel epsilon with the model's top-3 class
@@ -54,7 +54,7 @@ def _check_epsilons(values: list[float]) -> list[float]:
 
 
 class Settings(Strict):
-    """The ``eval:`` section of an attack sweep. Epsilons in [0,1] pixel units (x255 = grey levels)."""
+    """The ``settings:`` section of an attack sweep. Epsilons in [0,1] pixel units (x255 = grey levels)."""
 
     epsilons: list[float] = Field(
         [0.0, 0.001, 0.005, 0.007, 0.01, 0.05, 0.07, 0.1], min_length=1,

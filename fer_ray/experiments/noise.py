@@ -3,8 +3,8 @@
 Units: images in [0,1]; the variance and sigma = sqrt(variance) are in that [0,1] pixel space
 (sigma * 255 grey levels). Noisy images are clipped to [0,1].
 
-One trial evaluates one model at every variance of ``eval.variances`` on ONE noise draw: image i
-gets the unit noise of (``eval.noise_seed``, i), scaled by sigma, so the variances share their random
+One trial evaluates one model at every variance of ``settings.variances`` on ONE noise draw: image i
+gets the unit noise of (``settings.noise_seed``, i), scaled by sigma, so the variances share their random
 numbers and two models (or two trials) with the same seed see identical noise. The significance
 study (sweeps/noise_sig.yaml) repeats this with distinct noise seeds, one trial per seed.
 
@@ -62,7 +62,7 @@ def _check_variances(values: list[float]) -> list[float]:
 
 
 class Settings(Strict):
-    """The ``eval:`` section of a noise sweep. Variances in [0,1] pixel units (sigma = sqrt(variance))."""
+    """The ``settings:`` section of a noise sweep. Variances in [0,1] pixel units (sigma = sqrt(variance))."""
 
     variances: list[float] = Field(
         [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3], min_length=1,

@@ -1,15 +1,15 @@
 """Saliency maps of a trained model: what it looks at when it names an expression.
 
-Per chosen image one PNG ``saliency_<file stem>.png``: the image, the vanilla gradient map, the
-seed's four guided-backpropagation panels (grayscale, colour, positive, negative) and Grad-CAM at
-``eval.gradcam_layer`` over the image; titled with the file name, its split, the true class and the
-predicted class with its probability. Maps are taken for the true class (``eval.target: true_class``)
+Per chosen image one PNG ``saliency_<file stem>.png``: the image, the vanilla gradient map, the reference
+study's four guided-backpropagation panels (grayscale, colour, positive, negative) and Grad-CAM at
+``settings.gradcam_layer`` over the image; titled with the file name, its split, the true class and the
+predicted class with its probability. Maps are taken for the true class (``settings.target: true_class``)
 or the predicted one (``predicted_class``), with respect to the [0,1] input (normalisation is inside the model).
 
-Images: ``eval.images`` (file name stems such as AF01HAS, case-insensitive, from any split; the title
-says which) or ``eval.per_class: N`` (the first N held-out test images of each class, in dataset
+Images: ``settings.images`` (file name stems such as AF01HAS, case-insensitive, from any split; the title
+says which) or ``settings.per_class: N`` (the first N held-out test images of each class, in dataset
 order); neither: one per class. Metrics, averaged over the chosen images: ``center_mass_<map>``, the
-fraction of the map's total mass inside the central box (side ``eval.center_fraction`` of the image
+fraction of the map's total mass inside the central box (side ``settings.center_fraction`` of the image
 side), beside ``center_area``, that box's share of the pixels (what a uniform map would give), over
 the maps that have any mass; ``zero_maps_<map>``: how many maps were all zero (counted, not
 averaged); ``selected_acc`` (fraction of the chosen images predicted right) and ``n_images``. A
@@ -53,7 +53,7 @@ TAG_CENTER_MASS_WITHHELD = "fer_ray.center_mass_withheld"
 
 
 class Settings(Strict):
-    """The ``eval:`` section of a saliency sweep."""
+    """The ``settings:`` section of a saliency sweep."""
 
     images: list[str] = Field([], description="file name stems (e.g. AF01HAS), case-insensitive; any split")
     per_class: int | None = Field(None, ge=1, description="first N test images of each class (neither given: 1)")
@@ -65,8 +65,8 @@ class Settings(Strict):
     def _one_way_of_choosing(self) -> "Settings":
         if self.images and self.per_class is not None:
             raise ValueError(
-                f"give eval.images ({self.images}) or eval.per_class ({self.per_class}), not both; "
-                "to pick images by name from a sweep file that sets per_class, add eval.per_class=null"
+                f"give settings.images ({self.images}) or settings.per_class ({self.per_class}), not both; "
+                "to pick images by name from a sweep file that sets per_class, add settings.per_class=null"
             )
         return self
 
@@ -139,14 +139,14 @@ def select_by_name(data: PreparedData, names: list[str]) -> np.ndarray:
     if unknown:
         example = ", ".join(image.path.stem for image in data.dataset.images[:3])
         raise DataError(
-            f"eval.images: no image file named {unknown} in the {data.dataset.name} dataset "
+            f"settings.images: no image file named {unknown} in the {data.dataset.name} dataset "
             f"({len(data.dataset)} images; names look like {example})"
         )
     ambiguous = {name: index[name.casefold()] for name in names if len(index[name.casefold()]) > 1}
     if ambiguous:
         name, rows = next(iter(ambiguous.items()))
         paths = [str(data.dataset.images[r].path) for r in rows[:4]]
-        raise DataError(f"eval.images: {name!r} matches {len(rows)} files ({paths}); give a unique name")
+        raise DataError(f"settings.images: {name!r} matches {len(rows)} files ({paths}); give a unique name")
     return np.array([index[name.casefold()][0] for name in names], dtype=np.int64)
 
 

@@ -1,10 +1,10 @@
-"""The seed's SVM baseline as Ray Tune trials: one trial = one (C, gamma, kernel) grid point.
+"""The reference study's SVM baseline as Ray Tune trials: one trial = one (C, gamma, kernel) grid point.
 
 One trial:
-  1. features of every image of the dataset: grayscale pixels resized to ``eval.pixel_size``
-     (the seed's), or the penultimate features of the CNN named by ``source:`` -- computed once per
+  1. features of every image of the dataset: grayscale pixels resized to ``settings.pixel_size``
+     (the reference study's), or the penultimate features of the CNN named by ``source:`` -- computed once per
      node and cached on its disk (see :func:`node_cached`);
-  2. ``eval.folds`` subject-disjoint, class-stratified folds (StratifiedGroupKFold by identity) over
+  2. ``settings.folds`` subject-disjoint, class-stratified folds (StratifiedGroupKFold by identity) over
      the training (+ validation) side, never touching the test identities;
   3. the point's cross-validated accuracy: exactly its row of sklearn GridSearchCV's cv_results_
      (scaling / PCA fitted inside each fold: core.svm.cv_score_point);
@@ -41,7 +41,7 @@ from pydantic import Field, field_validator
 from fer_ray.core.config import DataConfig, Strict
 from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import PreparedData, prepare_data
-from fer_ray.core.data.sources import default_cache_dir
+from fer_ray.core.data.datasets import default_cache_dir
 from fer_ray.core.device import pick_device
 from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.plots import confusion_matrix_figure
@@ -80,7 +80,7 @@ class SvmConfigError(ValueError):
 
 
 class Settings(Strict):
-    """The ``eval:`` section: one grid point (C, gamma, kernel) and how it is scored."""
+    """The ``settings:`` section: one grid point (C, gamma, kernel) and how it is scored."""
 
     C: float = Field(1.0, gt=0.0, description="SVC regularisation (larger = less regularised)")
     gamma: Literal["scale", "auto"] | float = Field(
@@ -88,7 +88,7 @@ class Settings(Strict):
     )
     kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
     features: Literal["pixels", "model"] = Field(
-        "pixels", description="pixels: grayscale, resized, flattened (the seed's); model: the CNN's penultimate features"
+        "pixels", description="pixels: grayscale, resized, flattened (the reference study's); model: the CNN's penultimate features"
     )
     pixel_size: int = Field(48, ge=4, le=256, description="pixel features: side in px (<= data.image_size)")
     folds: int = Field(10, ge=2, le=100, description="subject-disjoint cross-validation folds")
@@ -132,8 +132,8 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         raise SvmConfigError("the svm experiment compares against a CNN: trial.model_file (source.model) is required")
     if cfg.features == "pixels" and cfg.pixel_size > trial.data.image_size:
         raise SvmConfigError(
-            f"eval.pixel_size={cfg.pixel_size} is larger than data.image_size={trial.data.image_size}: "
-            "pixel features would be upsampled; lower eval.pixel_size or raise data.image_size"
+            f"settings.pixel_size={cfg.pixel_size} is larger than data.image_size={trial.data.image_size}: "
+            "pixel features would be upsampled; lower settings.pixel_size or raise data.image_size"
         )
     data = prepare_data(trial.data)
     design = cv_design(data, cfg)
@@ -246,7 +246,7 @@ def dataset_features(
     feature settings (+ the model file's sha256); see :func:`node_cached`.
     """
     if cfg.features == "model" and model_file is None:
-        raise SvmConfigError("eval.features='model' needs the trial's model file (source.model)")
+        raise SvmConfigError("settings.features='model' needs the trial's model file (source.model)")
     if cfg.features == "model" and model_sha is None:
         model_sha = file_sha256(model_file)
     path = _cache_file(data_cfg, "features", _feature_key(data, cfg, model_sha), suffix=".npy")
@@ -437,7 +437,7 @@ def _report_markdown(cfg: Settings, table: pd.DataFrame, best: pd.DataFrame, hea
         f"| untuned SVM (sklearn defaults: C=1, gamma=scale, rbf) | {headline['svm_untuned_test_acc']:.3f} | {headline['svm_untuned_test_macro_f1']:.3f} |",
         "",
         f"{'Means over ' + str(n_models) + ' source models, each with its own best point. ' if n_models > 1 else ''}"
-        "The seed reported 0.95 (fine-tuned CNN) vs 0.72 (tuned SVM, C=100, gamma=auto, rbf) with an image-level split.",
+        "The reference study reported 0.95 (fine-tuned CNN) vs 0.72 (tuned SVM, C=100, gamma=auto, rbf) with an image-level split.",
         "",
         "Top grid points by mean CV accuracy (test accuracy shown for reference only, not used to choose):",
         "",

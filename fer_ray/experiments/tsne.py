@@ -1,11 +1,11 @@
 """t-SNE of a trained model's penultimate-layer features: how the expressions cluster.
 
 One trial = one perplexity (the sweep's grid) on one trained model. The features of the chosen
-splits (default: the held-out test images) are reduced by PCA to ``eval.pca_dims`` dimensions and
-embedded by t-SNE in each of ``eval.dims`` (2 and/or 3). Per dimension the trial logs
-``trustworthiness_<d>d`` (sklearn, k = eval.k_neighbors) and ``knn_acc_<d>d`` (leave-one-person-out
+splits (default: the held-out test images) are reduced by PCA to ``settings.pca_dims`` dimensions and
+embedded by t-SNE in each of ``settings.dims`` (2 and/or 3). Per dimension the trial logs
+``trustworthiness_<d>d`` (sklearn, k = settings.k_neighbors) and ``knn_acc_<d>d`` (leave-one-person-out
 k-NN expression accuracy in the embedding: a point's neighbours are other people's images only), a scatter plot ``tsne_<d>d.png`` (colour = expression,
-marker = eval.marker_by) and the coordinates (artifact ``tsne/embedding.npz``, which the report
+marker = settings.marker_by) and the coordinates (artifact ``tsne/embedding.npz``, which the report
 redraws side by side). ``knn_acc_features`` (the same k-NN in the full feature space) and
 ``test_acc`` give the reference points.
 """
@@ -42,7 +42,7 @@ QUALITY_METRICS = ("trustworthiness", "knn_acc")
 
 
 class Settings(Strict):
-    """The ``eval:`` section of a t-SNE sweep (the sweep's grid usually varies ``perplexity``)."""
+    """The ``settings:`` section of a t-SNE sweep (the sweep's grid usually varies ``perplexity``)."""
 
     perplexity: float = Field(30.0, gt=0, description="t-SNE perplexity; must be below the number of images embedded")
     dims: list[Literal[2, 3]] = Field([2, 3], min_length=1, description="embedding dimensions, each embedded separately")
@@ -121,11 +121,11 @@ def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, t
 def _check_sizes(cfg: Settings, n_images: int) -> None:
     if not cfg.perplexity < n_images:
         raise ExplainError(
-            f"eval.perplexity={cfg.perplexity:g} must be below the number of images embedded "
-            f"({n_images}, splits {cfg.splits}); lower it or add splits (eval.splits: [test, train])"
+            f"settings.perplexity={cfg.perplexity:g} must be below the number of images embedded "
+            f"({n_images}, splits {cfg.splits}); lower it or add splits (settings.splits: [test, train])"
         )
     if not cfg.k_neighbors < n_images / 2:
-        raise ExplainError(f"eval.k_neighbors={cfg.k_neighbors} must be below half the number of images embedded ({n_images})")
+        raise ExplainError(f"settings.k_neighbors={cfg.k_neighbors} must be below half the number of images embedded ({n_images})")
 
 
 def _marker_groups(data: PreparedData, rows: np.ndarray, split_of_row: np.ndarray, marker_by: str) -> np.ndarray | None:

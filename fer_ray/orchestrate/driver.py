@@ -1,4 +1,10 @@
-"""The driver side of one sweep invocation: Ray up, MLflow parent run, Tuner fit or restore, report.
+"""The driver side of one sweep invocation: one plan, then Ray up, MLflow parent run(s), Tuner fit or
+restore, report.
+
+The plan (:func:`plan_sweep`) is made once, from the validated spec: which experiment, whether it
+evaluates a trained model, and for an evaluation sweep which models already exist and which training
+stage must run first. Each stage (the training stage, then the sweep) is one Tuner run with its own
+parent run (:func:`run_stage`); nothing calls back into run_sweep.
 
 MLflow is the registry of sweeps: the parent run carries the Tune experiment path and the resolved
 spec, so ``--resume`` finds the latest unfinished run of a sweep from the tracking server alone.
@@ -22,12 +28,13 @@ from typing import Any
 import ray
 from ray import tune
 
-from fer_ray.orchestrate.cluster import check_storage_for_cluster, check_tracking_for_cluster
 from fer_ray.experiments import get_experiment
+from fer_ray.experiments.contract import Experiment
+from fer_ray.orchestrate.cluster import check_storage_for_cluster, check_tracking_for_cluster
 from fer_ray.orchestrate.mlflow_model import register_best
-from fer_ray.orchestrate.stages import check_source, resolve_models
-from fer_ray.orchestrate.trial import trial_key, trial_overrides
-from fer_ray.orchestrate.spec import SweepSpec
+from fer_ray.orchestrate.model_sources import check_source, find_models, model_sources, training_spec
+from fer_ray.orchestrate.trial import TRIAL_FINISHED, run_name, trial_key
+from fer_ray.orchestrate.spec import SweepSpec, rename_old_keys
 from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_STOPPED_EARLY, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
 from fer_ray.orchestrate.weights import prefetch_weights
 from fer_ray.orchestrate.tune import build_tuner, set_tune_environment, trainable, trial_plan
@@ -97,8 +104,9 @@ def tracker_for(spec: SweepSpec) -> Tracker:
     return Tracker(uri=spec.tracking.uri, experiment=spec.tracking.experiment)
 
 
-def dry_run(spec: SweepSpec, address: str | None = None, num_cpus: int | None = None) -> str:
-    """The trial plan as text; starts nothing (a cluster address is only used for its CPU count)."""
+def dry_run(spec: SweepSpec, num_cpus: int | None = None) -> str:
+    """The trial plan as text; starts nothing (concurrency is counted on this machine's CPUs, or
+    ``num_cpus``)."""
     cpus = float(num_cpus or os.cpu_count() or 1)
     plan = trial_plan(spec, cpus)
     lines = [
@@ -116,26 +124,68 @@ def dry_run(spec: SweepSpec, address: str | None = None, num_cpus: int | None = 
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """What one invocation runs, decided once. sweep: the validated spec; experiment: its
+    Experiment; training: the fine-tuning stage that must run first (evaluation sweeps whose models
+    are not all trained yet), else None; models: train seed -> model source already available
+    (evaluation sweeps with ``source.model: train``)."""
+
+    sweep: SweepSpec
+    experiment: Experiment
+    training: SweepSpec | None = None
+    models: dict[int, str | None] = field(default_factory=dict)
+
+
+def plan_sweep(spec: SweepSpec, experiment: Experiment, tracker: Tracker) -> SweepPlan:
+    """The plan of a fresh (not resumed) sweep; looks up finished training runs in ``tracker``."""
+    if not experiment.evaluates_model or spec.source.model != "train":
+        return SweepPlan(spec, experiment)
+    models = find_models(spec, tracker)
+    missing = [seed for seed, source in models.items() if source is None]
+    return SweepPlan(spec, experiment, training_spec(spec, missing) if missing else None, models)
+
+
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None) -> SweepOutcome:
-    """Run (or resume) the sweep end to end and write its report."""
+    """Run (or resume) the sweep end to end and write its report: the training stage first when
+    the plan has one, then the sweep over every model."""
     tracker = tracker_for(spec)
-    if get_experiment(spec.experiment).evaluates_model:
-        check_source(spec, tracker)
+    experiment = get_experiment(spec.experiment)
+    if experiment.evaluates_model:
+        check_source(spec, tracker)  # before Ray starts
     prefetch_weights(spec)
     _start_ray_and_tracking(tracker, address, num_cpus)
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
     check_storage_for_cluster(spec.storage.path, nodes)
     check_tracking_for_cluster(tracker.uri, nodes)
     if resume:
-        spec, parent_id, tune_path = _find_resumable(spec, tracker)
-        tuner = tune.Tuner.restore(tune_path, trainable(spec, tracker, parent_id), resume_errored=True)
-    else:
-        spec = with_model_sources(spec, tracker, address, num_cpus)
+        return run_stage(*_find_resumable(spec, tracker), tracker)
+    plan = plan_sweep(spec, experiment, tracker)
+    sweep = plan.sweep
+    if plan.training is not None:
+        print(f"Training stage: {plan.training.name} ({len(plan.training.search.seeds)} model(s); reused later by hash)")
+        outcome = run_stage(plan.training, None, None, tracker)
+        print(outcome.summary())
+        if not outcome.all_succeeded:
+            raise SweepFailed(f"training stage {plan.training.name} did not finish; its runs are under parent {outcome.parent_run_id}")
+    if plan.experiment.evaluates_model:
+        found = find_models(spec, tracker) if plan.training is not None else plan.models
+        grid = {"source.model": model_sources(spec, found, tracker), **spec.search.grid}
+        sweep = spec.model_copy(update={"search": spec.search.model_copy(update={"grid": grid})})
+    return run_stage(sweep, None, None, tracker)
+
+
+def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tracker: Tracker) -> SweepOutcome:
+    """One Tuner run of ``spec`` under its own parent run: fit (or, given a parent run and its Tune
+    path, restore), close the runs Tune left open, report. Ray and MLflow are up."""
+    if parent_id is None:
         storage = absolute_storage(spec.storage.path)
-        run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tune_path = experiment_path(storage, run_name)
-        parent_id = _open_parent(spec, tracker, run_name, tune_path)
-        tuner = build_tuner(spec, tracker, parent_id, storage, run_name)
+        name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tune_path = experiment_path(storage, name)
+        parent_id = _open_parent(spec, tracker, name, tune_path)
+        tuner = build_tuner(spec, tracker, parent_id, storage, name)
+    else:
+        tuner = tune.Tuner.restore(tune_path, trainable(spec, tracker, parent_id), resume_errored=True)
     _import_in_background("fer_ray.orchestrate.report")
     results = tuner.fit()
     rows = [_row(result) for result in results]
@@ -150,23 +200,6 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         print(register_best(tracker, parent_id, spec.register))
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
     return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows)
-
-
-def with_model_sources(spec: SweepSpec, tracker: Tracker, address: str | None, num_cpus: int | None) -> SweepSpec:
-    """Evaluation sweeps: resolve (training first where needed) the models and fan trials over them."""
-    if not get_experiment(spec.experiment).evaluates_model:
-        return spec
-
-    def run_training(training: SweepSpec) -> None:
-        print(f"Training stage: {training.name} ({len(training.search.seeds)} model(s); reused later by hash)")
-        outcome = run_sweep(training, address=address, num_cpus=num_cpus)
-        print(outcome.summary())
-        if not outcome.all_succeeded:
-            raise SweepFailed(f"training stage {training.name} did not finish; its runs are under parent {outcome.parent_run_id}")
-
-    models = resolve_models(spec, tracker, run_training)
-    grid = {"source.model": models, **spec.search.grid}
-    return spec.model_copy(update={"search": spec.search.model_copy(update={"grid": grid})})
 
 
 def _start_ray_and_tracking(tracker: Tracker, address: str | None, num_cpus: int | None) -> None:
@@ -232,7 +265,7 @@ def _find_resumable(spec: SweepSpec, tracker: Tracker) -> tuple[SweepSpec, str, 
         raise SweepFailed(f"--resume: Tune state {tune_path} of run {latest.info.run_id} cannot be restored (missing or incomplete)")
     with tempfile.TemporaryDirectory() as folder:
         stored = tracker.download_artifact(latest.info.run_id, SPEC_ARTIFACT, Path(folder))
-        spec = SweepSpec.model_validate(json.loads(Path(stored).read_text()))
+        spec = SweepSpec.model_validate(rename_old_keys(json.loads(Path(stored).read_text()), f"run {latest.info.run_id} {SPEC_ARTIFACT}"))
     return spec, latest.info.run_id, tune_path
 
 
@@ -261,7 +294,7 @@ def _close_open_runs(results, tracker: Tracker, parent_id: str) -> None:
         return
     open_runs = children[children["status"] != "FINISHED"].set_index("tags.fer_ray.trial_key")["run_id"]
     for result in results:
-        run_id = open_runs.get(trial_key(trial_overrides(result.config or {})))
+        run_id = open_runs.get(trial_key(result.config or {}))
         if run_id is None:
             continue
         if result.error is not None:
@@ -272,8 +305,8 @@ def _close_open_runs(results, tracker: Tracker, parent_id: str) -> None:
 
 
 def _row(result) -> dict[str, Any]:
+    """A trial's line in the end-of-sweep summary. "done": the trial reported TRIAL_FINISHED (Tune's
+    own ``done`` is also set on a trial the scheduler stopped, so it cannot tell them apart)."""
     metrics = dict(result.metrics or {})
-    point = (result.config or {}).get("point", result.config or {})
-    name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
-    status = "error" if result.error is not None else "done" if metrics.get("done") else "stopped" if metrics else "not run"
-    return {"name": name, "status": status, "metrics": metrics}
+    status = "error" if result.error is not None else "done" if metrics.get(TRIAL_FINISHED) else "stopped" if metrics else "not run"
+    return {"name": run_name(result.config or {}), "status": status, "metrics": metrics}

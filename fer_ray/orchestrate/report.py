@@ -103,7 +103,7 @@ def trial_table(spec: SweepSpec, tracker: Tracker, runs: list[Run], fetch_dir: P
     return TrialTable(
         sweep=spec.name,
         experiment=spec.experiment,
-        settings=spec.eval_config(),
+        settings=spec.experiment_settings(),
         data=spec.data,
         records=tuple(records),
         grid=dict(spec.search.grid),

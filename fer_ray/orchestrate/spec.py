@@ -4,7 +4,8 @@ A sweep file is YAML with these top-level sections (each a pydantic model; unkno
 
     name, experiment, description   what runs (experiment = a module in fer_ray/experiments)
     data, model, train              the science config (fer_ray/core/config.py)
-    eval                            the experiment's own section (validated by that experiment)
+    settings                        the experiment's own settings (validated by its Experiment.settings
+                                    model; files that still call it ``eval`` are read, with a message)
     search                          grid values / seeds, or Optuna (+ ASHA)
     resources                       cpu and gpu per trial (fractions allowed)
     failure                         retries of a failed trial
@@ -38,6 +39,10 @@ from fer_ray.experiments.base import Trial
 
 class SpecError(ValueError):
     """A sweep file or override that cannot run: the message names where and why."""
+
+
+class RenamedKeyWarning(FutureWarning):
+    """A sweep file or override uses a key under its old name (it is read under the new one)."""
 
 
 # --------------------------------------------------------------------------------------- sections
@@ -139,7 +144,9 @@ class SourceConfig(Strict):
 
 
 #: the section of a sweep file holding the experiment's own settings (its Experiment.settings model)
-SETTINGS_SECTION = "eval"
+SETTINGS_SECTION = "settings"
+#: its former name, still read (with a RenamedKeyWarning naming the new one)
+OLD_SETTINGS_SECTION = "eval"
 
 # The sweep file's key is `register` (issue 15); on a pydantic model it shadows ABCMeta.register, which
 # nothing calls on a spec: the warning about that alone is silenced.
@@ -155,7 +162,7 @@ class SweepSpec(Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    eval: dict[str, Any] = {}
+    settings: dict[str, Any] = Field({}, description="the experiment's own settings (its Experiment.settings model)")
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     failure: FailureConfig = FailureConfig()
@@ -184,9 +191,14 @@ class SweepSpec(Strict):
                              f"not {self.experiment!r}")
         return self
 
-    def eval_config(self) -> BaseModel:
-        """The ``eval`` section validated by the experiment's own model."""
-        return get_experiment(self.experiment).settings.model_validate(self.eval)
+    @property
+    def evaluates_model(self) -> bool:
+        """Whether the experiment evaluates a trained model (its Experiment says; see source.model)."""
+        return get_experiment(self.experiment).evaluates_model
+
+    def experiment_settings(self) -> BaseModel:
+        """The ``settings`` section validated by the experiment's own settings model."""
+        return get_experiment(self.experiment).settings.model_validate(self.settings)
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -213,8 +225,8 @@ def resolve_spec(
     raw: dict[str, Any], overrides: list[str] = (), profile: str | None = None, source: str = "<spec>"
 ) -> SweepSpec:
     """file values < profile < overrides, validated. ``raw`` is not modified."""
-    raw = json.loads(json.dumps(raw))  # deep copy of plain YAML data
-    parsed_overrides = [parse_override(item, source) for item in overrides]
+    raw = rename_old_keys(json.loads(json.dumps(raw)), source)  # a deep copy of plain YAML data
+    parsed_overrides = [(renamed_key(key, f"{source} (--set)"), value) for key, value in (parse_override(item, source) for item in overrides)]
     for key, value in parsed_overrides:
         if key in ("profile",):
             raw["profile"] = value
@@ -230,6 +242,7 @@ def resolve_spec(
     for key, value in parsed_overrides:
         if key != "profile":
             set_dotted(raw, key, value, source=f"{source} (--set)")
+    rename_old_keys(raw, source)  # grid keys an override added under the old name
     spec = validate_spec(raw, source)
     check_search_keys(spec, source)
     return spec
@@ -239,9 +252,9 @@ def validate_spec(raw: dict[str, Any], source: str) -> SweepSpec:
     """Pydantic validation with errors rewritten to name the key path and the valid choices."""
     try:
         spec = SweepSpec.model_validate(raw)
-        spec.eval_config()
+        spec.experiment_settings()
     except ValidationError as err:
-        prefix = "eval." if err.title != SweepSpec.__name__ else ""
+        prefix = f"{SETTINGS_SECTION}." if err.title != SweepSpec.__name__ else ""
         model = get_experiment(raw.get("experiment", "")).settings if prefix else SweepSpec
         raise SpecError(f"{source}: " + _explain(err, model, prefix)) from None
     return spec
@@ -259,6 +272,41 @@ def check_search_keys(spec: SweepSpec, source: str) -> None:
             sample = (dist.choice or [None])[0] if dist.choice else (dist.loguniform or dist.uniform or dist.randint)[0]
             trial = apply_overrides(base, {key: sample}, source=f"{source} search.optuna.space")
             validate_spec(trial, f"{source} search.optuna.space[{key}]")
+
+
+# ----------------------------------------------------------------------------------- old names
+
+
+def renamed_key(dotted: str, source: str) -> str:
+    """``eval.x`` -> ``settings.x`` (with a RenamedKeyWarning naming the new key); others unchanged."""
+    head, dot, rest = dotted.partition(".")
+    if head != OLD_SETTINGS_SECTION:
+        return dotted
+    new = SETTINGS_SECTION + dot + rest
+    warnings.warn(f"{source}: {dotted!r} is now {new!r} (the '{OLD_SETTINGS_SECTION}:' section is called '{SETTINGS_SECTION}:')",
+                  RenamedKeyWarning, stacklevel=3)
+    return new
+
+
+def rename_old_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """A raw sweep file with the old settings section name read as the new one: the section itself,
+    and dotted keys under search.grid, search.optuna.space and profiles. Changes ``raw`` in place."""
+    if OLD_SETTINGS_SECTION in raw:
+        if SETTINGS_SECTION in raw:
+            raise SpecError(f"{source}: both '{OLD_SETTINGS_SECTION}:' and '{SETTINGS_SECTION}:' given; "
+                            f"'{OLD_SETTINGS_SECTION}:' is the old name of '{SETTINGS_SECTION}:', keep one")
+        warnings.warn(f"{source}: the '{OLD_SETTINGS_SECTION}:' section is now called '{SETTINGS_SECTION}:' (read as such)",
+                      RenamedKeyWarning, stacklevel=3)
+        raw[SETTINGS_SECTION] = raw.pop(OLD_SETTINGS_SECTION)
+    search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+    optuna = search.get("optuna") if isinstance(search.get("optuna"), dict) else {}
+    profiles = raw.get("profiles") if isinstance(raw.get("profiles"), dict) else {}
+    mappings = [(search, "grid", f"{source} search.grid"), (optuna, "space", f"{source} search.optuna.space")]
+    mappings += [(profiles, name, f"{source} profiles.{name}") for name in profiles]
+    for parent, key, where in mappings:
+        if isinstance(parent.get(key), dict):
+            parent[key] = {renamed_key(k, where): v for k, v in parent[key].items()}
+    return raw
 
 
 # ----------------------------------------------------------------------------------- overrides
@@ -298,7 +346,7 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any], source: str
     """A copy of ``base`` with dotted overrides applied."""
     out = json.loads(json.dumps(base))
     for key, value in overrides.items():
-        set_dotted(out, key, value, source)
+        set_dotted(out, renamed_key(key, source), value, source)
     return out
 
 
@@ -352,7 +400,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     product alone (their models, one per training seed, enter the grid as ``source.model``).
     """
     keys = list(spec.search.grid)
-    seeds = [{}] if get_experiment(spec.experiment).evaluates_model else [{"train.seed": s} for s in spec.search.seeds]
+    seeds = [{}] if spec.evaluates_model else [{"train.seed": s} for s in spec.search.seeds]
     points = []
     for values in itertools.product(*(spec.search.grid[k] for k in keys)):
         for seed in seeds:
@@ -370,10 +418,9 @@ def trial_of(spec: SweepSpec) -> Trial:
     """The typed configuration an experiment's trial function receives for ``spec`` (a trial's spec:
     its values applied). model_source: the model an evaluation experiment evaluates; model_file is
     left for the trial to fill with its local copy."""
-    evaluates = get_experiment(spec.experiment).evaluates_model
     return Trial(
-        sweep=spec.name, data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(),
-        model_source=spec.source.model if evaluates else None,
+        sweep=spec.name, data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(),
+        model_source=spec.source.model if spec.evaluates_model else None,
     )
 
 

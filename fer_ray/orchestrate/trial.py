@@ -22,11 +22,14 @@ from ray import tune
 
 from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.mlflow_model import MODEL_DIR, WEIGHTS, download_registered, log_pyfunc, resolve_registered, weights_file
-from fer_ray.orchestrate.stages import TAG_TRAIN_HASH, training_hash
+from fer_ray.orchestrate.model_sources import TAG_TRAIN_HASH, training_hash
 from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.tracking import TAG_SOURCE_MODEL, TAG_SOURCE_RUN, TAG_TRIAL_VALUES, Tracker, flatten
 
 CHECKPOINT_FILE = "checkpoint.pt"
+#: the key of a trial's last Tune report that says it ran to the end. Not Tune's own ``done``: Tune
+#: also sets that on the last result of a trial its scheduler (ASHA) stopped.
+TRIAL_FINISHED = "trial_finished"
 
 
 def trial_key(overrides: dict[str, Any]) -> str:
@@ -35,16 +38,10 @@ def trial_key(overrides: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
-    """Grid trials carry their point under "point"; Optuna trials carry flat dotted keys."""
-    overrides = dict(config.get("point", {}))
-    overrides.update({k: v for k, v in config.items() if k != "point"})
-    return overrides
-
-
-def run_name(overrides: dict[str, Any]) -> str:
-    """A readable MLflow run name: ``arch=resnet18,seed=0``."""
-    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()) or "trial"
+def run_name(values: dict[str, Any]) -> str:
+    """A trial's name, the same in MLflow and in the console summary: its values, last key part
+    first (``arch=resnet18,seed=0``); "trial" when nothing varies."""
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()) or "trial"
 
 
 class TuneMlflowReporter:
@@ -126,18 +123,19 @@ def gpu_ids() -> str:
     return ",".join(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
 
 
-def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tracker, parent_id: str) -> None:
-    """The Tune trainable: config = this trial's overrides; the sweep spec arrives via the object store."""
+def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, parent_id: str) -> None:
+    """The Tune trainable: config = this trial's values (flat dotted keys, grid and Optuna alike);
+    the sweep's validated spec arrives via the object store."""
     # Ray logs every per-epoch checkpoint at INFO from the trial process: noise between the progress tables
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    overrides = trial_overrides(config)
-    spec = trial_spec(SweepSpec.model_validate(spec_data), overrides)
+    overrides = dict(config)
+    spec = trial_spec(spec, overrides)
     key = trial_key(overrides)
     run_id = tracker.child_run(
         parent_id,
         key,
         run_name=run_name(overrides),
-        params=flatten(spec.model_dump(mode="json", include={"data", "model", "train", "eval"})),
+        params=flatten(spec.model_dump(mode="json", include={"data", "model", "train", "settings"})),
         tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id(),
               "fer_ray.node_id": ray.get_runtime_context().get_node_id(), "fer_ray.gpu_ids": gpu_ids(),
               TAG_TRIAL_VALUES: json.dumps(overrides, sort_keys=True, default=str)},
@@ -156,4 +154,4 @@ def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tra
         final_metrics = experiment.run(trial, reporter)
     tracker.log_metrics(run_id, final_metrics)
     tracker.finish(run_id, "FINISHED")
-    tune.report({**reporter.last_epoch_metrics, **final_metrics, "done": True, "mlflow_run_id": run_id})
+    tune.report({**reporter.last_epoch_metrics, **final_metrics, TRIAL_FINISHED: True, "mlflow_run_id": run_id})

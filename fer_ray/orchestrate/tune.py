@@ -13,7 +13,6 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.spec import Distribution, SweepSpec, grid_points
 from fer_ray.orchestrate.tracking import Tracker
 from fer_ray.orchestrate.trial import run_trial
@@ -35,10 +34,16 @@ class TrialPlan:
 
 
 def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
-    """Grid: one grid_search over the expanded points (grid x seeds). Optuna: one Tune domain per key."""
+    """Tune's config: flat dotted keys, for grid and Optuna alike (a trial's config IS its values).
+    Grid: one grid_search per key (Tune takes their product), then ``train.seed`` over search.seeds
+    for training sweeps (an evaluation sweep's models, one per training seed, are its
+    ``source.model`` key). Optuna: one Tune domain per key, and the first seed."""
     if spec.search.optuna is None:
-        return {"point": tune.grid_search(grid_points(spec))}
-    space: dict[str, Any] = {key: _domain(dist) for key, dist in spec.search.optuna.space.items()}
+        space: dict[str, Any] = {key: tune.grid_search(values) for key, values in spec.search.grid.items()}
+        if not spec.evaluates_model:
+            space["train.seed"] = tune.grid_search(spec.search.seeds)
+        return space
+    space = {key: _domain(dist) for key, dist in spec.search.optuna.space.items()}
     space["train.seed"] = spec.search.seeds[0]
     return space
 
@@ -65,7 +70,7 @@ def build_tuner(spec: SweepSpec, tracker: Tracker, parent_id: str, storage_path:
 
 def trainable(spec: SweepSpec, tracker: Tracker, parent_id: str):
     """run_trial with the sweep's shared inputs bound (tune.with_parameters) and resources attached."""
-    bound = tune.with_parameters(run_trial, spec_data=spec.model_dump(mode="json"), tracker=tracker, parent_id=parent_id)
+    bound = tune.with_parameters(run_trial, spec=spec, tracker=tracker, parent_id=parent_id)
     return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -135,7 +140,7 @@ def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
     varying = list(spec.search.grid) or list((spec.search.optuna.space if spec.search.optuna else {}))
     return tune.CLIReporter(
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_acc": "val_acc", "test_acc": "test_acc"},
-        parameter_columns={f"point/{k}" if not spec.search.optuna else k: k.split(".")[-1] for k in varying},
+        parameter_columns={k: k.split(".")[-1] for k in varying},
         max_report_frequency=15,
         max_progress_rows=30,
     )
@@ -143,7 +148,7 @@ def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
 
 def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
     """Number of trials, what varies, resources per trial and a rough compute cost."""
-    if spec.search.optuna is None and get_experiment(spec.experiment).evaluates_model:
+    if spec.search.optuna is None and spec.evaluates_model:
         n_models = len(spec.source.train_seeds) if spec.source.model == "train" else 1
         n_trials = len(grid_points(spec)) * n_models
         varying = {**spec.search.grid, "source.model": [f"{spec.source.model} (train seeds {spec.source.train_seeds})"]}
@@ -168,7 +173,7 @@ def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
 
 def _rough_cost(spec: SweepSpec, n_trials: int) -> str:
     """Upper bound of training compute: trials x epochs x training images x GFLOPs per image."""
-    if get_experiment(spec.experiment).evaluates_model:
+    if spec.evaluates_model:
         return "evaluation sweep: cost depends on the trained model(s)"
     if spec.experiment != "finetune":
         return f"{spec.experiment} trials train no network: seconds each"

@@ -10,7 +10,7 @@ import ray
 
 from conftest import TINY
 from fer_ray.orchestrate.spec import resolve_spec
-from fer_ray.orchestrate.stages import training_hash, training_spec
+from fer_ray.orchestrate.model_sources import training_hash, training_spec
 from fer_ray.sweep import main
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
@@ -35,7 +35,7 @@ def _evaluation_runs(uri: str):
 
 def test_training_hash_ignores_evaluation_settings_and_follows_the_recipe():
     base = resolve_spec({"name": "a", "experiment": "evaluate"}, TINY)
-    other_eval = resolve_spec({"name": "b", "experiment": "evaluate"}, TINY + ["eval.confusion_matrix=false", "resources.cpu=2"])
+    other_eval = resolve_spec({"name": "b", "experiment": "evaluate"}, TINY + ["settings.confusion_matrix=false", "resources.cpu=2"])
     other_recipe = resolve_spec({"name": "a", "experiment": "evaluate"}, TINY + ["train.lr=0.01"])
     assert training_hash(base) == training_hash(other_eval)
     assert training_hash(base) != training_hash(other_recipe)
@@ -58,7 +58,7 @@ def test_second_evaluation_sweep_trains_nothing_and_other_sources_work(tmp_path,
         assert set(evaluated["tags.fer_ray.source_run"]) == set(trained["run_id"])
 
         # 2. the same recipe again (another evaluation setting): no new training run
-        assert main(common + ["source.train_seeds=[0,1]", "eval.confusion_matrix=false"]) == 0
+        assert main(common + ["source.train_seeds=[0,1]", "settings.confusion_matrix=false"]) == 0
         assert len(_training_runs(uri)) == 2
         assert len(_evaluation_runs(uri)) == 4
 

@@ -1,4 +1,5 @@
-"""Train once, evaluate many: resolve (or produce) the trained models an evaluation sweep needs.
+"""Train once, evaluate many: find the trained models an evaluation sweep needs, and the training
+stage that produces the missing ones.
 
 An evaluation sweep names its model in ``source.model`` (see spec.SourceConfig). For ``train`` the
 training config (data + model + train sections, one per training seed) is hashed; every fine-tuning
@@ -10,7 +11,7 @@ and then epsilon.yaml on the same model trains once in total; a second run of ei
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fer_ray.orchestrate.mlflow_model import MODEL_DIR, resolve_registered
 from fer_ray.orchestrate.provenance import spec_hash
@@ -59,30 +60,29 @@ def check_source(spec: SweepSpec, tracker: Tracker | None = None) -> None:
         raise SpecError(f"source.model: model file {source!r} not found (give a path every node can read)")
 
 
-def resolve_models(spec: SweepSpec, tracker: Tracker, run_training: Callable[[SweepSpec], None]) -> list[str]:
-    """The model sources an evaluation sweep fans out over, one per training seed or the one named.
+def find_models(spec: SweepSpec, tracker: Tracker) -> dict[int, str | None]:
+    """For ``source.model: train``: train seed -> the model of a finished training run with this
+    recipe (``runs:/<run id>/model/model.pt``), None for a seed still to train."""
+    return {seed: _finished_training_run(spec, seed, tracker) for seed in spec.source.train_seeds}
+
+
+def model_sources(spec: SweepSpec, found: dict[int, str | None], tracker: Tracker) -> list[str]:
+    """The model sources an evaluation sweep fans out over: one per training seed, or the one named.
 
     Returns model URIs: ``runs:/<run id>/model``, ``models:/<name>/<version>`` (an alias pinned to the
     version it names now, so every trial evaluates the same one) or a local file path.
-    ``run_training(train_spec)`` runs a fine-tuning sweep; it is called only for missing seeds.
-    """
-    check_source(spec)
+    Raises RuntimeError naming the seeds with no model (their training failed)."""
     if spec.source.model.startswith("models:/"):
         return [resolve_registered(tracker, spec.source.model).uri]
     if spec.source.model != "train":
         return [spec.source.model]
-    runs = {seed: _finished_training_run(spec, seed, tracker) for seed in spec.source.train_seeds}
-    missing = [seed for seed, run_id in runs.items() if run_id is None]
+    missing = [seed for seed, source in found.items() if source is None]
     if missing:
-        run_training(training_spec(spec, missing))
-        runs.update({seed: _finished_training_run(spec, seed, tracker) for seed in missing})
-    failed = [seed for seed, run_id in runs.items() if run_id is None]
-    if failed:
-        raise RuntimeError(f"training stage of {spec.name}: no finished model for train seeds {failed}; see the training sweep's runs")
-    return [f"runs:/{runs[seed]}/{MODEL_ARTIFACT}" for seed in spec.source.train_seeds]
+        raise RuntimeError(f"training stage of {spec.name}: no finished model for train seeds {missing}; see the training sweep's runs")
+    return [found[seed] for seed in spec.source.train_seeds]
 
 
 def _finished_training_run(spec: SweepSpec, seed: int, tracker: Tracker) -> str | None:
     seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
     run = tracker.find_finished_run(TAG_TRAIN_HASH, training_hash(seeded))
-    return None if run is None else run.info.run_id
+    return None if run is None else f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"
