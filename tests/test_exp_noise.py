@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -197,3 +198,11 @@ def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch
     assert f"p < 0.05 in {significant} of 10 repeats" in report
     assert "median 0.67, min 0.65, max 0.68" in report, "the seed's numbers, labelled, for comparison"
     assert (folder / "noise_examples.png").is_file()
+
+
+def test_models_are_named_by_their_training_seed_not_by_position():
+    sources = pd.Series(["runs:/a/model/model.pt", "runs:/b/model/model.pt", "runs:/a/model/model.pt"])
+    assert noise._source_labels(sources, pd.Series([0.0, 1.0, 0.0])) == {
+        "runs:/a/model/model.pt": "train seed 0", "runs:/b/model/model.pt": "train seed 1"}
+    unknown = noise._source_labels(sources, pd.Series([None, None, None], dtype=float))
+    assert unknown == {"runs:/a/model/model.pt": "model 1", "runs:/b/model/model.pt": "model 2"}

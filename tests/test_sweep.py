@@ -185,3 +185,18 @@ def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray, capsys):
         assert record.status == expected
         assert record.values["train.lr"] == float(child["params.train.lr"]) and record.trial.train.lr == record.values["train.lr"]
         assert len(record.history["val_acc"]) == len(mlflow.MlflowClient(uri).get_metric_history(child["run_id"], "val_acc"))
+
+    # the search report ranks every trial (stopped ones marked) and picks the best FINISHED trial on
+    # val_acc alone; its test accuracy and val_acc go on the parent run
+    runs = _runs(uri)
+    parent = runs[runs["tags.fer_ray.role"] == "parent"].iloc[0]
+    finished = children[children["status"] == "FINISHED"]
+    best = finished.sort_values("start_time").loc[finished["metrics.val_acc"].idxmax()]
+    assert parent["metrics.best_val_acc"] == pytest.approx(best["metrics.val_acc"])
+    assert parent["metrics.best_trial_test_acc"] == pytest.approx(best["metrics.test_acc"])
+    report = (workdir / "reports" / "hpo" / "report.md").read_text()
+    assert "## Hyper-parameter search" in report and "mean over seeds" not in report
+    assert report.count("| stopped early |") == len(stopped)
+    summary = pd.read_csv(workdir / "reports" / "hpo" / "summary.csv")
+    assert len(summary) == 5 and (summary["status"] == "stopped").sum() == len(stopped)
+    assert (workdir / "reports" / "hpo" / "search_history.png").is_file()

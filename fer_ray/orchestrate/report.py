@@ -23,10 +23,11 @@ from mlflow.exceptions import MlflowException
 
 from fer_ray.core.formatting import mean_interval_cell
 from fer_ray.core.plots import metric_curve_figure
-from fer_ray.core.stats import mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, SEEDS_COVER, mean_ci
 from fer_ray.experiments import get_experiment
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialRecord, TrialStatus, TrialTable
+from fer_ray.orchestrate.search_report import search_report
 from fer_ray.orchestrate.spec import SETTINGS_SECTION, SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.tracking import (
     TAG_SOURCE_MODEL,
@@ -54,11 +55,13 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     # mean and CI run over; every other grid key is a row of the table
     grid = {k: v for k, v in spec.search.grid.items() if k not in ("train.seed", "source.model")}
     summary = aggregate(finished, grid)
-    summary.to_csv(out_dir / "summary.csv", index=False)
-    if experiment.report is not None:  # the experiment's own tables, statistics and figures replace the generic table
+    if spec.search.optuna is not None:  # trials differ in sampled hyper-parameters, not seeds: ranked, not averaged
+        report, summary = search_report(table, spec.search.optuna)
+    elif experiment.report is not None:  # the experiment's own tables, statistics and figures replace the generic table
         report = experiment.report(table)
     else:
         report = Report(_table_markdown(summary, list(grid)) + "\n", _figures(summary, list(grid)))
+    summary.to_csv(out_dir / "summary.csv", index=False)
     if report.metrics:  # sweep-level numbers (e.g. the SVM's refit test accuracy) on the parent run
         tracker.log_metrics(parent_id, dict(report.metrics))
     markdown = _header(spec, len(finished)) + "\n" + report.markdown + "\n" + "".join(f"![{name}]({name})\n" for name in report.figures)
@@ -177,7 +180,8 @@ def aggregate(table: TrialTable, grid: dict[str, list]) -> pd.DataFrame:
             continue
         row = dict(zip(keys, point))
         for metric in metrics:
-            summary = mean_ci(pd.Series([r.metric(metric) for r in group], dtype=float))
+            bounds = None if metric == "n_params" else ACCURACY_BOUNDS
+            summary = mean_ci(pd.Series([r.metric(metric) for r in group], dtype=float), bounds=bounds)
             row.update({metric: summary["mean"], f"{metric}_low": summary["low"], f"{metric}_high": summary["high"]})
         row["n_seeds"] = len(group)
         rows.append(row)
@@ -223,7 +227,7 @@ def _header(spec: SweepSpec, n_finished: int) -> str:
         f"- experiment: {spec.experiment}; profile: {spec.profile}; finished trials: {n_finished}",
         f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {spec.data.split.protocol}",
         f"- model: {spec.model.arch} (weights {spec.model.weights}); {spec.train.epochs} epochs",
-        "- cells: mean over seeds [95 % CI, Student t; '-' with one seed]",
+        # what each table's intervals cover is said by the table itself (generic, search or the experiment's)
         "",
     ]
     return "\n".join(lines) + "\n"
@@ -232,7 +236,8 @@ def _header(spec: SweepSpec, n_finished: int) -> str:
 def _table_markdown(table: pd.DataFrame, keys: list[str]) -> str:
     metrics = [m for m in REPORT_METRICS if m in table]
     header = "| " + " | ".join([*keys, *metrics, "seeds"]) + " |"
-    lines = [header, "|" + "---|" * (len(keys) + len(metrics) + 1)]
+    lines = [f"Cells: mean [95 % CI {SEEDS_COVER}; '-' with one seed]; each run's own interval over test people: "
+             "its test_acc/ci_low, test_acc/ci_high.", "", header, "|" + "---|" * (len(keys) + len(metrics) + 1)]
     for _, row in table.iterrows():
         cells = [str(row[k]) for k in keys]
         for metric in metrics:
