@@ -63,7 +63,7 @@ PLAIN_SCRIPT = textwrap.dedent("""
     from fer_ray.experiments.base import LocalReporter, Trial
     from fer_ray.orchestrate.spec import load_spec
     spec = load_spec(sys.argv[1])
-    trial = Trial(sweep="probe", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config())
+    trial = Trial(sweep="probe", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config())
     probe.run(trial, LocalReporter(Path(sys.argv[2])))
 """)
 
@@ -89,7 +89,7 @@ def baseline_seconds(n_trials: int, folder: Path) -> float:
     started = time.perf_counter()
     for i in range(n_trials):
         trial = Trial(sweep="probe", data=spec.data, model=spec.model, train=spec.train,
-                      eval=spec.eval_config().model_copy(update={"value": float(i)}))
+                      settings=spec.eval_config().model_copy(update={"value": float(i)}))
         probe.run(trial, LocalReporter(folder / f"trial{i}"))
     return time.perf_counter() - started
 

@@ -59,7 +59,7 @@ def tiny_trained_model(tmp_path_factory) -> Path:
 
     spec = resolve_spec({"name": "tiny", "experiment": "finetune"}, TINY)
     folder = tmp_path_factory.mktemp("tiny_model")
-    trial = Trial(sweep="tiny", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config())
+    trial = Trial(sweep="tiny", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config())
     finetune.run(trial, LocalReporter(folder))
     return folder / finetune.MODEL_FILE
 

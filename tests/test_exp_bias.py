@@ -6,9 +6,9 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 
+import trial_tables
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import EXPRESSIONS
@@ -28,7 +28,7 @@ def _spec(*overrides: str):
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = _spec(*overrides)
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,12 @@ def test_report_averages_over_models(bias_run):
     trial, reporter, metrics = bias_run
     first = {f"metrics.{k}": v for k, v in metrics.items()}
     second = {**first, **{f"metrics.{k}/gender/F": first[f"metrics.{k}/gender/F"] + 0.2 for k in ("acc", "acc_low", "acc_high")}}
-    runs = pd.DataFrame([first, second]).assign(**{f"tags.{bias.TAG_SKIPPED}": reporter.tag_values[bias.TAG_SKIPPED]})
-    markdown, figures, parent_metrics = bias.report(runs, _spec("eval.attributes=[gender, session, angle]"))
+    spec = _spec("eval.attributes=[gender, session, angle]")
+    tags = reporter.tag_values
+    runs = trial_tables.table(spec, [trial_tables.record(spec, {}, {k[len("metrics."):]: v for k, v in row.items()}, tags=tags)
+                                     for row in (first, second)])
+    report = bias.report(runs)
+    markdown, figures, parent_metrics = report.markdown, report.figures, report.metrics
     mean_f = [first[f"metrics.{k}/gender/F"] + 0.1 for k in ("acc", "acc_low", "acc_high")]
     assert f"| gender | F | {first['metrics.n/gender/F']:.0f} | {mean_f[0]:.3f} | {mean_f[1]:.3f}–{mean_f[2]:.3f} |" in markdown
     assert "Models: 2" in markdown and "Skipped attributes: angle: one group only (S)." in markdown

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+import trial_tables
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import evaluate_model
@@ -37,7 +37,7 @@ def one_torch_thread():
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "fgsm"}, [*TINY, *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
 
 
 def test_fgsm_run_scores_every_epsilon_and_draws_the_panel(tiny_trained_model, tmp_path):
@@ -88,13 +88,13 @@ def test_unknown_attack_is_rejected():
 
 
 def test_report_table_gives_mean_and_ci_over_models_with_eps255_and_the_seed_number():
-    runs = pd.DataFrame([
-        {"tags.fer_ray.source_model": model, "params.eval.attack": "fgsm", "metrics.test_acc": clean,
-         "metrics.acc_eps_0": clean, "metrics.acc_eps_0.01": attacked}
+    spec = resolve_spec({"name": "t", "experiment": "fgsm"}, ["eval.epsilons=[0, 0.01]", "eval.panel_epsilons=[]"])
+    runs = trial_tables.table(spec, [
+        trial_tables.record(spec, {}, {"test_acc": clean, "acc_eps_0": clean, "acc_eps_0.01": attacked}, source_model=model)
         for model, clean, attacked in (("m1", 0.9, 0.40), ("m2", 0.8, 0.30), ("m3", 0.85, 0.20))
     ])
-    spec = resolve_spec({"name": "t", "experiment": "fgsm"}, [])
-    markdown, figures, parent_metrics = fgsm.report(runs, spec)
+    report = fgsm.report(runs)
+    markdown, figures, parent_metrics = report.markdown, report.figures, report.metrics
     summary = mean_ci([0.40, 0.30, 0.20])
     assert f"| fgsm | 0.01 | 2.55 | 0.300 [{summary['low']:.3f}–{summary['high']:.3f}] | 3 | 0.38 |" in markdown
     assert "| fgsm | 0 | 0 | 0.850 [" in markdown

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+import trial_tables
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import EXPRESSIONS
@@ -51,7 +51,7 @@ def input_sensitive_model(tmp_path_factory) -> Path:
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "noise"}, [*TINY, *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
 
 
 def _run(model_file: Path, folder: Path, *overrides: str) -> tuple[dict, LocalReporter, np.lib.npyio.NpzFile]:
@@ -121,15 +121,17 @@ def test_negative_variance_fails_at_spec_load_naming_the_key(override, key):
 def test_report_averages_repeats_per_model_then_gives_the_ci_over_models():
     """report() on an MLflow-like frame: 2 models x 3 noise seeds, variances 0 and 0.1."""
     accuracy = {("m1", 0): 0.60, ("m1", 1): 0.62, ("m1", 2): 0.64, ("m2", 0): 0.50, ("m2", 1): 0.55, ("m2", 2): 0.57}
-    runs = pd.DataFrame([
-        {"tags.fer_ray.source_model": model, "params.eval.noise_seed": str(seed), "metrics.test_acc": 0.8,
-         "metrics.acc_var_0": 0.8, "metrics.acc_var_0.1": value, "metrics.mcnemar_b_var_0.1": 5.0,
-         "metrics.mcnemar_c_var_0.1": 1.0, "metrics.mcnemar_p_var_0.1": 0.2 if seed else 0.01,
-         "metrics.acc_var_0.1/subject_ci_low": value - 0.1, "metrics.acc_var_0.1/subject_ci_high": value + 0.1}
+    spec = resolve_spec({"name": "t", "experiment": "noise"}, ["eval.n_examples=0", "eval.n_boot=500", "eval.variances=[0, 0.1]"])
+    runs = trial_tables.table(spec, [
+        trial_tables.record(spec, {"eval.noise_seed": seed}, {
+            "test_acc": 0.8, "acc_var_0": 0.8, "acc_var_0.1": value, "mcnemar_b_var_0.1": 5.0,
+            "mcnemar_c_var_0.1": 1.0, "mcnemar_p_var_0.1": 0.2 if seed else 0.01,
+            "acc_var_0.1/subject_ci_low": value - 0.1, "acc_var_0.1/subject_ci_high": value + 0.1,
+        }, source_model=model)
         for (model, seed), value in accuracy.items()
     ])
-    spec = resolve_spec({"name": "t", "experiment": "noise"}, ["eval.n_examples=0", "eval.n_boot=500"])
-    markdown, figures, parent_metrics = noise.report(runs, spec)
+    report = noise.report(runs)
+    markdown, figures, parent_metrics = report.markdown, report.figures, report.metrics
 
     per_model = [np.mean([0.60, 0.62, 0.64]), np.mean([0.50, 0.55, 0.57])]
     summary = mean_ci(per_model)

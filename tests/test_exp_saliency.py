@@ -24,7 +24,7 @@ SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "saliency"}, [*TINY, *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
 
 
 def test_named_images_get_one_png_each_from_any_split(tiny_trained_model, tmp_path):

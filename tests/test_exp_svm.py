@@ -12,11 +12,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import GridSearchCV
 
+import trial_tables
 from conftest import TINY
 from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import prepare_data
@@ -36,7 +36,7 @@ SMALL_GRID = {"C": [0.1, 10.0], "gamma": ["scale", 0.01], "kernel": ["rbf", "lin
 
 def _trial(model_file: Path, overrides: list[str] = ()) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "svm"}, TINY + ["eval.folds=3", "eval.pixel_size=16", *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
 
 
 def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_trained_model, tmp_path):
@@ -44,13 +44,13 @@ def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_t
     points = param_grid(**SMALL_GRID)
     reporters = [LocalReporter(tmp_path / f"point{i}") for i in range(len(points))]
     results = [
-        svm.run(replace(base, eval=base.eval.model_copy(update=point)), reporter)
+        svm.run(replace(base, settings=base.settings.model_copy(update=point)), reporter)
         for point, reporter in zip(points, reporters)
     ]
 
     data = prepare_data(base.data)
-    design = svm.cv_design(data, base.eval)
-    features = svm.dataset_features(data, base.data, base.eval)  # the trials' cached file
+    design = svm.cv_design(data, base.settings)
+    features = svm.dataset_features(data, base.data, base.settings)  # the trials' cached file
     labels = data.dataset.labels
     pool_x, pool_y = features[design.pool_rows], labels[design.pool_rows]
     search = GridSearchCV(svm_pipeline(), pipeline_params(SMALL_GRID), cv=design.folds, scoring="accuracy")
@@ -66,14 +66,13 @@ def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_t
     assert len({m["cv_acc_mean"] for m in results}) > 1, "the grid points differ, so the pick means something"
 
     # the report's pick (from MLflow-shaped rows) is GridSearchCV's, and its refit test accuracy its score
-    runs = pd.DataFrame([
-        {"run_id": f"r{i}", **{f"params.eval.{k}": str(v) for k, v in point.items()},
-         **{f"metrics.{k}": v for k, v in metrics.items()}}
-        for i, (point, metrics) in reversed(list(enumerate(zip(points, results))))  # any order in, grid order out
-    ])
     spec = resolve_spec({"name": "t", "experiment": "svm", "search": {"grid": {f"eval.{k}": v for k, v in SMALL_GRID.items()}}},
                         TINY + ["eval.folds=3", "eval.pixel_size=16"])
-    best = svm.choose_best(svm.grid_results(runs, spec)).iloc[0]
+    runs = trial_tables.table(spec, [
+        trial_tables.record(spec, {f"eval.{k}": v for k, v in point.items()}, metrics, run_id=f"r{i}")
+        for i, (point, metrics) in reversed(list(enumerate(zip(points, results))))  # any order in, grid order out
+    ])
+    best = svm.choose_best(svm.grid_results(runs)).iloc[0]
     assert pipeline_params({k: best[k] for k in ("C", "gamma", "kernel")}) == search.best_params_
     test_x, test_y = features[design.test_rows], labels[design.test_rows]
     assert best["test_acc"] == search.score(test_x, test_y)
@@ -118,17 +117,17 @@ def test_features_are_cached_on_disk_and_loaded_from_there(tiny_trained_model, t
     cache_folder = tmp_path / "cache" / "svm" / "features"
     assert not cache_folder.exists()
 
-    first = svm.dataset_features(data, trial.data, trial.eval)
+    first = svm.dataset_features(data, trial.data, trial.settings)
     files = list(cache_folder.glob("*.npy"))
     assert len(files) == 1
     images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)
     np.testing.assert_array_equal(first, pixel_features(images, 16))
-    second = svm.dataset_features(data, trial.data, trial.eval)
+    second = svm.dataset_features(data, trial.data, trial.settings)
     np.testing.assert_array_equal(second, first)
     np.save(files[0], np.full_like(first, 7.0))  # a second call reads the file, not the images
-    assert (svm.dataset_features(data, trial.data, trial.eval) == 7.0).all()
+    assert (svm.dataset_features(data, trial.data, trial.settings) == 7.0).all()
 
-    as_model = trial.eval.model_copy(update={"features": "model"})
+    as_model = trial.settings.model_copy(update={"features": "model"})
     embedded = svm.dataset_features(data, trial.data, as_model, tiny_trained_model)
     model = load_model(tiny_trained_model)[0]
     assert embedded.shape == (len(data.dataset), model.feature_dim)

@@ -22,7 +22,7 @@ SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
     spec = resolve_spec({"name": "t", "experiment": "tsne"}, [*TINY, *overrides])
-    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config(), model_file=model_file)
+    return Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=model_file)
 
 
 def _embedding(reporter: LocalReporter) -> dict:
@@ -128,7 +128,7 @@ def test_report_reads_the_embeddings_through_a_tracking_server(tiny_trained_mode
         reporter = LocalReporter(tmp_path / f"p{perplexity}")
         metrics = tsne.run(trial, reporter)
         child = tracker.child_run(parent, f"p{perplexity}", f"perplexity={perplexity}",
-                                  params=flatten({"eval": trial.eval.model_dump(mode="json")}),
+                                  params=flatten({"eval": trial.settings.model_dump(mode="json")}),
                                   tags={"fer_ray.source_model": str(tiny_trained_model)})
         tracker.log_metrics(child, metrics)
         for path, folder in reporter.artifacts:

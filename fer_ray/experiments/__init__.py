@@ -1,25 +1,22 @@
-"""One module per ``experiment:`` kind of a sweep file.
+"""One module per ``experiment:`` kind of a sweep file, each describing itself with one typed
+:class:`~fer_ray.experiments.contract.Experiment` (its settings model, trial function, report
+function, the artifacts its report reads), registered in :data:`REGISTRY`.
 
-Each module exposes ``EvalConfig`` (pydantic model of its ``eval:`` section) and
-``run(trial: Trial, reporter: Reporter) -> dict[str, float]`` (see base.py). A module that evaluates
-a trained model sets ``EVALUATES_MODEL = True``: the orchestrator then resolves (or trains) the model
-first and hands the trial its file as ``trial.model_file``. A module may also expose
-``report(runs: pandas.DataFrame, spec) -> (markdown: str, figures: dict[name, Figure])`` for the
-sweep's report, optionally with a third element, a dict of sweep-level metrics for the parent run; a
-hook that reads files the trials logged declares a keyword ``fetch`` (base.Fetch) and gets a function
-that downloads a run's artifact from any artifact store (local folder, server, S3). Experiments use the
-science core and never import ray or mlflow: the orchestrator hands them a Reporter.
+A new experiment is one module here (ending in ``EXPERIMENT = Experiment(...)``), one YAML file in
+sweeps/ and one line in REGISTRY. Modules are imported on first use only: a trial process imports
+its own experiment and nothing else (tests/test_import_weight.py). Experiments use the science core
+and never import ray, mlflow or the orchestrator: the orchestrator hands them a Reporter and, for
+their report, a TrialTable (fer_ray.experiments.results).
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
-from pydantic import BaseModel
+from fer_ray.experiments.contract import Experiment
 
-#: experiment kind -> module. A new experiment is one module here plus one YAML in sweeps/.
-_MODULES: dict[str, str] = {
+#: experiment kind -> the module holding its ``EXPERIMENT``. The one table of experiments.
+REGISTRY: dict[str, str] = {
     "finetune": "fer_ray.experiments.finetune",
     "svm": "fer_ray.experiments.svm",
     "evaluate": "fer_ray.experiments.evaluate",
@@ -33,19 +30,14 @@ _MODULES: dict[str, str] = {
 
 
 def experiment_names() -> list[str]:
-    return sorted(_MODULES)
+    return sorted(REGISTRY)
 
 
-def load_experiment(name: str) -> ModuleType:
-    """The module of experiment ``name`` (KeyError for an unknown kind)."""
-    return importlib.import_module(_MODULES[name])
-
-
-def eval_config_model(name: str) -> type[BaseModel]:
-    """The pydantic model of experiment ``name``'s ``eval:`` section."""
-    return load_experiment(name).EvalConfig
-
-
-def evaluates_model(name: str) -> bool:
-    """Whether experiment ``name`` evaluates a trained model (and so needs a model source)."""
-    return bool(getattr(load_experiment(name), "EVALUATES_MODEL", False)) if name in _MODULES else False
+def get_experiment(name: str) -> Experiment:
+    """The Experiment of kind ``name`` (imports its module). KeyError for an unknown kind; TypeError
+    when the module does not describe itself as the contract asks."""
+    module = importlib.import_module(REGISTRY[name])
+    experiment = getattr(module, "EXPERIMENT", None)
+    if not isinstance(experiment, Experiment) or experiment.name != name:
+        raise TypeError(f"{REGISTRY[name]} must define EXPERIMENT = Experiment(name={name!r}, ...)")
+    return experiment

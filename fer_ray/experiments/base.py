@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel
 
 from fer_ray.core.config import DataConfig, ModelConfig, TrainConfig
-
-#: What a report hook may take as ``fetch``: ``fetch(run_id, artifact_path)`` -> a local copy of that
-#: artifact of that run (downloaded from whatever artifact store the tracking server uses), or None
-#: when the run has no such artifact.
-Fetch = Callable[[str, str], "Path | None"]
 
 #: The file name of a trained fer_ray model (``fer_ray.core.train.save_model``), on disk and in MLflow.
 MODEL_FILE = "model.pt"
@@ -27,7 +22,8 @@ class Trial:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
-    eval: BaseModel
+    #: the experiment's own settings (its Experiment.settings model, this trial's values applied)
+    settings: BaseModel
     #: evaluation experiments: the trained model to evaluate (a fer_ray model file, local to the trial)
     model_file: Path | None = None
     #: where that model came from (an MLflow run id, models:/ URI or file path), for the record

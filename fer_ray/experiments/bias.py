@@ -20,8 +20,10 @@ named in the tag ``fer_ray.bias_skipped`` and in the report.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -30,20 +32,26 @@ from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
 from fer_ray.core.evaluate import UNKNOWN_GROUP, predict_proba
+from fer_ray.core.formatting import interval_text
 from fer_ray.core.groups import GroupStatsError, cluster_bootstrap_ci, gap_summary, group_rates, permutation_test_acc_diff
 from fer_ray.core.insight_plots import group_accuracy_figure
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
 
-EVALUATES_MODEL = True
 #: the group attributes studied by default, in report order
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "race", "angle")
 TAG_STUDIED = "fer_ray.bias_attributes"
 TAG_SKIPPED = "fer_ray.bias_skipped"
+#: JSON {attribute: [group, ...]}: the groups of each studied attribute, as they appear in metric names
+TAG_GROUPS = "fer_ray.bias_groups"
+#: JSON [class, ...]: the class names of the per-class rate metrics
+TAG_CLASSES = "fer_ray.bias_classes"
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. :]")
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """The ``eval:`` section of a bias sweep."""
 
     attributes: list[Literal["gender", "race", "angle", "session"]] = Field(
@@ -65,13 +73,13 @@ class EvalConfig(Strict):
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Per-group test results of trial.model_file for every studied attribute (see module docstring)."""
-    cfg: EvalConfig = trial.eval
+    cfg: Settings = trial.settings
     model, data = load_model_and_data(trial)
     y_true = data.test.labels.numpy()
     y_pred = predict_proba(model, data.test.images).argmax(dim=1).numpy()
     subjects = data.dataset.identities[data.test.indices]
     metrics = {"test_acc": float(np.mean(y_true == y_pred)), "n_test": float(len(y_true))}
-    studied, skipped = [], {}
+    studied, skipped = {}, {}
     for attribute in cfg.attributes:
         groups = data.dataset.attribute(attribute)[data.test.indices]
         reason = _skip_reason(groups)
@@ -82,20 +90,22 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
             # a ratio whose best rate is 0 in every bootstrap replicate is NaN, and left out below
             warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
             metrics.update(attribute_metrics(attribute, y_true, y_pred, groups, subjects, data.dataset.classes, cfg))
-        studied.append(attribute)
+        studied[attribute] = sorted({metric_part(group) for group in _keys(groups)})
     reporter.tags({
         "fer_ray.dataset_fingerprint": data.fingerprint,
         "fer_ray.protocol": data.protocol,
         TAG_STUDIED: ",".join(studied) or "none",
         TAG_SKIPPED: "; ".join(f"{a}: {why}" for a, why in skipped.items()) or "none",
+        TAG_GROUPS: json.dumps(studied),
+        TAG_CLASSES: json.dumps([metric_part(c) for c in data.dataset.classes]),
     })
     if studied:
-        bars = {a: _group_rows(metrics, a) for a in studied}
+        bars = {a: _group_rows(metrics.__getitem__, a, names) for a, names in studied.items()}
         reporter.figure(group_accuracy_figure(bars, f"{trial.sweep}: test accuracy per group ({cfg.confidence * 100:g} % subject bootstrap CI)"), "bias_accuracy.png")
     return {name: value for name, value in metrics.items() if np.isfinite(value)}
 
 
-def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes, cfg: EvalConfig) -> dict[str, float]:
+def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes, cfg: Settings) -> dict[str, float]:
     """The metrics of one attribute (names in the module docstring; NaN where undefined).
 
     y_true, y_pred: int (N,) class indices; groups: (N,) values of ``attribute`` (None -> "unknown");
@@ -174,13 +184,13 @@ def _skip_reason(groups) -> str | None:
     return f"one group only ({distinct[0]})" if len(distinct) < 2 else None
 
 
-def _group_rows(metrics: dict[str, float], attribute: str) -> list[dict]:
-    """Bar-chart rows (group, acc, low, high, n) of one attribute, from a run's metrics."""
-    prefix = f"acc/{attribute}/"
+def _group_rows(value_of: Callable[[str], float], attribute: str, groups: list[str]) -> list[dict]:
+    """Bar-chart rows (group, acc, low, high, n) of one attribute; ``value_of(metric name)`` gives a
+    metric's value (one run's, or the mean over models)."""
     return [
-        {"group": key[len(prefix):], "acc": value, "n": metrics[f"n/{attribute}/{key[len(prefix):]}"],
-         "low": metrics[f"acc_low/{attribute}/{key[len(prefix):]}"], "high": metrics[f"acc_high/{attribute}/{key[len(prefix):]}"]}
-        for key, value in metrics.items() if key.startswith(prefix)
+        {"group": group, **{key: value_of(f"{metric}/{attribute}/{group}") for key, metric in
+                            (("acc", "acc"), ("low", "acc_low"), ("high", "acc_high"), ("n", "n"))}}
+        for group in groups
     ]
 
 
@@ -189,18 +199,24 @@ def _group_rows(metrics: dict[str, float], attribute: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def report(runs: pd.DataFrame, spec) -> tuple[str, dict, dict]:
+def report(table: TrialTable) -> Report:
     """Per-group accuracy, gaps and class-rate gaps, aggregated over the models of the sweep.
 
     With one model the intervals are that model's subject bootstrap CIs; with several, the cells are
     means over models and the bootstrap bounds are the means of the per-model bounds (a model-to-model
-    Student-t CI of the mean is added in its own column). Returns (markdown, figures, parent metrics:
-    acc_gap/<attribute> averaged over models).
+    Student-t CI of the mean is added in its own column). Parent metrics: acc_gap/<attribute>
+    averaged over models.
     """
-    cfg: EvalConfig = spec.eval_config()
+    table = table.finished()
+    cfg: Settings = table.settings
+    runs = table.frame()
     level = f"{cfg.confidence * 100:g} %"
     n_models = len(runs)
-    attributes = [a for a in cfg.attributes if any(c.startswith(f"metrics.acc/{a}/") for c in runs.columns)]
+    groups: dict[str, set[str]] = {}
+    for record in table:
+        for attribute, names in json.loads(record.tags.get(TAG_GROUPS, "{}")).items():
+            groups.setdefault(attribute, set()).update(names)
+    attributes = [a for a in cfg.attributes if a in groups]
     lines = [
         "## Demographic bias (test split)",
         "",
@@ -208,24 +224,22 @@ def report(runs: pd.DataFrame, spec) -> tuple[str, dict, dict]:
         "within each group)" + (", bounds averaged over models; 'CI over models': Student t across models." if n_models > 1 else "."),
         "",
     ]
-    skipped = sorted({s for s in runs.get(f"tags.{TAG_SKIPPED}", pd.Series(dtype=str)).dropna() if s != "none"})
+    skipped = sorted({record.tags[TAG_SKIPPED] for record in table if record.tags.get(TAG_SKIPPED, "none") != "none"})
     if skipped:
         lines += [f"Skipped attributes: {'; '.join(skipped)}.", ""]
     if not attributes:
         lines.append("No attribute with at least two groups in the test split: nothing to compare.")
-        return "\n".join(lines) + "\n", {}, {}
+        return Report("\n".join(lines) + "\n")
 
     bars, parent_metrics = {}, {}
     lines += ["### Accuracy per group", "", "| attribute | group | images | accuracy | bootstrap CI |" + (" CI over models |" if n_models > 1 else ""),
               "|---|---|---|---|---|" + ("---|" if n_models > 1 else "")]
     for attribute in attributes:
-        bars[attribute] = []
-        for group in _groups_in(runs, attribute):
-            name = f"{attribute}/{group}"
-            acc, low, high, n = (_mean(runs, f"{k}/{name}") for k in ("acc", "acc_low", "acc_high", "n"))
-            bars[attribute].append({"group": group, "acc": acc, "low": low, "high": high, "n": n})
-            row = f"| {attribute} | {group} | {n:.0f} | {acc:.3f} | {low:.3f}–{high:.3f} |"
-            lines.append(row + (f" {_t_interval(runs, f'acc/{name}')} |" if n_models > 1 else ""))
+        bars[attribute] = _group_rows(lambda metric: _mean(runs, metric), attribute, sorted(groups[attribute]))
+        for bar in bars[attribute]:
+            group = bar["group"]
+            row = f"| {attribute} | {group} | {bar['n']:.0f} | {bar['acc']:.3f} | {interval_text(bar['low'], bar['high'])} |"
+            lines.append(row + (f" {_t_interval(runs, f'acc/{attribute}/{group}')} |" if n_models > 1 else ""))
     lines += ["", "### Gaps between groups", "",
               "| attribute | accuracy gap (best − worst) | bootstrap CI | min/max ratio | bootstrap CI | difference (first − second) | permutation p |",
               "|---|---|---|---|---|---|---|"]
@@ -235,41 +249,35 @@ def report(runs: pd.DataFrame, spec) -> tuple[str, dict, dict]:
         diff, p_values = _column(runs, f"acc_diff/{attribute}"), _column(runs, f"p_value/{attribute}")
         diff_cell = f"{diff.mean():.3f}" if diff.notna().any() else "-"
         p_cell = ", ".join(f"{p:.3f}" for p in p_values.dropna()) or "-"
-        lines.append(f"| {attribute} | {gap:.3f} | {gap_low:.3f}–{gap_high:.3f} | {ratio:.3f} | {ratio_low:.3f}–{ratio_high:.3f} | {diff_cell} | {p_cell} |")
+        lines.append(f"| {attribute} | {gap:.3f} | {interval_text(gap_low, gap_high)} | {ratio:.3f} | {interval_text(ratio_low, ratio_high)} | {diff_cell} | {p_cell} |")
         parent_metrics[f"acc_gap/{attribute}"] = gap
     if cfg.class_rates:
-        lines += _class_rate_table(runs, attributes)
+        classes = sorted({c for record in table for c in json.loads(record.tags.get(TAG_CLASSES, "[]"))})
+        lines += _class_rate_table(runs, attributes, classes)
     figure = group_accuracy_figure(bars, f"Test accuracy per group ({level} subject bootstrap CI)")
-    return "\n".join(lines) + "\n", {"bias_accuracy_by_group.png": figure}, parent_metrics
+    return Report("\n".join(lines) + "\n", {"bias_accuracy_by_group.png": figure}, parent_metrics)
 
 
-def _class_rate_table(runs: pd.DataFrame, attributes: list[str]) -> list[str]:
+def _class_rate_table(runs: pd.DataFrame, attributes: list[str], classes: list[str]) -> list[str]:
     lines = ["", "### Per-class gaps (recall = TPR, one-vs-rest FPR)", "",
              "| attribute | class | TPR gap | bootstrap CI | FPR gap | bootstrap CI |", "|---|---|---|---|---|---|"]
-    classes = sorted({c.split("/")[-1] for c in runs.columns if c.startswith(("metrics.tpr_gap/", "metrics.fpr_gap/"))})
     for attribute in attributes:
         for name in classes:
             cells = []
             for rate in ("tpr", "fpr"):
                 key = f"{rate}_gap/{attribute}/{name}"
-                if f"metrics.{key}" not in runs or runs[f"metrics.{key}"].isna().all():
+                if key not in runs or runs[key].isna().all():
                     cells += ["-", "-"]
                     continue
                 low, high = _mean(runs, f"{rate}_gap_low/{attribute}/{name}"), _mean(runs, f"{rate}_gap_high/{attribute}/{name}")
-                cells += [f"{_mean(runs, key):.3f}", f"{low:.3f}–{high:.3f}"]
+                cells += [f"{_mean(runs, key):.3f}", interval_text(low, high)]
             if cells != ["-"] * 4:
                 lines.append(f"| {attribute} | {name} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _groups_in(runs: pd.DataFrame, attribute: str) -> list[str]:
-    prefix = f"metrics.acc/{attribute}/"
-    return sorted(c[len(prefix):] for c in runs.columns if c.startswith(prefix))
-
-
 def _column(runs: pd.DataFrame, metric: str) -> pd.Series:
-    column = f"metrics.{metric}"
-    return runs[column].astype(float) if column in runs else pd.Series(np.nan, index=runs.index)
+    return runs[metric].astype(float) if metric in runs else pd.Series(np.nan, index=runs.index)
 
 
 def _mean(runs: pd.DataFrame, metric: str) -> float:
@@ -279,4 +287,7 @@ def _mean(runs: pd.DataFrame, metric: str) -> float:
 
 def _t_interval(runs: pd.DataFrame, metric: str) -> str:
     summary = mean_ci(_column(runs, metric))
-    return "-" if np.isnan(summary["low"]) else f"{summary['low']:.3f}–{summary['high']:.3f}"
+    return interval_text(summary["low"], summary["high"])
+
+
+EXPERIMENT = Experiment(name="bias", settings=Settings, evaluates_model=True, run=run, report=report)

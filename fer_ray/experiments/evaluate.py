@@ -1,7 +1,7 @@
 """Evaluate a trained model on the test split of a dataset: the plainest evaluation experiment.
 
 Useful on its own (score a KDEF-trained model on RADIATE, or on another split seed) and the smallest
-example of an evaluation experiment: ``EVALUATES_MODEL = True`` makes the orchestrator resolve or train
+example of an evaluation experiment: ``evaluates_model=True`` makes the orchestrator resolve or train
 the model first and hand its file to ``run`` as ``trial.model_file``.
 """
 
@@ -14,12 +14,11 @@ from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.models import count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.finetune import final_metrics
 
-EVALUATES_MODEL = True
 
-
-class EvalConfig(Strict):
+class Settings(Strict):
     confusion_matrix: bool = Field(True, description="log the test confusion matrix PNG")
 
 
@@ -29,7 +28,10 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     classes = data.dataset.classes
     reporter.tags({"fer_ray.dataset_fingerprint": data.fingerprint, "fer_ray.protocol": data.protocol})
     evaluation = evaluate_model(model, data.test, data.dataset)
-    if trial.eval.confusion_matrix:
+    if trial.settings.confusion_matrix:
         reporter.figure(confusion_matrix_figure(evaluation["confusion"], classes, title="test confusion"), "confusion_matrix.png")
     metrics = final_metrics(evaluation, best_val_acc=float("nan"), epochs_run=0, n_params=count_parameters(model)["total"])
     return {k: v for k, v in metrics.items() if k not in ("best_val_acc", "epochs_run")}
+
+
+EXPERIMENT = Experiment(name="evaluate", settings=Settings, evaluates_model=True, run=run)

@@ -10,37 +10,37 @@ epsilon of ``eval.epsilons`` and ``eval.panel_epsilons``; tags ``fer_ray.attack`
 ``fer_ray.eps255_<e>`` (epsilon in grey levels); artifact ``attack/attack_correct.npz`` (per-image
 correctness at every epsilon, with labels and dataset rows, for paired tests later); figures
 ``adversarial_panel.png`` (the first test images at each panel epsilon with the model's top-3 class
-probabilities, the seed's figure) and ``accuracy_vs_epsilon.png``.
+probabilities, the reference study's figure) and ``accuracy_vs_epsilon.png``.
 
-``report(runs, spec)``: the accuracy table (attack, epsilon, epsilon * 255, mean [95 % CI over
-models], the seed's number) and curve.
+``report(table)``: the accuracy table (attack, epsilon, epsilon * 255, mean [95 % CI over
+models], the reference study's number) and curve.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
+from fer_ray.core.formatting import summary_cell
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, top_k_caption
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
-
-EVALUATES_MODEL = True
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
 
 CORRECTNESS_FILE = "attack_correct.npz"
 ARTIFACT_DIR = "attack"
-#: The seed project's FGSM accuracies (image-level split, ResNet-50 on KDEF), for comparison.
-SEED_FGSM_REFERENCE = {0.001: 0.82, 0.005: 0.61, 0.007: 0.50, 0.01: 0.38, 0.05: 0.057, 0.07: 0.053, 0.1: 0.047}
-SEED_LABEL = "seed project FGSM (image-level split)"
+#: The reference study's FGSM accuracies (the capstone project this package grew from: image-level
+#: split, ResNet-50 on KDEF), for comparison.
+REFERENCE_FGSM = {0.001: 0.82, 0.005: 0.61, 0.007: 0.50, 0.01: 0.38, 0.05: 0.057, 0.07: 0.053, 0.1: 0.047}
+REFERENCE_LABEL = "reference study FGSM (image-level split)"
 
 
 def _check_epsilons(values: list[float]) -> list[float]:
@@ -53,7 +53,7 @@ def _check_epsilons(values: list[float]) -> list[float]:
     return [float(v) for v in values]
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """The ``eval:`` section of an attack sweep. Epsilons in [0,1] pixel units (x255 = grey levels)."""
 
     epsilons: list[float] = Field(
@@ -84,7 +84,7 @@ def accuracy_key(epsilon: float) -> str:
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Accuracy of ``trial.model_file`` on the test split of ``trial.data`` under the attack at every epsilon."""
-    cfg = trial.eval
+    cfg = trial.settings
     model, data = load_model_and_data(trial)
     classes = data.dataset.classes
     test = data.test
@@ -109,7 +109,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         accuracy_curve_figure(
             scored, [results[e]["accuracy"] for e in scored], [math.nan] * len(scored), [math.nan] * len(scored),
             xlabel="epsilon ([0,1] pixel units)", title=f"Accuracy under {cfg.attack.upper()}",
-            reference=SEED_FGSM_REFERENCE if cfg.attack == "fgsm" else None, reference_label=SEED_LABEL,
+            reference=REFERENCE_FGSM if cfg.attack == "fgsm" else None, reference_label=REFERENCE_LABEL,
             line_label="this model",
         ),
         "accuracy_vs_epsilon.png",
@@ -117,7 +117,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     return metrics
 
 
-def attack_accuracy(model, images, labels, epsilons: list[float], cfg: EvalConfig) -> dict[float, dict]:
+def attack_accuracy(model, images, labels, epsilons: list[float], cfg: Settings) -> dict[float, dict]:
     """fgsm_accuracy or pgd_accuracy per cfg.attack, with the panel's first images kept."""
     if cfg.attack == "fgsm":
         return fgsm_accuracy(model, images, labels, epsilons, batch_size=cfg.batch_size, return_examples=cfg.n_panel_images)
@@ -128,7 +128,7 @@ def attack_accuracy(model, images, labels, epsilons: list[float], cfg: EvalConfi
 
 
 def panel_figure(results: dict[float, dict], panel_epsilons: list[float], labels, classes, attack: str):
-    """The seed's figure: the first test images at each panel epsilon, each with its top-3 classes."""
+    """The reference study's figure: the first test images at each panel epsilon, each with its top-3 classes."""
     columns, captions = {}, {}
     for epsilon in panel_epsilons:
         entry = results[epsilon]
@@ -164,53 +164,54 @@ def _save_correctness(folder: Path, results: dict[float, dict], test) -> Path:
 # ----------------------------------------------------------------------------------------- report
 
 
-def report(runs: pd.DataFrame, spec):
-    """The attack part of the sweep report: (markdown, {name: Figure}, parent metrics)."""
-    epsilons = sorted(_metric_epsilons(runs))
-    attacks = runs.get("params.eval.attack", pd.Series("fgsm", index=runs.index)).fillna("fgsm")
-    models = runs.get("tags.fer_ray.source_model", pd.Series("model", index=runs.index)).fillna("model")
-    runs = runs.assign(_attack=attacks, _model=models)
+def scored_epsilons(settings: Settings) -> list[float]:
+    """The epsilons a trial with these settings reports an accuracy for (``accuracy_key``), ascending."""
+    return sorted({*settings.epsilons, *settings.panel_epsilons})
+
+
+def report(table: TrialTable) -> Report:
+    """The attack part of the sweep report: the accuracy table per attack and epsilon (mean over
+    models [95 % CI]) beside the reference study's numbers, one curve per attack, and the mean
+    accuracy per epsilon as parent metrics."""
+    table = table.finished()
+    epsilons = sorted({e for record in table for e in scored_epsilons(record.settings)})
+    runs = table.frame(settings=("attack",))
+    runs["source_model"] = runs["source_model"].fillna("model")
     lines = [
         "## Adversarial attack",
         "",
         "ε is the L∞ radius in the [0,1] pixel space (ε·255 grey levels). Cells: mean over models"
         " [95 % CI, Student t over models; '-' with one model].",
         "",
-        "| attack | ε | ε·255 | accuracy | models | seed project (image-level split) |",
+        f"| attack | ε | ε·255 | accuracy | models | {REFERENCE_LABEL} |",
         "|---|---|---|---|---|---|",
     ]
     figures, parent_metrics = {}, {}
-    for attack, group in runs.groupby("_attack", sort=True):
+    for attack, group in runs.groupby("attack", sort=True):
         curve = []
         for epsilon in epsilons:
-            column = f"metrics.{accuracy_key(epsilon)}"
-            per_model = group.groupby("_model", sort=False)[column].mean().dropna()
+            column = accuracy_key(epsilon)
+            if column not in group:
+                continue
+            per_model = group.groupby("source_model", sort=False)[column].mean().dropna()
             if per_model.empty:
                 continue
             summary = mean_ci(per_model)
             curve.append((epsilon, summary))
             parent_metrics[f"mean_{accuracy_key(epsilon)}" + ("" if attack == "fgsm" else f"/{attack}")] = summary["mean"]
-            reference = SEED_FGSM_REFERENCE.get(epsilon) if attack == "fgsm" else None
+            reference = REFERENCE_FGSM.get(epsilon) if attack == "fgsm" else None
             lines.append(
-                f"| {attack} | {epsilon_label(epsilon)} | {epsilon * 255:.4g} | {_cell(summary)} | {summary['n']} | "
+                f"| {attack} | {epsilon_label(epsilon)} | {epsilon * 255:.4g} | {summary_cell(summary)} | {summary['n']} | "
                 f"{'-' if reference is None else reference} |"
             )
         if len(curve) > 1:
             figures[f"accuracy_vs_epsilon_{attack}.png"] = accuracy_curve_figure(
                 [e for e, _ in curve], [s["mean"] for _, s in curve], [s["low"] for _, s in curve], [s["high"] for _, s in curve],
                 xlabel="epsilon ([0,1] pixel units)", title=f"Accuracy under {attack.upper()}",
-                reference=SEED_FGSM_REFERENCE if attack == "fgsm" else None, reference_label=SEED_LABEL,
+                reference=REFERENCE_FGSM if attack == "fgsm" else None, reference_label=REFERENCE_LABEL,
             )
-    lines += ["", "Each trial logs its adversarial_panel.png (the seed's figure: top-3 class probabilities per ε)."]
-    return "\n".join(lines) + "\n", figures, parent_metrics
+    lines += ["", "Each trial logs its adversarial_panel.png (the reference study's figure: top-3 class probabilities per ε)."]
+    return Report("\n".join(lines) + "\n", figures, parent_metrics)
 
 
-def _metric_epsilons(runs: pd.DataFrame) -> list[float]:
-    pattern = re.compile(r"^metrics\.acc_eps_([^/]+)$")
-    return [float(m.group(1)) for column in runs.columns if (m := pattern.match(column))]
-
-
-def _cell(summary: dict) -> str:
-    low, high = summary["low"], summary["high"]
-    interval = "-" if (pd.isna(low) or pd.isna(high)) else f"{low:.3f}–{high:.3f}"
-    return f"{summary['mean']:.3f} [{interval}]"
+EXPERIMENT = Experiment(name="fgsm", settings=Settings, evaluates_model=True, run=run, report=report)

@@ -18,11 +18,12 @@ from fer_ray.core.models import build_model, count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
 from fer_ray.core.train import fit, save_model
 from fer_ray.experiments.base import MODEL_FILE, Reporter, Trial
+from fer_ray.experiments.contract import Experiment
 
 MODEL_ARTIFACT_DIR = "model"
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """What the fine-tuning trial produces besides its metrics."""
 
     confusion_matrix: bool = Field(True, description="log the test confusion matrix PNG")
@@ -53,10 +54,10 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         model_config=trial.model.model_dump(mode="json"),
     )
     evaluation = evaluate_model(model, data.test, data.dataset)
-    if trial.eval.confusion_matrix:
+    if trial.settings.confusion_matrix:
         figure = confusion_matrix_figure(evaluation["confusion"], data.dataset.classes, title=f"{trial.sweep}: test confusion")
         reporter.figure(figure, "confusion_matrix.png")
-    if trial.eval.save_model:
+    if trial.settings.save_model:
         model_path = reporter.work_dir / MODEL_FILE
         save_model(model_path, model, trial.model, data.dataset.classes)
         reporter.artifact(model_path, MODEL_ARTIFACT_DIR)
@@ -89,3 +90,8 @@ def final_metrics(evaluation: dict, best_val_acc: float, epochs_run: int, n_para
         for value, group in evaluation.get(f"per_{attribute}", {}).items():
             metrics[f"test_acc/{attribute}/{value}"] = float(group["acc"])
     return metrics
+
+
+EXPERIMENT = Experiment(
+    name="finetune", settings=Settings, evaluates_model=False, run=run, history_metrics=("val_acc",)
+)

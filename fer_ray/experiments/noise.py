@@ -17,7 +17,7 @@ accuracy (test identities resampled with all their images) ``acc_var_<v>/subject
 correctness at every variance, with labels, dataset rows and identities); figure
 ``noise_examples.png`` (clean next to the example variances, with the model's prediction).
 
-``report(runs, spec)`` builds the sweep's part of the report: the accuracy-vs-variance table and
+``report(table)`` builds the sweep's part of the report: the accuracy-vs-variance table and
 curve (mean and 95 % CI over models) and, when the sweep has several noise seeds, the repeat study:
 box plot, median / min / max / mean, bootstrap CI over repeats, the subject-clustered CI of one
 repeat and McNemar against clean per repeat.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +37,21 @@ from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
+from fer_ray.core.formatting import interval_text, summary_cell
 from fer_ray.core.groups import cluster_bootstrap_ci
 from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, repeats_boxplot_figure
 from fer_ray.core.stats import bootstrap_ci, mcnemar, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
-
-EVALUATES_MODEL = True
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
 
 CORRECTNESS_FILE = "noise_correct.npz"
 ARTIFACT_DIR = "noise"
-#: The seed project's repeated-noise result (image-level split, ResNet-50 on KDEF), for comparison.
-SEED_REPEATS_REFERENCE = {0.1: {"median": 0.67, "min": 0.65, "max": 0.68}}
-SEED_LABEL = "seed project (image-level split)"
+#: The reference study's repeated-noise result (the capstone project this package grew from:
+#: image-level split, ResNet-50 on KDEF), for comparison.
+REFERENCE_REPEATS = {0.1: {"median": 0.67, "min": 0.65, "max": 0.68}}
+REFERENCE_LABEL = "reference study (image-level split)"
 SIGNIFICANCE = 0.05
 
 
@@ -60,7 +61,7 @@ def _check_variances(values: list[float]) -> list[float]:
     return [float(v) for v in values]
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """The ``eval:`` section of a noise sweep. Variances in [0,1] pixel units (sigma = sqrt(variance))."""
 
     variances: list[float] = Field(
@@ -89,7 +90,7 @@ def accuracy_key(variance: float) -> str:
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Accuracy of ``trial.model_file`` on the test split of ``trial.data`` at every noise variance."""
-    cfg = trial.eval
+    cfg = trial.settings
     model, data = load_model_and_data(trial)
     classes = data.dataset.classes
     test = data.test
@@ -118,7 +119,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     return metrics
 
 
-def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, identities: np.ndarray, cfg: EvalConfig) -> dict[str, float]:
+def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, identities: np.ndarray, cfg: Settings) -> dict[str, float]:
     """McNemar against clean on the same images, and the subject-clustered CI of the noisy accuracy."""
     label = variance_label(variance)
     test = mcnemar(clean, noisy)
@@ -176,7 +177,7 @@ def noise_examples(images, variances: list[float], seed: int) -> dict[str, objec
     return columns
 
 
-def _examples_figure(model, test, classes, cfg: EvalConfig):
+def _examples_figure(model, test, classes, cfg: Settings):
     images, labels = test.images[: cfg.n_examples], test.labels[: cfg.n_examples]
     columns = noise_examples(images, cfg.example_variances, cfg.noise_seed)
     device = next(model.parameters()).device
@@ -193,40 +194,24 @@ def _examples_figure(model, test, classes, cfg: EvalConfig):
 # ----------------------------------------------------------------------------------------- report
 
 
-def report(runs: pd.DataFrame, spec):
-    """The noise part of the sweep report: (markdown, {name: Figure}, parent metrics). See module doc."""
-    variances = sorted(_metric_variances(runs))
-    runs = runs.assign(
-        _model=_model_labels(runs),
-        _seed=pd.to_numeric(runs.get("params.eval.noise_seed", pd.Series(0, index=runs.index)), errors="coerce"),
-    )
+def report(table: TrialTable) -> Report:
+    """The noise part of the sweep report: markdown, figures and parent metrics. See module doc."""
+    table = table.finished()
+    variances = sorted({v for record in table for v in record.settings.variances})
+    runs = table.frame(settings=("noise_seed",)).rename(columns={"noise_seed": "_seed"})
+    sources = runs["source_model"].fillna("model")
+    labels = {source: f"model {i + 1}" for i, source in enumerate(dict.fromkeys(sources))}
+    runs["_model"] = sources.map(labels)
     lines = ["## Gaussian noise", "", "Variance and σ are in the [0,1] pixel space (σ·255 grey levels); noisy images are clipped to [0,1].", ""]
     figures: dict[str, object] = {}
     parent_metrics: dict[str, float] = {}
-    lines += _models_legend(runs)
+    lines += ["Models: " + "; ".join(f"{label} = `{source}`" for source, label in labels.items()), ""]
     lines += _curve_section(runs, variances, figures)
     if runs["_seed"].nunique() > 1:
         for variance in (v for v in variances if v > 0):
-            lines += _repeats_section(runs, variance, figures, parent_metrics, spec)
-    lines += _examples_section(spec, figures)
-    return "\n".join(lines) + "\n", figures, parent_metrics
-
-
-def _metric_variances(runs: pd.DataFrame) -> list[float]:
-    pattern = re.compile(r"^metrics\.acc_var_([^/]+)$")
-    return [float(m.group(1)) for column in runs.columns if (m := pattern.match(column))]
-
-
-def _model_labels(runs: pd.DataFrame) -> pd.Series:
-    sources = runs.get("tags.fer_ray.source_model", pd.Series("model", index=runs.index)).fillna("model")
-    order = {source: f"model {i + 1}" for i, source in enumerate(dict.fromkeys(sources))}
-    return sources.map(order)
-
-
-def _models_legend(runs: pd.DataFrame) -> list[str]:
-    sources = runs.get("tags.fer_ray.source_model", pd.Series("model", index=runs.index)).fillna("model")
-    pairs = dict(zip(runs["_model"], sources))
-    return ["Models: " + "; ".join(f"{label} = `{source}`" for label, source in pairs.items()), ""]
+            lines += _repeats_section(runs, variance, figures, parent_metrics, table.settings)
+    lines += _examples_section(table, figures)
+    return Report("\n".join(lines) + "\n", figures, parent_metrics)
 
 
 def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) -> list[str]:
@@ -243,14 +228,14 @@ def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) ->
     ]
     rows = []
     for variance in variances:
-        per_model = runs.groupby("_model", sort=False)[f"metrics.{accuracy_key(variance)}"].mean()
+        per_model = runs.groupby("_model", sort=False)[accuracy_key(variance)].mean()
         summary = mean_ci(per_model)
-        p_column = f"metrics.mcnemar_p_var_{variance_label(variance)}"
+        p_column = f"mcnemar_p_var_{variance_label(variance)}"
         p_max = runs[p_column].max() if p_column in runs else float("nan")
         sigma = variance_to_sigma(variance)
         rows.append((variance, summary))
         lines.append(
-            f"| {variance_label(variance)} | {sigma:.4g} | {sigma * 255:.3g} | {_cell(summary)} | {summary['n']} | "
+            f"| {variance_label(variance)} | {sigma:.4g} | {sigma * 255:.3g} | {summary_cell(summary)} | {summary['n']} | "
             f"{'-' if math.isnan(p_max) else f'{p_max:.3g}'} |"
         )
     if len(variances) > 1:
@@ -261,10 +246,10 @@ def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) ->
     return lines + [""]
 
 
-def _repeats_section(runs: pd.DataFrame, variance: float, figures: dict, parent_metrics: dict, spec) -> list[str]:
+def _repeats_section(runs: pd.DataFrame, variance: float, figures: dict, parent_metrics: dict, settings: Settings) -> list[str]:
     """The significance study at one variance: the spread over noise repeats and the paired tests."""
     key, label = accuracy_key(variance), variance_label(variance)
-    n_boot = _eval_value(spec, "n_boot", 2000)
+    n_boot = settings.n_boot
     lines = [
         f"### Repeats at variance {label} (σ {variance_to_sigma(variance):.4g})",
         "",
@@ -277,40 +262,40 @@ def _repeats_section(runs: pd.DataFrame, variance: float, figures: dict, parent_
     ]
     values = {}
     for model, group in runs.sort_values("_seed").groupby("_model", sort=False):
-        accuracies = group[f"metrics.{key}"].astype(float).to_numpy()
+        accuracies = group[key].astype(float).to_numpy()
         values[model] = accuracies
         median, mean = bootstrap_ci(accuracies, np.median, n_boot=n_boot), bootstrap_ci(accuracies, np.mean, n_boot=n_boot)
         first = group.iloc[0]
-        subject = (first.get(f"metrics.{key}/subject_ci_low", np.nan), first.get(f"metrics.{key}/subject_ci_high", np.nan))
+        subject = (first.get(f"{key}/subject_ci_low", np.nan), first.get(f"{key}/subject_ci_high", np.nan))
         lines.append(
             f"| {model} | {len(accuracies)} | {np.median(accuracies):.3f} | {accuracies.min():.3f} | {accuracies.max():.3f} | "
-            f"{accuracies.mean():.3f} | {_interval(median)} | {_interval(mean)} | {group['metrics.test_acc'].mean():.3f} | "
+            f"{accuracies.mean():.3f} | {_interval(median)} | {_interval(mean)} | {group['test_acc'].mean():.3f} | "
             f"{_interval({'low': subject[0], 'high': subject[1]})} (seed {int(first['_seed'])}) |"
         )
     pooled = np.concatenate(list(values.values()))
     if len(values) > 1:  # the parent run's summary metrics pool every model's repeats (no CI: not i.i.d.)
         lines.append(
             f"| all models | {len(pooled)} | {np.median(pooled):.3f} | {pooled.min():.3f} | {pooled.max():.3f} | "
-            f"{pooled.mean():.3f} | - | - | {runs['metrics.test_acc'].mean():.3f} | - |"
+            f"{pooled.mean():.3f} | - | - | {runs['test_acc'].mean():.3f} | - |"
         )
     parent_metrics.update({
         f"median_{key}": float(np.median(pooled)), f"min_{key}": float(pooled.min()),
         f"max_{key}": float(pooled.max()), f"mean_{key}": float(pooled.mean()),
     })
-    reference = SEED_REPEATS_REFERENCE.get(variance)
+    reference = REFERENCE_REPEATS.get(variance)
     if reference:
-        lines += ["", f"{SEED_LABEL}: median {reference['median']}, min {reference['min']}, max {reference['max']} — not comparable one to one (their split let the same people into train and test)."]
+        lines += ["", f"{REFERENCE_LABEL}: median {reference['median']}, min {reference['min']}, max {reference['max']} — not comparable one to one (their split let the same people into train and test)."]
     name = f"repeats_var_{label}.png"
     figures[name] = repeats_boxplot_figure(
         values, ylabel=f"test accuracy at variance {label}", title=f"Accuracy over noise repeats (variance {label})",
-        reference=reference, reference_label=SEED_LABEL,
+        reference=reference, reference_label=REFERENCE_LABEL,
     )
     return lines + [""] + _mcnemar_lines(runs, label) + [""]
 
 
 def _mcnemar_lines(runs: pd.DataFrame, label: str) -> list[str]:
     """McNemar against clean per repeat, and how many repeats reject 'noise changes nothing'."""
-    columns = [f"metrics.mcnemar_{part}_var_{label}" for part in ("b", "c", "p")]
+    columns = [f"mcnemar_{part}_var_{label}" for part in ("b", "c", "p")]
     if any(column not in runs for column in columns):
         return []
     b, c, p = columns
@@ -323,7 +308,7 @@ def _mcnemar_lines(runs: pd.DataFrame, label: str) -> list[str]:
     ]
     for _, row in runs.sort_values(["_model", "_seed"]).iterrows():
         lines.append(
-            f"| {row['_model']} | {int(row['_seed'])} | {row['metrics.test_acc']:.3f} | {row[f'metrics.acc_var_{label}']:.3f} | "
+            f"| {row['_model']} | {int(row['_seed'])} | {row['test_acc']:.3f} | {row[f'acc_var_{label}']:.3f} | "
             f"{int(row[b])} | {int(row[c])} | {row[p]:.3g} |"
         )
     significant = int((runs[p] < SIGNIFICANCE).sum())
@@ -331,13 +316,13 @@ def _mcnemar_lines(runs: pd.DataFrame, label: str) -> list[str]:
     return lines
 
 
-def _examples_section(spec, figures: dict) -> list[str]:
+def _examples_section(table: TrialTable, figures: dict) -> list[str]:
     """The example panel (clean / example variances), redrawn from the data on the driver."""
-    cfg = EvalConfig.model_validate(spec.eval)
+    cfg: Settings = table.settings
     if cfg.n_examples == 0 or not cfg.example_variances:
         return []
     try:
-        test = prepare_data(spec.data).test
+        test = prepare_data(table.data).test
     except DataError as error:
         return [f"(No example panel: the data is not readable where the report is written: {error})", ""]
     columns = noise_examples(test.images[: cfg.n_examples], cfg.example_variances, cfg.noise_seed)
@@ -345,14 +330,8 @@ def _examples_section(spec, figures: dict) -> list[str]:
     return ["### Examples", "", "Each trial also logs its own panel with the model's predictions (noise_examples.png).", ""]
 
 
-def _eval_value(spec, key: str, default):
-    return (spec.eval or {}).get(key, default)
-
-
-def _cell(summary: dict) -> str:
-    return f"{summary['mean']:.3f} [{_interval(summary)}]"
-
-
 def _interval(summary: dict) -> str:
-    low, high = summary["low"], summary["high"]
-    return "-" if (pd.isna(low) or pd.isna(high)) else f"{low:.3f}–{high:.3f}"
+    return interval_text(summary["low"], summary["high"])
+
+
+EXPERIMENT = Experiment(name="noise", settings=Settings, evaluates_model=True, run=run, report=report)

@@ -15,9 +15,10 @@ from pydantic import Field
 from fer_ray.core.config import Strict
 from fer_ray.core.device import pick_device
 from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.contract import Experiment
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     steps: int = Field(3, ge=1, le=1000, description="instant 'epochs' reported per trial")
     checkpoint: bool = Field(True, description="write a tiny checkpoint each step (exercises Tune storage)")
     value: float = Field(0.0, description="a number to sweep over; reported back as 'value'")
@@ -27,10 +28,13 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Report ``steps`` epochs of a fake metric; tag the node and device the trial ran on."""
     device = pick_device()
     reporter.tags({"fer_ray.node": platform.node(), "fer_ray.device": str(device)})
-    for step in range(1, trial.eval.steps + 1):
+    for step in range(1, trial.settings.steps + 1):
         checkpoint = None
-        if trial.eval.checkpoint:
+        if trial.settings.checkpoint:
             checkpoint = reporter.work_dir / "checkpoint.pt"
             torch.save({"step": step}, checkpoint)
-        reporter.epoch({"val_acc": step / trial.eval.steps, "value": trial.eval.value}, step, checkpoint)
-    return {"value": trial.eval.value, "test_acc": 1.0, "cuda_devices": float(torch.cuda.device_count())}
+        reporter.epoch({"val_acc": step / trial.settings.steps, "value": trial.settings.value}, step, checkpoint)
+    return {"value": trial.settings.value, "test_acc": 1.0, "cuda_devices": float(torch.cuda.device_count())}
+
+
+EXPERIMENT = Experiment(name="probe", settings=Settings, evaluates_model=False, run=run)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
@@ -29,16 +28,18 @@ from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import as_float_images, predict_proba
 from fer_ray.core.explain import grad_cam, guided_backprop, saliency_panels, vanilla_saliency
+from fer_ray.core.formatting import summary_cell
 from fer_ray.core.insight_plots import saliency_row_figure
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
 
-EVALUATES_MODEL = True
 #: the maps whose central mass is reported, in report order
 MAP_NAMES = ("vanilla", "guided", "gradcam")
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """The ``eval:`` section of a saliency sweep."""
 
     images: list[str] = Field([], description="file name stems (e.g. AF01HAS), case-insensitive; any split")
@@ -48,7 +49,7 @@ class EvalConfig(Strict):
     center_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="side of the central box / image side")
 
     @model_validator(mode="after")
-    def _one_way_of_choosing(self) -> "EvalConfig":
+    def _one_way_of_choosing(self) -> "Settings":
         if self.images and self.per_class is not None:
             raise ValueError(
                 f"give eval.images ({self.images}) or eval.per_class ({self.per_class}), not both; "
@@ -59,7 +60,7 @@ class EvalConfig(Strict):
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Saliency PNGs of the chosen images; returns the central-mass summary (see module docstring)."""
-    cfg: EvalConfig = trial.eval
+    cfg: Settings = trial.settings
     model, data = load_model_and_data(trial)
     rows = select_by_name(data, cfg.images) if cfg.images else select_per_class(data, cfg.per_class or 1)
     images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)[torch.from_numpy(rows)]
@@ -194,11 +195,13 @@ def _cell(column: str, value: float) -> str:
     return f"{value:.0f}" if column == "n_images" else f"{value:.3f}"
 
 
-def report(runs: pd.DataFrame, spec) -> tuple[str, dict]:
+def report(table: TrialTable) -> Report:
     """The central-mass summary per model and its mean over models."""
-    cfg: EvalConfig = spec.eval_config()
+    table = table.finished()
+    cfg: Settings = table.settings
+    runs = table.frame()
     columns = ["n_images", "selected_acc", "center_area", *[f"center_mass_{name}" for name in MAP_NAMES]]
-    columns = [c for c in columns if f"metrics.{c}" in runs]
+    columns = [c for c in columns if c in runs]
     lines = [
         "## Saliency",
         "",
@@ -211,15 +214,19 @@ def report(runs: pd.DataFrame, spec) -> tuple[str, dict]:
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
-    runs = runs.sort_values("tags.fer_ray.source_model") if "tags.fer_ray.source_model" in runs else runs
+    has_sources = runs["source_model"].notna().any()
+    if has_sources:
+        runs = runs.sort_values("source_model", kind="stable")
     for number, (_, run) in enumerate(runs.iterrows(), start=1):
-        lines.append(f"| model {number} | " + " | ".join(_cell(c, float(run[f"metrics.{c}"])) for c in columns) + " |")
+        lines.append(f"| model {number} | " + " | ".join(_cell(c, float(run[c])) for c in columns) + " |")
     if len(runs) > 1:
         cells = []
         for column in columns:
-            summary = mean_ci(runs[f"metrics.{column}"].astype(float))
-            cells.append(f"{summary['mean']:.3f} [{summary['low']:.3f}–{summary['high']:.3f}]")
+            cells.append(summary_cell(mean_ci(runs[column].astype(float))))
         lines.append("| mean [95 % CI over models] | " + " | ".join(cells) + " |")
-    if "tags.fer_ray.source_model" in runs:
-        lines += ["", *[f"- model {n}: {source}" for n, source in enumerate(runs["tags.fer_ray.source_model"], start=1)]]
-    return "\n".join(lines) + "\n", {}
+    if has_sources:
+        lines += ["", *[f"- model {n}: {source}" for n, source in enumerate(runs["source_model"], start=1)]]
+    return Report("\n".join(lines) + "\n")
+
+
+EXPERIMENT = Experiment(name="saliency", settings=Settings, evaluates_model=True, run=run, report=report)

@@ -60,15 +60,16 @@ from fer_ray.core.svm import (
 from fer_ray.core.svm_plots import baseline_bars_figure, cv_heatmap_figure
 from fer_ray.core.train import load_model
 from fer_ray.experiments.base import Reporter, Trial
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
 
-EVALUATES_MODEL = True
 #: bump when the feature extraction changes, so cached feature files are not reused
 FEATURES_VERSION = "svm-features/v1"
 #: tags carrying the test confusion matrices (JSON lists of lists, rows = true class) to the report
 TAG_CONFUSION = "fer_ray.svm_test_confusion"
 TAG_UNTUNED_CONFUSION = "fer_ray.svm_untuned_test_confusion"
 TAG_CLASSES = "fer_ray.svm_classes"  # JSON list: the class names of the confusion matrices' rows
-TAG_SOURCE_MODEL = "fer_ray.source_model"  # set by the orchestrator on every evaluation run
+TAG_FEATURES = "fer_ray.svm_features"
 GAMMA_WORDS = ("scale", "auto")
 
 T = TypeVar("T")
@@ -78,7 +79,7 @@ class SvmConfigError(ValueError):
     """An SVM setting that cannot work with the trial's data (the message names both keys)."""
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """The ``eval:`` section: one grid point (C, gamma, kernel) and how it is scored."""
 
     C: float = Field(1.0, gt=0.0, description="SVC regularisation (larger = less regularised)")
@@ -126,7 +127,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     untuned_test_acc / untuned_test_macro_f1, the CNN's cnn_test_acc / cnn_test_macro_f1 (same test
     split), n_pool, n_test, n_features.
     """
-    cfg: EvalConfig = trial.eval
+    cfg: Settings = trial.settings
     if trial.model_file is None:
         raise SvmConfigError("the svm experiment compares against a CNN: trial.model_file (source.model) is required")
     if cfg.features == "pixels" and cfg.pixel_size > trial.data.image_size:
@@ -155,7 +156,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     reporter.tags({
         "fer_ray.dataset_fingerprint": data.fingerprint,
         "fer_ray.protocol": data.protocol,
-        "fer_ray.svm_features": describe_features(cfg, features.shape[1]),
+        TAG_FEATURES: describe_features(cfg, features.shape[1]),
         TAG_CONFUSION: json.dumps(tuned["confusion"]),
         TAG_UNTUNED_CONFUSION: json.dumps(untuned["confusion"]),
         TAG_CLASSES: json.dumps(classes),
@@ -199,7 +200,7 @@ class CvDesign:
         return hashlib.sha256(self.test_rows.tobytes()).hexdigest()[:16]
 
 
-def cv_design(data: PreparedData, cfg: EvalConfig) -> CvDesign:
+def cv_design(data: PreparedData, cfg: Settings) -> CvDesign:
     """The training pool (train side, plus val when cfg.include_val), its subject-disjoint folds and
     the test rows. Folds group by identity even when the outer split is image-level, so no person is
     on both sides of a fold. Raises DataError when the pool holds fewer people than cfg.folds."""
@@ -209,7 +210,7 @@ def cv_design(data: PreparedData, cfg: EvalConfig) -> CvDesign:
     return CvDesign(pool_rows=pool_rows, folds=folds, test_rows=np.sort(data.test.indices).astype(np.int64))
 
 
-def describe_features(cfg: EvalConfig, n_features: int) -> str:
+def describe_features(cfg: Settings, n_features: int) -> str:
     if cfg.features == "pixels":
         return f"pixels: grayscale {cfg.pixel_size}x{cfg.pixel_size} px ({n_features} values)"
     return f"model: CNN penultimate features ({n_features} values)"
@@ -235,7 +236,7 @@ def _cnn_scores(model_file: Path, data: PreparedData) -> dict:
 
 
 def dataset_features(
-    data: PreparedData, data_cfg: DataConfig, cfg: EvalConfig, model_file: Path | None = None, model_sha: str | None = None
+    data: PreparedData, data_cfg: DataConfig, cfg: Settings, model_file: Path | None = None, model_sha: str | None = None
 ) -> np.ndarray:
     """float32 (N, D): features of every image of ``data.dataset`` (row i = dataset.images[i]).
 
@@ -260,7 +261,7 @@ def dataset_features(
     return node_cached(path, compute, save=_save_npy, load=lambda p: np.load(p, allow_pickle=False))
 
 
-def _feature_key(data: PreparedData, cfg: EvalConfig, model_sha: str | None) -> dict[str, Any]:
+def _feature_key(data: PreparedData, cfg: Settings, model_sha: str | None) -> dict[str, Any]:
     key: dict[str, Any] = {"version": FEATURES_VERSION, "fingerprint": data.fingerprint, "features": cfg.features}
     if cfg.features == "pixels":
         key["pixel_size"] = cfg.pixel_size  # pixels do not depend on the model: shared by every model
@@ -322,36 +323,36 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 # ------------------------------------------------------------------------------------------ report
 
 
-def grid_axes(spec) -> dict[str, list]:
-    """The sweep's C / gamma / kernel values in grid order (its search.grid lists, or the eval
-    section's single value), normalised through EvalConfig (100 -> 100.0, "0.01" -> 0.01)."""
-    base = spec.eval_config()
+def grid_axes(table: TrialTable) -> dict[str, list]:
+    """The sweep's C / gamma / kernel values in grid order (its grid lists, or the base settings'
+    single value), normalised through Settings (100 -> 100.0, "0.01" -> 0.01)."""
+    base = table.settings
     axes = {}
     for key in GRID_KEYS:
-        values = spec.search.grid.get(f"eval.{key}", [getattr(base, key)])
-        axes[key] = [getattr(EvalConfig.model_validate({**base.model_dump(), key: value}), key) for value in values]
+        values = table.settings_grid.get(key, [getattr(base, key)])
+        axes[key] = [getattr(Settings.model_validate({**base.model_dump(), key: value}), key) for value in values]
     return axes
 
 
-def grid_results(runs: pd.DataFrame, spec) -> pd.DataFrame:
-    """The finished SVM runs with their point (C, gamma, kernel), ``grid_index`` (the point's place
-    in sklearn ParameterGrid order over the sweep's lists) and ``rank`` (GridSearchCV's
+def grid_results(table: TrialTable) -> pd.DataFrame:
+    """The SVM trials with their point (C, gamma, kernel), ``grid_index`` (the point's place in
+    sklearn ParameterGrid order over the sweep's lists) and ``rank`` (GridSearchCV's
     rank_test_score within its source model), sorted by source model and grid index."""
-    points = param_grid(**grid_axes(spec))
+    points = param_grid(**grid_axes(table))
     index = {_point_key(p): i for i, p in enumerate(points)}
     rows = []
-    for _, run in runs.iterrows():
-        point = EvalConfig.model_validate({key: run[f"params.eval.{key}"] for key in GRID_KEYS}).point()
+    for record in table:
+        point = record.settings.point()
         if _point_key(point) not in index:
-            raise ValueError(f"run {run['run_id']}: point {point} is not in the sweep's grid {points}")
+            raise ValueError(f"run {record.run_id}: point {point} is not in the sweep's grid {points}")
         rows.append({
             **point,
             "grid_index": index[_point_key(point)],
-            "source": _text(run.get(f"tags.{TAG_SOURCE_MODEL}")),
-            "run_id": run["run_id"],
-            **{name[len("metrics."):]: run[name] for name in runs.columns if name.startswith("metrics.")},
-            TAG_CONFUSION: run.get(f"tags.{TAG_CONFUSION}"),
-            TAG_CLASSES: run.get(f"tags.{TAG_CLASSES}"),
+            "source": record.source_model or "",
+            "run_id": record.run_id,
+            **record.metrics,
+            TAG_CONFUSION: record.tags.get(TAG_CONFUSION),
+            TAG_CLASSES: record.tags.get(TAG_CLASSES),
         })
     table = pd.DataFrame(rows).sort_values(["source", "grid_index"], kind="stable").reset_index(drop=True)
     table["rank"] = 0
@@ -369,16 +370,15 @@ def choose_best(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(best_rows).reset_index(drop=True)
 
 
-def report(runs: pd.DataFrame, spec) -> tuple[str, dict[str, Any], dict[str, float]]:
-    """The SVM section of the sweep report: best point, CNN vs tuned vs untuned SVM, CV heatmap.
-
-    runs: the sweep's finished child runs (MLflow columns params.*, metrics.*, tags.*). Returns
-    (markdown, {png name: Figure}, sweep-level metrics for the parent run). With several source
-    models each picks its own best point; headline numbers are means over models.
+def report(trials: TrialTable) -> Report:
+    """The SVM section of the sweep report: best point, CNN vs tuned vs untuned SVM, CV heatmap; the
+    headline numbers as sweep-level metrics for the parent run. With several source models each
+    picks its own best point; headline numbers are means over models.
     """
-    cfg = spec.eval_config()
-    axes = grid_axes(spec)
-    table = grid_results(runs, spec)
+    trials = trials.finished()
+    cfg = trials.settings
+    axes = grid_axes(trials)
+    table = grid_results(trials)
     best = choose_best(table)
     headline = {
         "cnn_test_acc": float(best["cnn_test_acc"].mean()),
@@ -411,11 +411,11 @@ def report(runs: pd.DataFrame, spec) -> tuple[str, dict[str, Any], dict[str, flo
         figures["svm_confusion_matrix.png"] = confusion_matrix_figure(
             confusion, json.loads(best[TAG_CLASSES].iloc[0]), title=f"tuned SVM ({_point_text(best.iloc[0])}): test confusion"
         )
-    return _report_markdown(cfg, table, best, headline, runs), figures, headline
+    features = sorted({r.tags[TAG_FEATURES] for r in trials if TAG_FEATURES in r.tags})
+    return Report(_report_markdown(cfg, table, best, headline, features), figures, headline)
 
 
-def _report_markdown(cfg: EvalConfig, table: pd.DataFrame, best: pd.DataFrame, headline: dict, runs: pd.DataFrame) -> str:
-    features = runs.get("tags.fer_ray.svm_features", pd.Series(dtype=object)).dropna()
+def _report_markdown(cfg: Settings, table: pd.DataFrame, best: pd.DataFrame, headline: dict, features: list[str]) -> str:
     n_models = len(best)
     chosen = "; ".join(
         f"{_point_text(row)} (mean CV acc {row['cv_acc_mean']:.3f} ± {row['cv_acc_std']:.3f})" for _, row in best.iterrows()
@@ -423,7 +423,7 @@ def _report_markdown(cfg: EvalConfig, table: pd.DataFrame, best: pd.DataFrame, h
     lines = [
         "## SVM baseline",
         "",
-        f"- features: {features.iloc[0] if len(features) else cfg.features}; standardisation"
+        f"- features: {features[0] if features else cfg.features}; standardisation"
         + (f" + PCA({cfg.pca_components})" if cfg.pca_components else "") + " fitted inside each fold",
         f"- selection: {cfg.folds}-fold cross-validation, folds grouped by identity (no person on both sides), over the "
         + ("training + validation" if cfg.include_val else "training") + " identities; the point with the best mean CV "
@@ -458,11 +458,6 @@ def _as_results(group: pd.DataFrame) -> list[dict]:
     return [{"mean_test_score": float(row["cv_acc_mean"]), "row": row} for _, row in group.iterrows()]
 
 
-def _text(value) -> str:
-    """A tag cell as text: missing (None / NaN) -> ""."""
-    return value if isinstance(value, str) else ""
-
-
 def _point_key(point) -> tuple:
     return (float(point["C"]), point["gamma"], point["kernel"])
 
@@ -470,3 +465,5 @@ def _point_key(point) -> tuple:
 def _point_text(point) -> str:
     return f"C={point['C']:g}, gamma={point['gamma']}, kernel={point['kernel']}"
 
+
+EXPERIMENT = Experiment(name="svm", settings=Settings, evaluates_model=True, run=run, report=report)

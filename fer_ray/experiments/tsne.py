@@ -26,18 +26,22 @@ from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.evaluate import classification_metrics, predict_proba
 from fer_ray.core.explain import ExplainError, embed_tsne, embedding_quality, extract_features
+from fer_ray.core.formatting import summary_cell
 from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure
 from fer_ray.core.stats import mean_ci
-from fer_ray.experiments.base import Fetch, Reporter, Trial, load_model_and_data
+from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
 
-EVALUATES_MODEL = True
 EMBEDDING_FOLDER = "tsne"
 EMBEDDING_FILE = "embedding.npz"
+#: where a trial logs its embedding (the report redraws them side by side)
+EMBEDDING_ARTIFACT = f"{EMBEDDING_FOLDER}/{EMBEDDING_FILE}"
 #: metrics of one trial, per embedding dimension (see the module docstring)
 QUALITY_METRICS = ("trustworthiness", "knn_acc")
 
 
-class EvalConfig(Strict):
+class Settings(Strict):
     """The ``eval:`` section of a t-SNE sweep (the sweep's grid usually varies ``perplexity``)."""
 
     perplexity: float = Field(30.0, gt=0, description="t-SNE perplexity; must be below the number of images embedded")
@@ -57,8 +61,8 @@ class EvalConfig(Strict):
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
-    """Embed the features of trial.model_file for trial.eval.perplexity; returns the quality metrics."""
-    cfg: EvalConfig = trial.eval
+    """Embed the features of trial.model_file for trial.settings.perplexity; returns the quality metrics."""
+    cfg: Settings = trial.settings
     model, data = load_model_and_data(trial)
     rows, images, split_of_row = _gather_splits(data, cfg.splits)
     labels = data.dataset.labels[rows]
@@ -113,7 +117,7 @@ def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, t
     return rows, images, split_of_row
 
 
-def _check_sizes(cfg: EvalConfig, n_images: int) -> None:
+def _check_sizes(cfg: Settings, n_images: int) -> None:
     if not cfg.perplexity < n_images:
         raise ExplainError(
             f"eval.perplexity={cfg.perplexity:g} must be below the number of images embedded "
@@ -152,14 +156,15 @@ def _save_embedding(path: Path, embeddings: dict, labels, groups, data: Prepared
 # ----------------------------------------------------------------------------------------------
 
 
-def report(runs: pd.DataFrame, spec, fetch: Fetch) -> tuple[str, dict]:
+def report(table: TrialTable) -> Report:
     """A table of the embedding metrics per perplexity (mean over models [95 % CI]) and, for the first
     model, the embeddings of every perplexity side by side (one figure per dimension), read from each
-    run's ``tsne/embedding.npz`` through ``fetch``."""
-    cfg: EvalConfig = spec.eval_config()
-    runs = runs.assign(perplexity=pd.to_numeric(runs["params.eval.perplexity"])).sort_values("perplexity")
-    columns = [f"{name}_{d}d" for d in (2, 3) for name in QUALITY_METRICS if f"metrics.{name}_{d}d" in runs]
-    columns += [c for c in ("knn_acc_features", "test_acc") if f"metrics.{c}" in runs]
+    trial's ``tsne/embedding.npz``."""
+    table = table.finished()
+    cfg: Settings = table.settings
+    runs = table.frame(settings=("perplexity",)).sort_values("perplexity", kind="stable")
+    columns = [f"{name}_{d}d" for d in (2, 3) for name in QUALITY_METRICS if f"{name}_{d}d" in runs]
+    columns += [c for c in ("knn_acc_features", "test_acc") if c in runs]
     lines = [
         "## t-SNE of the penultimate-layer features",
         "",
@@ -172,34 +177,31 @@ def report(runs: pd.DataFrame, spec, fetch: Fetch) -> tuple[str, dict]:
         "|---|" + "---|" * (len(columns) + 1),
     ]
     for perplexity, group in runs.groupby("perplexity", sort=True):
-        cells = [_mean_ci_cell(group[f"metrics.{c}"]) for c in columns]
+        cells = [_mean_ci_cell(group[c]) for c in columns]
         lines.append(f"| {perplexity:g} | " + " | ".join(cells) + f" | {len(group)} |")
-    figures, missing = _side_by_side(runs, cfg.marker_by, fetch)
+    figures, missing = _side_by_side(table, cfg.marker_by)
     if missing:
         lines += ["", f"Embeddings missing from the artifact store for {missing} run(s): see each run's tsne_*d.png."]
-    return "\n".join(lines) + "\n", figures
+    return Report("\n".join(lines) + "\n", figures)
 
 
 def _mean_ci_cell(values: pd.Series) -> str:
-    summary = mean_ci(values.astype(float))
-    interval = "-" if np.isnan(summary["low"]) else f"{summary['low']:.3f}–{summary['high']:.3f}"
-    return f"{summary['mean']:.3f} [{interval}]"
+    return summary_cell(mean_ci(values.astype(float)))
 
 
-def _side_by_side(runs: pd.DataFrame, marker_by: str, fetch: Fetch) -> tuple[dict, int]:
-    """Figures ``tsne_<d>d_by_perplexity.png`` of the first model's runs; and how many runs had no
-    embedding artifact."""
-    model_column = "tags.fer_ray.source_model"
-    first_model = sorted(runs[model_column].dropna())[0] if model_column in runs and runs[model_column].notna().any() else None
-    chosen = runs if first_model is None else runs[runs[model_column] == first_model]
+def _side_by_side(table: TrialTable, marker_by: str) -> tuple[dict, int]:
+    """Figures ``tsne_<d>d_by_perplexity.png`` of the first model's trials (sorted by source), in
+    perplexity order; and how many trials had no embedding artifact."""
+    sources = sorted(table.source_models())
+    chosen = [r for r in table if not sources or r.source_model == sources[0]]
     loaded, missing = [], 0
-    for _, run in chosen.iterrows():
-        path = fetch(run["run_id"], f"{EMBEDDING_FOLDER}/{EMBEDDING_FILE}")
+    for record in sorted(chosen, key=lambda r: r.settings.perplexity):
+        path = record.fetch(EMBEDDING_ARTIFACT)
         if path is None or not path.is_file():
             missing += 1
             continue
         with np.load(path, allow_pickle=False) as stored:
-            loaded.append((run["perplexity"], {key: stored[key] for key in stored.files}))
+            loaded.append((record.settings.perplexity, {key: stored[key] for key in stored.files}))
     figures = {}
     if not loaded:
         return figures, missing
@@ -213,3 +215,8 @@ def _side_by_side(runs: pd.DataFrame, marker_by: str, fetch: Fetch) -> tuple[dic
         if panels:
             figures[f"tsne_{dims}d_by_perplexity.png"] = embedding_grid_figure(panels, classes, marker_by)
     return figures, missing
+
+
+EXPERIMENT = Experiment(
+    name="tsne", settings=Settings, evaluates_model=True, run=run, report=report, report_artifacts=(EMBEDDING_ARTIFACT,)
+)

@@ -23,11 +23,11 @@ import ray
 from ray import tune
 
 from fer_ray.orchestrate.cluster import check_storage_for_cluster, check_tracking_for_cluster
-from fer_ray.experiments import evaluates_model
+from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.stages import check_source, resolve_models
 from fer_ray.orchestrate.trial import trial_key, trial_overrides
 from fer_ray.orchestrate.spec import SweepSpec
-from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
+from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_STOPPED_EARLY, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
 from fer_ray.orchestrate.tune import build_tuner, set_tune_environment, trainable, trial_plan
 
 SPEC_ARTIFACT = "spec.json"
@@ -117,7 +117,7 @@ def dry_run(spec: SweepSpec, address: str | None = None, num_cpus: int | None = 
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None) -> SweepOutcome:
     """Run (or resume) the sweep end to end and write its report."""
     tracker = tracker_for(spec)
-    if evaluates_model(spec.experiment):
+    if get_experiment(spec.experiment).evaluates_model:
         check_source(spec)
     _start_ray_and_tracking(tracker, address, num_cpus)
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
@@ -149,7 +149,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
 
 def with_model_sources(spec: SweepSpec, tracker: Tracker, address: str | None, num_cpus: int | None) -> SweepSpec:
     """Evaluation sweeps: resolve (training first where needed) the models and fan trials over them."""
-    if not evaluates_model(spec.experiment):
+    if not get_experiment(spec.experiment).evaluates_model:
         return spec
 
     def run_training(training: SweepSpec) -> None:
@@ -262,7 +262,7 @@ def _close_open_runs(results, tracker: Tracker, parent_id: str) -> None:
         if result.error is not None:
             tracker.finish(run_id, "FAILED")
         else:
-            tracker.set_tags(run_id, {"fer_ray.stopped_early": "true"})
+            tracker.set_tags(run_id, {TAG_STOPPED_EARLY: "true"})
             tracker.finish(run_id, "KILLED")
 
 

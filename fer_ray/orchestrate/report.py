@@ -1,59 +1,69 @@
-"""After a sweep: gather its child runs from MLflow, aggregate over seeds, draw, publish.
+"""After a sweep: gather its child runs from MLflow into a typed table, let the experiment report.
 
-The report is built from MLflow alone (``Tracker.children``), so it holds exactly the numbers the
-MLflow UI shows. Per grid point: mean and 95 % CI over seeds (Student t). Outputs go to
-``reports/<sweep>/`` (report.md, summary.csv, PNGs) and to the parent run's artifacts.
+The report is built from MLflow alone, so it holds exactly the numbers the MLflow UI shows.
+:func:`trial_table` turns the sweep's child runs into a ``TrialTable`` (fer_ray.experiments.results):
+per trial its typed settings (re-validated from the values the trial logged), metrics, status,
+source model, training seed, metric histories and a fetcher for its artifacts. An experiment with a
+report function gets that table; otherwise the generic table applies: per grid point, mean and 95 %
+CI over seeds (Student t). Outputs go to ``reports/<sweep>/`` (report.md, summary.csv, PNGs) and to
+the parent run's artifacts.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from fer_ray.core.formatting import mean_interval_cell
 from fer_ray.core.plots import metric_curve_figure
 from fer_ray.core.stats import mean_ci
-from fer_ray.experiments import load_experiment
-from fer_ray.orchestrate.spec import SweepSpec
-from fer_ray.orchestrate.tracking import Tracker
+from fer_ray.experiments import get_experiment
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialRecord, TrialStatus, TrialTable
+from fer_ray.orchestrate.spec import SETTINGS_SECTION, SweepSpec, trial_of, trial_spec
+from fer_ray.orchestrate.tracking import (
+    TAG_SOURCE_MODEL,
+    TAG_SOURCE_RUN,
+    TAG_STOPPED_EARLY,
+    TAG_TRIAL_VALUES,
+    Tracker,
+)
 
 #: metrics summarised when a run has them, in this order
 REPORT_METRICS = ("test_acc", "test_macro_f1", "val_acc", "n_params")
-#: where report hooks' downloaded artifacts stay while the report is written (inside its folder)
+#: where downloaded artifacts stay while the report is written (inside its folder)
 FETCHED = ".artifacts"
 
 
 def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Path) -> Path | None:
     """Aggregate the parent's finished child runs; write and log the report. None if no run finished."""
-    runs = tracker.children(parent_id)
-    if runs.empty:
-        return None
-    runs = runs[runs["status"] == "FINISHED"]
-    if runs.empty:
+    experiment = get_experiment(spec.experiment)
+    table = trial_table(spec, tracker, tracker.child_runs(parent_id), out_dir / FETCHED, experiment)
+    finished = table.finished()
+    if not len(finished):
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     # seeds (and, for evaluation sweeps, the models trained with different seeds) are what the
     # mean and CI run over; every other grid key is a row of the table
     grid = {k: v for k, v in spec.search.grid.items() if k not in ("train.seed", "source.model")}
-    keys = list(grid)
-    table = aggregate(runs, grid)
-    table.to_csv(out_dir / "summary.csv", index=False)
-    experiment = load_experiment(spec.experiment)
-    if hasattr(experiment, "report"):  # the experiment's own tables, statistics and figures replace the generic table
-        extra_markdown, figures, *extra_metrics = experiment.report(runs, spec, **_hook_extras(experiment.report, tracker, out_dir))
-        if extra_metrics:  # sweep-level numbers (e.g. the SVM's refit test accuracy) on the parent run
-            tracker.log_metrics(parent_id, extra_metrics[0])
-        markdown = _header(spec, runs) + "\n" + extra_markdown + "\n" + "".join(f"![{name}]({name})\n" for name in figures)
+    summary = aggregate(finished, grid)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    if experiment.report is not None:  # the experiment's own tables, statistics and figures replace the generic table
+        report = experiment.report(table)
     else:
-        figures = _figures(table, keys)
-        markdown = _header(spec, runs) + _table_markdown(table, keys) + "\n\n" + "".join(f"![{name}]({name})\n" for name in figures)
+        report = Report(_table_markdown(summary, list(grid)) + "\n", _figures(summary, list(grid)))
+    if report.metrics:  # sweep-level numbers (e.g. the SVM's refit test accuracy) on the parent run
+        tracker.log_metrics(parent_id, dict(report.metrics))
+    markdown = _header(spec, len(finished)) + "\n" + report.markdown + "\n" + "".join(f"![{name}]({name})\n" for name in report.figures)
     shutil.rmtree(out_dir / FETCHED, ignore_errors=True)
-    for name, figure in figures.items():
+    for name, figure in report.figures.items():
         figure.savefig(out_dir / name, dpi=120, bbox_inches="tight")
     (out_dir / "report.md").write_text(markdown)
     print(markdown)
@@ -62,54 +72,127 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     return out_dir
 
 
-def _hook_extras(hook, tracker: Tracker, out_dir: Path) -> dict:
-    """``fetch`` for a report hook that declares it: artifacts of the sweep's runs, downloaded through
-    the tracking server into ``out_dir/.artifacts/<run id>/`` (removed once the report is written)."""
-    if "fetch" not in inspect.signature(hook).parameters:
-        return {}
+# ------------------------------------------------------------------------------------ the table
 
-    def fetch(run_id: str, artifact_path: str) -> Path | None:
+
+def trial_table(spec: SweepSpec, tracker: Tracker, runs: list[Run], fetch_dir: Path, experiment: Experiment | None = None) -> TrialTable:
+    """The sweep's child runs as a TrialTable (see the module docstring). ``fetch_dir``: where
+    fetched artifacts are downloaded (one folder per run)."""
+    experiment = experiment or get_experiment(spec.experiment)
+    seeds: dict[str, int | None] = {}  # source training run id -> its train.seed
+    records = []
+    for run in runs:
+        values = trial_values(run, spec)
+        trial = trial_of(trial_spec(spec, values))
+        tags = dict(run.data.tags)
+        source = trial.model_source or tags.get(TAG_SOURCE_MODEL)
+        records.append(TrialRecord(
+            run_id=run.info.run_id,
+            run_name=run.info.run_name or "",
+            status=_status(run),
+            trial=trial,
+            values=values,
+            metrics={key: float(value) for key, value in run.data.metrics.items()},
+            tags={key: value for key, value in tags.items() if not key.startswith("mlflow.")},
+            source_model=source,
+            train_seed=_train_seed(tracker, tags.get(TAG_SOURCE_RUN), seeds) if experiment.evaluates_model else trial.train.seed,
+            history={name: tracker.metric_history(run.info.run_id, name) for name in experiment.history_metrics},
+            fetch=_fetcher(tracker, run.info.run_id, fetch_dir, experiment),
+        ))
+    prefix = f"{SETTINGS_SECTION}."
+    return TrialTable(
+        sweep=spec.name,
+        experiment=spec.experiment,
+        settings=spec.eval_config(),
+        data=spec.data,
+        records=tuple(records),
+        grid=dict(spec.search.grid),
+        settings_grid={k[len(prefix):]: v for k, v in spec.search.grid.items() if k.startswith(prefix)},
+    )
+
+
+def trial_values(run: Run, spec: SweepSpec) -> dict[str, Any]:
+    """The values a trial varied, as the trial logged them (JSON, typed). A run from before that tag
+    existed: its grid keys' param text read as YAML (numbers, lists, words)."""
+    logged = run.data.tags.get(TAG_TRIAL_VALUES)
+    if logged is not None:
+        return json.loads(logged)
+    import yaml
+
+    params = run.data.params
+    return {key: yaml.safe_load(params[key]) for key in [*spec.search.grid, "train.seed"] if key in params}
+
+
+def _status(run: Run) -> TrialStatus:
+    if run.info.status == "FINISHED":
+        return TrialStatus.FINISHED
+    if run.data.tags.get(TAG_STOPPED_EARLY) == "true":
+        return TrialStatus.STOPPED
+    return TrialStatus.FAILED
+
+
+def _train_seed(tracker: Tracker, source_run: str | None, known: dict[str, int | None]) -> int | None:
+    """The train.seed of the training run an evaluation trial's model came from (None: not a run)."""
+    if source_run is None:
+        return None
+    if source_run not in known:
         try:
-            return tracker.download_artifact(run_id, artifact_path, out_dir / FETCHED / run_id)
+            seed = tracker.get_run(source_run).data.params.get("train.seed")
+        except MlflowException:
+            seed = None
+        known[source_run] = None if seed is None else int(seed)
+    return known[source_run]
+
+
+def _fetcher(tracker: Tracker, run_id: str, fetch_dir: Path, experiment: Experiment):
+    """fetch(artifact_path) for one run: downloads through the tracking server into
+    ``fetch_dir/<run id>/``; only the paths the experiment declares in report_artifacts."""
+
+    def fetch(artifact_path: str) -> Path | None:
+        if artifact_path not in experiment.report_artifacts:
+            raise ValueError(
+                f"experiment {experiment.name}: artifact {artifact_path!r} is not declared in its report_artifacts "
+                f"{list(experiment.report_artifacts)}"
+            )
+        try:
+            return tracker.download_artifact(run_id, artifact_path, fetch_dir / run_id)
         except (MlflowException, OSError):  # no such artifact (each store says so its own way)
             return None
 
-    return {"fetch": fetch}
+    return fetch
 
 
-def aggregate(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
+# ------------------------------------------------------------------------- the generic report
+
+
+def aggregate(table: TrialTable, grid: dict[str, list]) -> pd.DataFrame:
     """One row per grid point, in the order the sweep file lists the values: mean, CI low/high of
-    each metric over the runs of that point (seeds / models), and their count."""
+    each metric over the trials of that point (seeds / models), and their count."""
     keys = list(grid)
-    metrics = [m for m in REPORT_METRICS if f"metrics.{m}" in runs.columns]
+    metrics = [m for m in REPORT_METRICS if any(m in record.metrics for record in table)]
     rows = []
     for point in itertools.product(*grid.values()):
-        group = runs
-        for key, value in zip(keys, point):
-            group = group[_matches(group[f"params.{key}"], value)]
-        if group.empty:
+        group = [r for r in table if all(_same(r.values.get(key), value) for key, value in zip(keys, point))]
+        if not group:
             continue
         row = dict(zip(keys, point))
         for metric in metrics:
-            summary = mean_ci(group[f"metrics.{metric}"].astype(float))
+            summary = mean_ci(pd.Series([r.metric(metric) for r in group], dtype=float))
             row.update({metric: summary["mean"], f"{metric}_low": summary["low"], f"{metric}_high": summary["high"]})
         row["n_seeds"] = len(group)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _matches(params: pd.Series, value) -> pd.Series:
-    """Rows whose MLflow param (text) holds grid ``value``: numbers compare as numbers (YAML's 1 is
-    the spec's 1.0), lists as the JSON text tracking.flatten writes, the rest as text."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return pd.to_numeric(params, errors="coerce") == float(value)
-    if isinstance(value, (list, tuple)):
-        return params == json.dumps(list(value), sort_keys=True, default=str)
-    return params == str(value)
+def _same(logged: Any, value: Any) -> bool:
+    """A trial's logged value equals a grid value (YAML's 1 is the spec's 1.0; lists element-wise)."""
+    if isinstance(value, (list, tuple)) and isinstance(logged, (list, tuple)):
+        return len(value) == len(logged) and all(_same(a, b) for a, b in zip(logged, value))
+    return logged == value
 
 
 def _figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
-    """The seed's graphs: accuracy vs training fraction, accuracy vs model size (parameters)."""
+    """The reference study's graphs: accuracy vs training fraction, accuracy vs model size (parameters)."""
     if len(keys) != 1 or "test_acc" not in table:
         return {}
     key = keys[0]
@@ -130,14 +213,14 @@ def _figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
     return {}
 
 
-def _header(spec: SweepSpec, runs: pd.DataFrame) -> str:
+def _header(spec: SweepSpec, n_finished: int) -> str:
     """What was run, on what, split how: the first lines of every sweep report."""
     lines = [
         f"# {spec.name}",
         "",
         spec.description.strip(),
         "",
-        f"- experiment: {spec.experiment}; profile: {spec.profile}; finished trials: {len(runs)}",
+        f"- experiment: {spec.experiment}; profile: {spec.profile}; finished trials: {n_finished}",
         f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {spec.data.split.protocol}",
         f"- model: {spec.model.arch} (weights {spec.model.weights}); {spec.train.epochs} epochs",
         "- cells: mean over seeds [95 % CI, Student t; '-' with one seed]",
@@ -162,5 +245,4 @@ def _table_markdown(table: pd.DataFrame, keys: list[str]) -> str:
 def _cell(mean: float, low: float, high: float, metric: str) -> str:
     if metric == "n_params":
         return f"{mean / 1e6:.1f} M"
-    interval = "-" if pd.isna(low) else f"{low:.3f}–{high:.3f}"
-    return f"{mean:.3f} [{interval}]"
+    return mean_interval_cell(mean, low, high)

@@ -31,7 +31,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fer_ray.core.config import DataConfig, ModelConfig, Strict, TrainConfig
-from fer_ray.experiments import eval_config_model, evaluates_model, experiment_names
+from fer_ray.experiments import experiment_names, get_experiment
+from fer_ray.experiments.base import Trial
 
 
 class SpecError(ValueError):
@@ -135,6 +136,10 @@ class SourceConfig(Strict):
     train_seeds: list[int] = Field([0], min_length=1, description="model='train': one model per seed")
 
 
+#: the section of a sweep file holding the experiment's own settings (its Experiment.settings model)
+SETTINGS_SECTION = "eval"
+
+
 class SweepSpec(Strict):
     """One experiment = one sweep file."""
 
@@ -163,7 +168,7 @@ class SweepSpec(Strict):
 
     def eval_config(self) -> BaseModel:
         """The ``eval`` section validated by the experiment's own model."""
-        return eval_config_model(self.experiment).model_validate(self.eval)
+        return get_experiment(self.experiment).settings.model_validate(self.eval)
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -219,7 +224,7 @@ def validate_spec(raw: dict[str, Any], source: str) -> SweepSpec:
         spec.eval_config()
     except ValidationError as err:
         prefix = "eval." if err.title != SweepSpec.__name__ else ""
-        model = eval_config_model(raw.get("experiment", "")) if prefix else SweepSpec
+        model = get_experiment(raw.get("experiment", "")).settings if prefix else SweepSpec
         raise SpecError(f"{source}: " + _explain(err, model, prefix)) from None
     return spec
 
@@ -329,7 +334,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     product alone (their models, one per training seed, enter the grid as ``source.model``).
     """
     keys = list(spec.search.grid)
-    seeds = [{}] if evaluates_model(spec.experiment) else [{"train.seed": s} for s in spec.search.seeds]
+    seeds = [{}] if get_experiment(spec.experiment).evaluates_model else [{"train.seed": s} for s in spec.search.seeds]
     points = []
     for values in itertools.product(*(spec.search.grid[k] for k in keys)):
         for seed in seeds:
@@ -341,6 +346,17 @@ def trial_spec(spec: SweepSpec, overrides: dict[str, Any]) -> SweepSpec:
     """The spec one trial runs: the sweep's spec with the trial's own values applied."""
     raw = apply_overrides(spec.model_dump(mode="json"), overrides, source=f"trial {overrides}")
     return validate_spec(raw, source=f"trial {overrides}")
+
+
+def trial_of(spec: SweepSpec) -> Trial:
+    """The typed configuration an experiment's trial function receives for ``spec`` (a trial's spec:
+    its values applied). model_source: the model an evaluation experiment evaluates; model_file is
+    left for the trial to fill with its local copy."""
+    evaluates = get_experiment(spec.experiment).evaluates_model
+    return Trial(
+        sweep=spec.name, data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(),
+        model_source=spec.source.model if evaluates else None,
+    )
 
 
 # ------------------------------------------------------------------------------------- errors

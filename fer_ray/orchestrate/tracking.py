@@ -67,6 +67,13 @@ TAG_SWEEP_ID = "fer_ray.sweep_id"
 TAG_TRIAL_KEY = "fer_ray.trial_key"
 TAG_ATTEMPTS = "fer_ray.attempts"
 TAG_SPEC_HASH = "fer_ray.spec_hash"
+#: a child run's varying values (its grid point / Optuna sample) as JSON: the report reads them back typed
+TAG_TRIAL_VALUES = "fer_ray.trial_values"
+#: an evaluation run's model (runs:/ URI, models:/ URI or path) and, when it came from a run, that run's id
+TAG_SOURCE_MODEL = "fer_ray.source_model"
+TAG_SOURCE_RUN = "fer_ray.source_run"
+#: set on a child run the scheduler (ASHA) stopped early (its status is then KILLED)
+TAG_STOPPED_EARLY = "fer_ray.stopped_early"
 #: MLflow's own tag: the UI nests a run under the run with this id.
 TAG_PARENT = "mlflow.parentRunId"
 ROLE_PARENT = "parent"
@@ -586,6 +593,14 @@ class Tracker:
         )
         return runs[0] if runs else None
 
+    def get_run(self, run_id: str) -> Run:
+        """One run by id (MlflowException when there is none)."""
+        return _retry_locked(self.client.get_run, run_id)
+
+    def child_runs(self, parent_id: str) -> list[Run]:
+        """The child runs of ``parent_id``, oldest first."""
+        return self.find_runs(tag_filter(TAG_PARENT, parent_id), order_by=["attributes.start_time ASC"])
+
     def children(self, parent_id: str) -> pd.DataFrame:
         """The child runs of ``parent_id`` as one row each, oldest first, like mlflow.search_runs.
 
@@ -593,8 +608,7 @@ class Tracker:
         ``params.<key>`` (str), ``metrics.<key>`` (latest value, float) and ``tags.<key>`` (str);
         a run lacking a key holds NaN there. No children: an empty frame with the fixed columns.
         """
-        runs = self.find_runs(tag_filter(TAG_PARENT, parent_id), order_by=["attributes.start_time ASC"])
-        return runs_frame(runs)
+        return runs_frame(self.child_runs(parent_id))
 
 
 def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:

@@ -20,11 +20,11 @@ import ray
 from dataclasses import replace
 from ray import tune
 
-from fer_ray.experiments import evaluates_model, load_experiment
-from fer_ray.experiments.base import MODEL_FILE, Trial
+from fer_ray.experiments import get_experiment
+from fer_ray.experiments.base import MODEL_FILE
 from fer_ray.orchestrate.stages import TAG_TRAIN_HASH, training_hash
-from fer_ray.orchestrate.spec import SweepSpec, trial_spec
-from fer_ray.orchestrate.tracking import Tracker, flatten
+from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
+from fer_ray.orchestrate.tracking import TAG_SOURCE_MODEL, TAG_SOURCE_RUN, TAG_TRIAL_VALUES, Tracker, flatten
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -101,9 +101,9 @@ def fetch_model(tracker: Tracker, source: str, folder: Path) -> Path:
 
 def source_tags(source: str) -> dict[str, str]:
     """Which model an evaluation run used (the training run id when it came from one)."""
-    tags = {"fer_ray.source_model": source}
+    tags = {TAG_SOURCE_MODEL: source}
     if source.startswith("runs:/"):
-        tags["fer_ray.source_run"] = source.split("/")[1]
+        tags[TAG_SOURCE_RUN] = source.split("/")[1]
     return tags
 
 
@@ -120,16 +120,17 @@ def run_trial(config: dict[str, Any], *, spec_data: dict[str, Any], tracker: Tra
         run_name=run_name(overrides),
         params=flatten(spec.model_dump(mode="json", include={"data", "model", "train", "eval"})),
         tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id(),
-              "fer_ray.node_id": ray.get_runtime_context().get_node_id()},
+              "fer_ray.node_id": ray.get_runtime_context().get_node_id(),
+              TAG_TRIAL_VALUES: json.dumps(overrides, sort_keys=True, default=str)},
     )
-    experiment = load_experiment(spec.experiment)
+    experiment = get_experiment(spec.experiment)
     # A run left open here (an exception, ASHA stopping the trial, a lost node) is closed by the driver
     # once Tune is done with the trial: it alone knows whether the trial failed or was stopped early.
     with tempfile.TemporaryDirectory(prefix="fer_ray_trial_") as folder:
         reporter = TuneMlflowReporter(tracker, run_id, Path(folder))
-        trial = Trial(sweep=spec.name, data=spec.data, model=spec.model, train=spec.train, eval=spec.eval_config())
-        if evaluates_model(spec.experiment):
-            trial = replace(trial, model_file=fetch_model(tracker, spec.source.model, Path(folder) / "source"), model_source=spec.source.model)
+        trial = trial_of(spec)
+        if experiment.evaluates_model:
+            trial = replace(trial, model_file=fetch_model(tracker, spec.source.model, Path(folder) / "source"))
             reporter.tags(source_tags(spec.source.model))
         else:
             reporter.tags({TAG_TRAIN_HASH: training_hash(spec)})

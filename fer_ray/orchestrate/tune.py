@@ -13,7 +13,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from fer_ray.experiments import evaluates_model
+from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.spec import Distribution, SweepSpec, grid_points
 from fer_ray.orchestrate.tracking import Tracker
 from fer_ray.orchestrate.trial import run_trial
@@ -143,7 +143,7 @@ def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
 
 def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
     """Number of trials, what varies, resources per trial and a rough compute cost."""
-    if spec.search.optuna is None and evaluates_model(spec.experiment):
+    if spec.search.optuna is None and get_experiment(spec.experiment).evaluates_model:
         n_models = len(spec.source.train_seeds) if spec.source.model == "train" else 1
         n_trials = len(grid_points(spec)) * n_models
         varying = {**spec.search.grid, "source.model": [f"{spec.source.model} (train seeds {spec.source.train_seeds})"]}
@@ -168,7 +168,7 @@ def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
 
 def _rough_cost(spec: SweepSpec, n_trials: int) -> str:
     """Upper bound of training compute: trials x epochs x training images x GFLOPs per image."""
-    if evaluates_model(spec.experiment):
+    if get_experiment(spec.experiment).evaluates_model:
         return "evaluation sweep: cost depends on the trained model(s)"
     if spec.experiment != "finetune":
         return f"{spec.experiment} trials train no network: seconds each"

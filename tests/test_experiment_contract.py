@@ -1,0 +1,136 @@
+"""Every registered experiment keeps the contract (fer_ray.experiments.contract), and the layers keep
+their import boundaries (a static scan of the source files: nothing is imported to check)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fer_ray.experiments import REGISTRY, experiment_names, get_experiment
+from fer_ray.experiments.base import Trial
+from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.results import Report, TrialTable
+from fer_ray.orchestrate.spec import load_spec, resolve_spec, trial_of
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = ROOT / "sweeps"
+
+
+def _sweep_files() -> dict[str, list[Path]]:
+    """experiment kind -> the sweep files that run it."""
+    files: dict[str, list[Path]] = {}
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        files.setdefault(yaml.safe_load(path.read_text())["experiment"], []).append(path)
+    return files
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_registered_experiment_describes_itself(name):
+    experiment = get_experiment(name)
+    assert isinstance(experiment, Experiment) and experiment.name == name
+    experiment.settings.model_validate({})  # the defaults validate: a sweep file may omit the section
+    run = inspect.signature(experiment.run)
+    assert list(run.parameters) == ["trial", "reporter"], f"{REGISTRY[name]}.run{run}"
+    if experiment.report is not None:
+        report = inspect.signature(experiment.report)
+        assert len(report.parameters) == 1, f"{REGISTRY[name]}.report{report}: takes the TrialTable alone"
+        annotation = next(iter(report.parameters.values())).annotation
+        assert annotation in (TrialTable, "TrialTable") and report.return_annotation in (Report, "Report")
+    for path in experiment.report_artifacts:
+        assert "/" in path and not path.startswith("/"), f"{name}: artifact paths are folder/file, got {path!r}"
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_every_experiment_has_a_sweep_file_that_validates(name):
+    files = _sweep_files().get(name, [])
+    assert files, f"experiment {name}: no sweep file in sweeps/ runs it"
+    for path in files:
+        spec = load_spec(path)
+        trial = trial_of(spec)
+        assert isinstance(trial.settings, get_experiment(name).settings)
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_evaluates_model_agrees_with_what_the_trial_needs(name, tmp_path):
+    """An evaluation experiment refuses a trial without a model, naming source.model; a training one
+    gets no model_source from the spec (the orchestrator fetches no model for it)."""
+    experiment = get_experiment(name)
+    spec = resolve_spec({"name": "t", "experiment": name}, [])
+    trial = trial_of(spec)
+    if experiment.evaluates_model:
+        assert trial.model_source == spec.source.model
+        with pytest.raises(ValueError, match="source.model"):
+            experiment.run(trial, _NoReporter(tmp_path))
+    else:
+        assert trial.model_source is None and trial.model_file is None
+
+
+class _NoReporter:
+    """A Reporter that fails the test if the trial reports anything before checking its model."""
+
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the trial called reporter.{name} before checking for its model")
+
+
+def test_unknown_kind_is_a_key_error_and_the_registry_names_modules_of_the_package():
+    with pytest.raises(KeyError):
+        get_experiment("no-such-experiment")
+    assert all(module == f"fer_ray.experiments.{name}" for name, module in REGISTRY.items())
+    assert isinstance(trial_of(resolve_spec({"name": "t", "experiment": "probe"}, [])), Trial)
+
+
+# --------------------------------------------------------------------------- import boundaries
+
+
+def _imports(path: Path, root: Path) -> set[str]:
+    """Every module a source file imports (absolute names; relative imports resolved from ``root``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                names.add(".".join([*base, node.module] if node.module else base))
+            else:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _violations(folder: str, forbidden: tuple[str, ...], root: Path = ROOT) -> list[str]:
+    found = []
+    for path in sorted((root / "fer_ray" / folder).rglob("*.py")):
+        for name in sorted(_imports(path, root)):
+            if any(name == bad or name.startswith(bad + ".") for bad in forbidden):
+                found.append(f"{path.relative_to(root)} imports {name}")
+    return found
+
+
+def test_core_imports_no_ray_mlflow_experiments_or_orchestrator():
+    assert _violations("core", ("ray", "mlflow", "fer_ray.experiments", "fer_ray.orchestrate", "fer_ray.sweep")) == []
+
+
+def test_experiments_import_no_orchestrator_sweep_ray_or_mlflow():
+    assert _violations("experiments", ("fer_ray.orchestrate", "fer_ray.sweep", "ray", "mlflow")) == []
+
+
+def test_the_scan_sees_a_forbidden_import(tmp_path):
+    """The scan itself: an import it must catch, in both spellings."""
+    (tmp_path / "fer_ray" / "core" / "data").mkdir(parents=True)
+    (tmp_path / "fer_ray" / "core" / "data" / "x.py").write_text("import ray\nfrom mlflow import MlflowClient\nfrom ...orchestrate import spec\n")
+    assert _violations("core", ("ray", "mlflow", "fer_ray.orchestrate"), root=tmp_path) == [
+        "fer_ray/core/data/x.py imports fer_ray.orchestrate",
+        "fer_ray/core/data/x.py imports mlflow",
+        "fer_ray/core/data/x.py imports mlflow.MlflowClient",
+        "fer_ray/core/data/x.py imports ray",
+    ]

@@ -1,0 +1,17 @@
+"""The one report-cell formatter: estimate and interval, '-' for a missing bound."""
+
+from __future__ import annotations
+
+import math
+
+from fer_ray.core.formatting import interval_text, mean_interval_cell, summary_cell
+from fer_ray.core.stats import mean_ci
+
+
+def test_cells_show_mean_and_interval_with_an_en_dash_and_a_dash_without_one():
+    assert mean_interval_cell(0.85, 0.8, 0.9) == "0.850 [0.800–0.900]"
+    assert mean_interval_cell(0.5, math.nan, math.nan) == "0.500 [-]"
+    assert interval_text(0.1, None) == "-" and interval_text(0.12345, 0.5, digits=2) == "0.12–0.50"
+    one_seed, three_seeds = mean_ci([0.7]), mean_ci([0.6, 0.7, 0.8])
+    assert summary_cell(one_seed) == "0.700 [-]"
+    assert summary_cell(three_seeds) == f"0.700 [{three_seeds['low']:.3f}–{three_seeds['high']:.3f}]"
