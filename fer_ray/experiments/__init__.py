@@ -26,6 +26,7 @@ REGISTRY: dict[str, str] = {
     "tsne": "fer_ray.experiments.tsne",
     "saliency": "fer_ray.experiments.saliency",
     "bias": "fer_ray.experiments.bias",
+    "transfer": "fer_ray.experiments.transfer",
 }
 
 

@@ -1,0 +1,77 @@
+"""The transfer experiment: one trial with a LocalReporter, and the sweep end to end (real Ray, real
+MLflow on sqlite) with runs, metrics and the report read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from conftest import TINY
+from fer_ray.core.transfer import load_generator
+from fer_ray.experiments import get_experiment
+from fer_ray.experiments.base import LocalReporter, Trial
+from fer_ray.orchestrate.spec import resolve_spec
+from fer_ray.sweep import main
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+FAST = ["eval.width=8", "eval.epochs=2", "eval.val_pairs=16", "eval.n_boot=100", "eval.panel_people=2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_trial_logs_losses_metrics_panel_and_generator(tiny_trained_model, tmp_path):
+    spec = resolve_spec({"name": "t", "experiment": "transfer"}, [*TINY, *FAST])
+    trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=tiny_trained_model)
+    reporter = LocalReporter(tmp_path)
+    metrics = get_experiment("transfer").run(trial, reporter)
+    assert [step for step, _ in reporter.history] == [1, 2]
+    assert {"gen_train_loss", "gen_train_l1", "gen_val_l1"} <= set(reporter.history[0][1])
+    for name in ("transfer_target_acc", "transfer_identity_top1", "test_acc"):
+        assert 0.0 <= metrics[f"{name}/subject_ci_low"] <= metrics[name] <= metrics[f"{name}/subject_ci_high"] <= 1.0
+    assert metrics["transfer_l1_copy"] > 0 and metrics["transfer_l1_mean"] > 0
+    assert metrics["transfer_cases"] == 42 * metrics["transfer_test_people"] * 2  # 2 sessions, 7 x 6 pairs each
+    assert "transfer_target_acc/happy" in metrics
+    assert "transfer_panel.png" in reporter.figures
+    (generator_file, folder), = reporter.artifacts
+    generator, classes = load_generator(generator_file)
+    assert folder == "transfer" and generator.width == 8 and len(classes) == 7
+
+
+@pytest.mark.slow
+def test_transfer_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        code = main([
+            str(SWEEPS / "transfer.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
+            "--set", *TINY, *FAST, f"source.model={tiny_trained_model}",
+            "search.grid={eval.width: [4, 8]}",
+        ])
+    finally:
+        ray.shutdown()
+    assert code == 0
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    children = runs[runs["tags.fer_ray.role"] == "child"]
+    assert len(children) == 2 and set(children["status"]) == {"FINISHED"}
+    assert sorted(children["params.eval.width"].astype(int)) == [4, 8]
+    assert children["metrics.transfer_target_acc"].between(0, 1).all()
+    assert (children["metrics.transfer_l1_copy"] > 0).all()
+    client = mlflow.MlflowClient()
+    run_id = children.iloc[0]["run_id"]
+    assert len(client.get_metric_history(run_id, "gen_train_loss")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "transfer")}
+    assert "transfer/generator.pt" in artifacts and "transfer_panel.png" in artifacts
+    report = (tmp_path / "reports" / "transfer" / "report.md").read_text()
+    assert "## Emotion transfer" in report and report.count("/4 met |") == 2
