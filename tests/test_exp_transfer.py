@@ -17,7 +17,7 @@ from fer_ray.orchestrate.spec import resolve_spec
 from fer_ray.sweep import main
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
-FAST = ["eval.width=8", "eval.epochs=2", "eval.val_pairs=16", "eval.n_boot=100", "eval.panel_people=2"]
+FAST = ["settings.width=8", "settings.epochs=2", "settings.val_pairs=16", "settings.n_boot=100", "settings.panel_people=2"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,7 +56,7 @@ def test_transfer_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
         code = main([
             str(SWEEPS / "transfer.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
             "--set", *TINY, *FAST, f"source.model={tiny_trained_model}",
-            "search.grid={eval.width: [4, 8]}",
+            "search.grid={settings.width: [4, 8]}",
         ])
     finally:
         ray.shutdown()
@@ -65,7 +65,7 @@ def test_transfer_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     runs = mlflow.search_runs(search_all_experiments=True)
     children = runs[runs["tags.fer_ray.role"] == "child"]
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}
-    assert sorted(children["params.eval.width"].astype(int)) == [4, 8]
+    assert sorted(children["params.settings.width"].astype(int)) == [4, 8]
     assert children["metrics.transfer_target_acc"].between(0, 1).all()
     assert (children["metrics.transfer_l1_copy"] > 0).all()
     client = mlflow.MlflowClient()
