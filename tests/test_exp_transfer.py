@@ -30,7 +30,7 @@ def one_torch_thread():
 
 def test_trial_logs_losses_metrics_panel_and_generator(tiny_trained_model, tmp_path):
     spec = resolve_spec({"name": "t", "experiment": "transfer"}, [*TINY, *FAST])
-    trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.eval_config(), model_file=tiny_trained_model)
+    trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=tiny_trained_model)
     reporter = LocalReporter(tmp_path)
     metrics = get_experiment("transfer").run(trial, reporter)
     assert [step for step, _ in reporter.history] == [1, 2]
