@@ -25,7 +25,7 @@ def test_every_shipped_sweep_file_validates_as_written_and_at_the_seed_scale(pat
 def test_profile_applies_and_set_overrides_win_over_it():
     spec = load_spec(SWEEPS / "dataset_fraction.yaml")
     assert spec.profile == "embedded"
-    assert (spec.model.arch, spec.model.weights, spec.data.image_size) == ("resnet18", "none", 48)
+    assert (spec.model.arch, spec.model.weights, spec.data.image_size) == ("resnet18", "none", 32)
     seed_scale = load_spec(SWEEPS / "dataset_fraction.yaml", profile="none")
     assert (seed_scale.model.arch, seed_scale.model.weights, seed_scale.data.image_size) == ("resnet50", "imagenet", 224)
     overridden = load_spec(SWEEPS / "dataset_fraction.yaml", ["data.image_size=40", "train.lr=3e-4"])

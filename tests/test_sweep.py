@@ -89,7 +89,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(workdir, capsys):
     code = main([str(SWEEPS / "dataset_fraction.yaml"), "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "10 trials" in out, out  # 5 fractions x 2 seeds in the embedded profile
+    assert "15 trials" in out, out  # 5 fractions x 3 seeds in the embedded profile
     assert "data.train_fraction: [0.8, 0.7, 0.5, 0.2, 0.1]" in out
     assert "1 CPU" in out and "rough cost" in out
     assert not (workdir / "mlflow.db").exists() and not (workdir / "ray_results").exists()

@@ -96,17 +96,43 @@ def test_expressions_differ_more_than_sessions(fixture_faces):
     assert np.mean(expression_gap) > np.mean(session_gap)
 
 
-def test_expressions_are_learnable_across_people(fixture_faces):
-    """A linear classifier on raw 32x32 pixels, trained on people 1-8 and tested on 9-12 of each
-    gender, must beat chance (1/7) clearly."""
-    dataset, pixels = fixture_faces
+def _held_out_people_accuracy(dataset, pixels, labels) -> float:
+    """A linear classifier on raw 32x32 pixels, trained on people 1-8 and tested on 9-12 of each gender."""
     person_number = np.array([int(identity[1:]) for identity in dataset.identities])
     train, test = person_number <= 8, person_number > 8
     features = pixels.reshape(len(pixels), -1)
     classifier = make_pipeline(StandardScaler(), RidgeClassifier(alpha=100.0))
-    classifier.fit(features[train], dataset.labels[train])
-    accuracy = float((classifier.predict(features[test]) == dataset.labels[test]).mean())
-    assert accuracy > 0.35, f"held-out-people accuracy {accuracy:.3f} (chance 0.143)"
+    classifier.fit(features[train], labels[train])
+    return float((classifier.predict(features[test]) == labels[test]).mean())
+
+
+def test_expressions_are_learnable_across_people(fixture_faces):
+    """Expressions are clear at 32 px: even a linear classifier on pixels gets most held-out people's
+    expressions right (generator 1, with smaller faces and fainter features, gave 0.50)."""
+    dataset, pixels = fixture_faces
+    accuracy = _held_out_people_accuracy(dataset, pixels, dataset.labels)
+    assert accuracy > 0.6, f"held-out-people accuracy {accuracy:.3f} (chance 0.143)"
+
+
+def test_gender_still_shows_across_people(fixture_faces):
+    dataset, pixels = fixture_faces
+    gender = np.array([identity[0] == "F" for identity in dataset.identities], dtype=np.int64)
+    accuracy = _held_out_people_accuracy(dataset, pixels, gender)
+    assert accuracy > 0.8, f"held-out-people gender accuracy {accuracy:.3f} (chance 0.5)"
+
+
+def test_lighting_varies_between_photos(fixture_faces):
+    """Each session has its own side light: the right-minus-left brightness of the background strips
+    differs between a person's two sessions, and from photo to photo within one."""
+    dataset, pixels = fixture_faces
+    balance = pixels[:, :6, -3:].mean(axis=(1, 2)) - pixels[:, :6, :3].mean(axis=(1, 2))
+    row = {(im.identity, im.session, im.expression): i for i, im in enumerate(dataset.images)}
+    people = sorted(set(dataset.identities))
+    between_sessions = [abs(balance[row[p, "A", "neutral"]] - balance[row[p, "B", "neutral"]]) for p in people]
+    within_session = [balance[[row[p, "A", e] for e in EXPRESSIONS]].std() for p in people]
+    assert np.median(between_sessions) > 0.02  # 0.02 = 5 grey levels
+    assert np.median(within_session) > 0.002
+    assert np.median(between_sessions) > 2 * np.median(within_session)
 
 
 def test_synthetic_root_is_made_once_and_reused(tmp_path):
