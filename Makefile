@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test install
+.PHONY: quickstart test test-fast install
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,3 +20,7 @@ quickstart: install
 ## the test suite (real Ray, real MLflow, real torch; about 10 minutes on 2 cores)
 test: install
 	$(PY) -m pytest
+
+## the unit tests without Ray/MLflow end-to-end runs (marker `slow`), for iteration: under 2 minutes
+test-fast: install
+	$(PY) -m pytest -m "not slow" -q

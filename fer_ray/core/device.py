@@ -45,3 +45,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def use_channels_last(device: torch.device) -> bool:
     """Whether to keep images and convolution weights in channels_last layout (CUDA only)."""
     return device.type == "cuda"
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's parameters live on (CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

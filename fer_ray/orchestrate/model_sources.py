@@ -13,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fer_ray.core.artifacts import MODEL_ARTIFACT
 from fer_ray.orchestrate.provenance import spec_hash
 from fer_ray.orchestrate.spec import SpecError, SweepSpec, validate_spec
 from fer_ray.orchestrate.tracking import Tracker
 
 TAG_TRAIN_HASH = "fer_ray.train_hash"
-MODEL_ARTIFACT = "model/model.pt"  # where the finetune experiment logs its trained model
 
 
 def training_config(spec: SweepSpec) -> dict[str, Any]:

@@ -135,7 +135,7 @@ class SourceConfig(Strict):
     model: 'train'   this file's data/model/train sections: a finished training run with the same
                      config hash is reused, otherwise it is trained first (one model per train seed);
            'runs:/<run id>/model/model.pt' or 'models:/<name>/<version>'   an MLflow model;
-           a path   a fer_ray model file (fer_ray.core.train.save_model) every node can read.
+           a path   a fer_ray model file (fer_ray.core.model_file.save_model) every node can read.
     """
 
     model: str = "train"

@@ -21,7 +21,7 @@ from dataclasses import replace
 from ray import tune
 
 from fer_ray.experiments import get_experiment
-from fer_ray.experiments.base import MODEL_FILE
+from fer_ray.core.artifacts import MODEL_FILE
 from fer_ray.orchestrate.model_sources import TAG_TRAIN_HASH, training_hash
 from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.tracking import TAG_SOURCE_MODEL, TAG_SOURCE_RUN, TAG_TRIAL_VALUES, Tracker, flatten
