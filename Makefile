@@ -11,7 +11,7 @@ endif
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test install
+.PHONY: quickstart test test-fast install
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "no python3.13, python3.12 or python3.11 runs here: install one, or set PYTHON=/path/to/python3.1x" >&2; exit 1; }
@@ -30,3 +30,7 @@ quickstart: install
 ## the test suite (real Ray, real MLflow, real torch; about 10 minutes on 2 cores)
 test: install
 	$(PY) -m pytest
+
+## the unit tests without Ray/MLflow end-to-end runs (marker `slow`), for iteration: under 2 minutes
+test-fast: install
+	$(PY) -m pytest -m "not slow" -q

@@ -9,7 +9,7 @@ from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import predict_proba
 from fer_ray.core.groups import accuracy_ci
-from fer_ray.core.train import load_model
+from fer_ray.core.model_file import load_model
 from fer_ray.experiments import finetune
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import resolve_spec

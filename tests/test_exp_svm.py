@@ -5,8 +5,6 @@ runs end to end with a report that holds the numbers in MLflow."""
 from __future__ import annotations
 
 import json
-import multiprocessing
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,8 +21,12 @@ from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.synthetic import synthetic_root
 from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.svm import model_features, param_grid, pipeline_params, pixel_features, svm_pipeline
-from fer_ray.core.train import load_model
-from fer_ray.experiments import svm
+from fer_ray.core.model_file import load_model
+from fer_ray.experiments.svm import design as svm_design
+from fer_ray.experiments.svm import features as svm_features
+from fer_ray.experiments.svm import report as svm_report
+from fer_ray.experiments.svm import settings as svm_settings
+from fer_ray.experiments.svm import trial as svm_trial
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
 from fer_ray.sweep import main
@@ -44,13 +46,13 @@ def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_t
     points = param_grid(**SMALL_GRID)
     reporters = [LocalReporter(tmp_path / f"point{i}") for i in range(len(points))]
     results = [
-        svm.run(replace(base, settings=base.settings.model_copy(update=point)), reporter)
+        svm_trial.run(replace(base, settings=base.settings.model_copy(update=point)), reporter)
         for point, reporter in zip(points, reporters)
     ]
 
     data = prepare_data(base.data)
-    design = svm.cv_design(data, base.settings)
-    features = svm.dataset_features(data, base.data, base.settings)  # the trials' cached file
+    design = svm_design.cv_design(data, base.settings)
+    features = svm_features.dataset_features(data, base.data, base.settings)  # the trials' cached file
     labels = data.dataset.labels
     pool_x, pool_y = features[design.pool_rows], labels[design.pool_rows]
     search = GridSearchCV(svm_pipeline(), pipeline_params(SMALL_GRID), cv=design.folds, scoring="accuracy")
@@ -66,19 +68,19 @@ def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_t
     assert len({m["cv_acc_mean"] for m in results}) > 1, "the grid points differ, so the pick means something"
 
     # the report's pick (from MLflow-shaped rows) is GridSearchCV's, and its refit test accuracy its score
-    spec = resolve_spec({"name": "t", "experiment": "svm", "search": {"grid": {f"eval.{k}": v for k, v in SMALL_GRID.items()}}},
+    spec = resolve_spec({"name": "t", "experiment": "svm", "search": {"grid": {f"settings.{k}": v for k, v in SMALL_GRID.items()}}},
                         TINY + ["settings.folds=3", "settings.pixel_size=16"])
     runs = trial_tables.table(spec, [
-        trial_tables.record(spec, {f"eval.{k}": v for k, v in point.items()}, metrics, run_id=f"r{i}")
+        trial_tables.record(spec, {f"settings.{k}": v for k, v in point.items()}, metrics, run_id=f"r{i}")
         for i, (point, metrics) in reversed(list(enumerate(zip(points, results))))  # any order in, grid order out
     ])
-    best = svm.choose_best(svm.grid_results(runs)).iloc[0]
+    best = svm_report.choose_best(svm_report.grid_results(runs)).iloc[0]
     assert pipeline_params({k: best[k] for k in ("C", "gamma", "kernel")}) == search.best_params_
     test_x, test_y = features[design.test_rows], labels[design.test_rows]
     assert best["test_acc"] == search.score(test_x, test_y)
     predicted = search.predict(test_x)
     best_tags = reporters[int(best["grid_index"])].tag_values
-    assert json.loads(best_tags[svm.TAG_CONFUSION]) == confusion_matrix(test_y, predicted, labels=range(7)).tolist()
+    assert json.loads(best_tags[svm_trial.TAG_CONFUSION]) == confusion_matrix(test_y, predicted, labels=range(7)).tolist()
 
     # the CNN and untuned SVM numbers are the same for every point, and are those of the model / SVC()
     cnn = evaluate_model(load_model(tiny_trained_model)[0], data.test, data.dataset)
@@ -94,7 +96,7 @@ def test_no_identity_is_on_both_sides_of_any_fold(split_by):
     data = prepare_data(spec.data)
     people = data.dataset.identities
 
-    design = svm.cv_design(data, spec.experiment_settings())
+    design = svm_design.cv_design(data, spec.experiment_settings())
 
     assert len(design.folds) == 4
     validated = np.sort(np.concatenate([val for _, val in design.folds]))
@@ -106,7 +108,7 @@ def test_no_identity_is_on_both_sides_of_any_fold(split_by):
     assert not set(design.pool_rows) & set(design.test_rows)
     if split_by == "identity":
         assert not set(people[design.pool_rows]) & set(people[design.test_rows])
-    without_val = svm.cv_design(data, spec.experiment_settings().model_copy(update={"include_val": False}))
+    without_val = svm_design.cv_design(data, spec.experiment_settings().model_copy(update={"include_val": False}))
     np.testing.assert_array_equal(without_val.pool_rows, np.sort(data.train.indices))
 
 
@@ -117,75 +119,23 @@ def test_features_are_cached_on_disk_and_loaded_from_there(tiny_trained_model, t
     cache_folder = tmp_path / "cache" / "svm" / "features"
     assert not cache_folder.exists()
 
-    first = svm.dataset_features(data, trial.data, trial.settings)
+    first = svm_features.dataset_features(data, trial.data, trial.settings)
     files = list(cache_folder.glob("*.npy"))
     assert len(files) == 1
     images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)
     np.testing.assert_array_equal(first, pixel_features(images, 16))
-    second = svm.dataset_features(data, trial.data, trial.settings)
+    second = svm_features.dataset_features(data, trial.data, trial.settings)
     np.testing.assert_array_equal(second, first)
     np.save(files[0], np.full_like(first, 7.0))  # a second call reads the file, not the images
-    assert (svm.dataset_features(data, trial.data, trial.settings) == 7.0).all()
+    assert (svm_features.dataset_features(data, trial.data, trial.settings) == 7.0).all()
 
     as_model = trial.settings.model_copy(update={"features": "model"})
-    embedded = svm.dataset_features(data, trial.data, as_model, tiny_trained_model)
+    embedded = svm_features.dataset_features(data, trial.data, as_model, tiny_trained_model)
     model = load_model(tiny_trained_model)[0]
     assert embedded.shape == (len(data.dataset), model.feature_dim)
     np.testing.assert_allclose(embedded, model_features(model, images), rtol=1e-5, atol=1e-5)
     assert len(list(cache_folder.glob("*.npy"))) == 2  # keyed by feature kind (and the model's hash)
     assert not list(cache_folder.glob(".*tmp*"))
-
-
-def _cache_in_child(folder: Path, name: str) -> None:
-    """One forked process: wait for the start signal, then read-or-compute the shared file."""
-    (folder / f"ready-{name}").touch()
-    while not (folder / "go").exists():
-        time.sleep(0.01)
-
-    def compute():
-        with open(folder / "computed", "a") as log:
-            log.write(name + "\n")
-        time.sleep(0.5)  # long enough for the other process to arrive while this one computes
-        return np.arange(1_000_000, dtype=np.float32)
-
-    def save(value, path):
-        with open(path, "wb") as handle:
-            np.save(handle, value)
-
-    value = svm.node_cached(folder / "features.npy", compute, save, lambda p: np.load(p))
-    (folder / f"result-{name}").write_text(f"{float(value.sum())} {value.shape[0]}")
-
-
-def test_two_processes_compute_the_cached_file_once_and_never_see_it_half_written(tmp_path):
-    # fork: the children start at once with the modules already imported (spawn would re-import torch)
-    context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_cache_in_child, args=(tmp_path, name)) for name in ("a", "b")]
-    for process in processes:
-        process.start()
-    deadline = time.time() + 60
-    while not all((tmp_path / f"ready-{n}").exists() for n in ("a", "b")) and time.time() < deadline:
-        time.sleep(0.01)
-    (tmp_path / "go").touch()
-    for process in processes:
-        process.join(timeout=60)
-
-    assert [p.exitcode for p in processes] == [0, 0]
-    expected = f"{float(np.arange(1_000_000, dtype=np.float32).sum())} 1000000"
-    assert (tmp_path / "result-a").read_text() == (tmp_path / "result-b").read_text() == expected
-    assert len((tmp_path / "computed").read_text().split()) == 1, "one process computed, the other waited and loaded"
-    np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), np.arange(1_000_000, dtype=np.float32))
-    assert not list(tmp_path.glob(".*tmp*"))
-
-
-def test_a_failed_computation_leaves_no_file(tmp_path):
-    def fail():
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        svm.node_cached_json(tmp_path / "x.json", fail)
-    assert [p.name for p in tmp_path.iterdir()] == ["x.json.lock"]
-    assert svm.node_cached_json(tmp_path / "x.json", lambda: {"a": 1}) == {"a": 1}
-    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
 
 
 def test_bad_settings_name_the_keys(tiny_trained_model, tmp_path):
@@ -194,8 +144,8 @@ def test_bad_settings_name_the_keys(tiny_trained_model, tmp_path):
     with pytest.raises(SpecError, match=r"settings.gamma: .*got -0.1"):
         resolve_spec({"name": "t", "experiment": "svm", "search": {"grid": {"settings.gamma": [0.1, -0.1]}}})
     assert resolve_spec({"name": "t", "experiment": "svm"}, ["settings.gamma=0.01"]).experiment_settings().gamma == 0.01
-    with pytest.raises(svm.SvmConfigError, match=r"settings.pixel_size=48 .* data.image_size=32"):
-        svm.run(_trial(tiny_trained_model, ["settings.pixel_size=48"]), LocalReporter(tmp_path))
+    with pytest.raises(svm_settings.SvmConfigError, match=r"settings.pixel_size=48 .* data.image_size=32"):
+        svm_trial.run(_trial(tiny_trained_model, ["settings.pixel_size=48"]), LocalReporter(tmp_path))
 
 
 @pytest.mark.slow
@@ -204,7 +154,7 @@ def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = ["search.grid.eval.C=[1, 100]", "search.grid.settings.gamma=[scale]", "search.grid.settings.kernel=[rbf, linear]"]
+    grid = ["search.grid.settings.C=[1, 100]", "search.grid.settings.gamma=[scale]", "search.grid.settings.kernel=[rbf, linear]"]
     try:
         code = main([
             str(REPO / "sweeps" / "svm.yaml"), "--num-cpus", "2", "--tracking-uri", uri, "--set", *TINY,
@@ -223,7 +173,7 @@ def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
 
     # the tuned SVM: best mean CV accuracy, ties to the first point in grid order (C slowest, kernel fastest)
     order = {(c, k): i for i, (c, k) in enumerate([(1.0, "rbf"), (1.0, "linear"), (100.0, "rbf"), (100.0, "linear")])}
-    ranked = children.assign(order=[order[(float(c), k)] for c, k in zip(children["params.eval.C"], children["params.settings.kernel"])])
+    ranked = children.assign(order=[order[(float(c), k)] for c, k in zip(children["params.settings.C"], children["params.settings.kernel"])])
     ranked = ranked.sort_values("order")
     best = ranked.iloc[int(np.argmax(ranked["metrics.cv_acc_mean"].to_numpy()))]  # argmax: the first of ties
     assert parent["metrics.svm_tuned_test_acc"] == best["metrics.test_acc"]
@@ -236,7 +186,7 @@ def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     report = (report_dir / "report.md").read_text()
     for metric in ("cnn_test_acc", "svm_tuned_test_acc", "svm_untuned_test_acc"):
         assert f"{parent[f'metrics.{metric}']:.3f}" in report
-    assert f"C={float(best['params.eval.C']):g}, gamma=scale, kernel={best['params.settings.kernel']}" in report
+    assert f"C={float(best['params.settings.C']):g}, gamma=scale, kernel={best['params.settings.kernel']}" in report
     for png in ("svm_cv_heatmap.png", "svm_vs_cnn.png", "svm_confusion_matrix.png"):
         assert (report_dir / png).stat().st_size > 1000
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(parent["run_id"], "report")}

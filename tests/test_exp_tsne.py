@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.explain import ExplainError, embedding_quality, extract_features
-from fer_ray.core.train import load_model
+from fer_ray.core.model_file import load_model
 from fer_ray.experiments import tsne
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
@@ -114,6 +114,7 @@ def test_tsne_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     assert (folder / "tsne_2d_by_perplexity.png").is_file() and "![tsne_2d_by_perplexity.png]" in report
 
 
+@pytest.mark.slow
 def test_report_reads_the_embeddings_through_a_tracking_server(tiny_trained_model, mlflow_server, tmp_path):
     """On a cluster the runs' artifacts sit behind an http server (mlflow-artifacts:/ URIs, nothing on
     the driver's disk): the report still draws every perplexity's embedding, fetched through the server."""

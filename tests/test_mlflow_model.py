@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from fer_ray.core.evaluate import predict_proba
-from fer_ray.core.train import load_model
+from fer_ray.core.model_file import load_model
 from fer_ray.orchestrate.mlflow_model import (
     log_pyfunc,
     pinned_requirements,

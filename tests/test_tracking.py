@@ -227,6 +227,7 @@ def _create_children(tracker, parent_id, prefix, count, barrier, results):
         results.put((prefix, [], repr(exc)))
 
 
+@pytest.mark.slow
 def test_two_processes_create_children_concurrently(tracker):
     parent = tracker.parent_run("s", "sweep-mp", tags={}, params={})
     context = multiprocessing.get_context("spawn")

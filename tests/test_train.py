@@ -13,16 +13,14 @@ from fer_ray.core.config import AugmentConfig, ModelConfig, SplitConfig, TrainCo
 from fer_ray.core.data.records import TensorSplit
 from fer_ray.core.evaluate import predict_logits
 from fer_ray.core.models import build_model
+from fer_ray.core.model_file import CheckpointError, load_model, save_model
 from fer_ray.core.train import (
-    CheckpointError,
     EpochResult,
     TrainingError,
     fit,
     load_checkpoint,
-    load_model,
     make_optimizer,
     make_scheduler,
-    save_model,
 )
 
 CPU = torch.device("cpu")
@@ -77,6 +75,7 @@ def faces_to_learn(tmp_path_factory):
     return side(split.train), side(split.val)
 
 
+@pytest.mark.slow
 def test_resnet18_learns_synthetic_faces_above_chance(faces_to_learn):
     train, val = faces_to_learn
     cfg = TrainConfig(epochs=LEARN_EPOCHS, lr=LEARN_LR, batch_size=32, patience=None, seed=0,
@@ -93,6 +92,7 @@ def test_resnet18_learns_synthetic_faces_above_chance(faces_to_learn):
     assert final_acc == pytest.approx(result.best_val_acc)  # the best weights are the ones kept
 
 
+@pytest.mark.slow
 def test_per_epoch_checkpoint_and_saved_model_predict_identically(tmp_path):
     train, val = _random_split(24, seed=1), _random_split(10, seed=2)
     model = _seeded_model()
@@ -121,6 +121,7 @@ def test_per_epoch_checkpoint_and_saved_model_predict_identically(tmp_path):
     assert torch.equal(predict_logits(loaded, val.images), predict_logits(model, val.images))
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_the_epoch_count_and_matches_an_uninterrupted_run(tmp_path):
     train, val = _random_split(24, seed=3), _random_split(10, seed=4)
     cfg = TrainConfig(epochs=4, batch_size=8, lr=3e-3, patience=None, augment=AugmentConfig(enabled=True))
@@ -159,6 +160,7 @@ def test_resume_from_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
         fit(_seeded_model(), train, val, cfg, device=CPU, resume_from=model_file)
 
 
+@pytest.mark.slow
 def test_early_stopping_when_validation_accuracy_stops_improving():
     train, val = _random_split(16, seed=7), _random_split(8, seed=8)
     frozen = ModelConfig(arch="resnet18", head=[], dropout=0.0, trainable="none")
@@ -173,6 +175,7 @@ def test_early_stopping_when_validation_accuracy_stops_improving():
     assert len({e.val_acc for e in result.history}) == 1
 
 
+@pytest.mark.slow
 def test_fit_leaves_the_model_holding_its_best_validation_weights():
     train, val = _random_split(24, seed=9), _random_split(40, seed=10)
     cfg = TrainConfig(epochs=5, batch_size=8, lr=1e-2, patience=None, augment=AugmentConfig(enabled=False))
@@ -188,6 +191,7 @@ def test_fit_leaves_the_model_holding_its_best_validation_weights():
     assert final_acc == pytest.approx(result.best_val_acc)
 
 
+@pytest.mark.slow
 def test_fit_without_validation_data_keeps_the_last_epoch():
     train = _random_split(12, seed=11)
     empty = TensorSplit(

@@ -65,3 +65,9 @@ def strict_float32() -> Iterator[None]:
         yield
     finally:
         conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's parameters live on (CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

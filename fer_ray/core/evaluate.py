@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
 from fer_ray.core.data.records import FaceDataset, TensorSplit
-from fer_ray.core.device import autocast, use_channels_last
+from fer_ray.core.device import autocast, model_device, use_channels_last
 
 #: FaceImage attributes reported as per-group accuracy (key ``per_<attribute>``) when known.
 GROUP_ATTRIBUTES: tuple[str, ...] = ("angle", "gender", "race")
@@ -34,7 +34,7 @@ def predict_logits(
     Runs in eval mode (bf16 autocast and channels_last on CUDA) and restores the model's previous
     train/eval mode afterwards.
     """
-    device = device or _model_device(model)
+    device = device or model_device(model)
     model.to(device)
     was_training = model.training
     model.eval()
@@ -130,10 +130,6 @@ def evaluate_model(
     metrics["probs"] = probs
     return metrics
 
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _num_outputs(model: nn.Module) -> int:

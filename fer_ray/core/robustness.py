@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_ray.core.device import strict_float32, use_channels_last
+from fer_ray.core.device import model_device, strict_float32, use_channels_last
 from fer_ray.core.evaluate import as_float_images, eval_mode, predict_logits
 
 #: Generator streams: one per kind of random draw, so noise and PGD starts are independent.
@@ -111,7 +111,7 @@ def noisy_accuracy(
     """
     sigmas = {float(v): variance_to_sigma(v) for v in variances}
     labels = _checked_labels(images, labels)
-    device = device or _model_device(model)
+    device = device or model_device(model)
     correct = {variance: np.zeros(len(labels), dtype=bool) for variance in sigmas}
     for start, batch, batch_labels in _batches(images, labels, batch_size, device):
         unit_noise = standard_normal_noise(batch.shape, seed, first_index=start).to(device)
@@ -168,7 +168,7 @@ def fgsm_accuracy(
     """
     epsilons = [_checked_epsilon(e) for e in epsilons]
     labels = _checked_labels(images, labels)
-    device = device or _model_device(model)
+    device = device or model_device(model)
     model.to(device)
     tally = _AttackTally(epsilons, len(labels), return_examples)
     with eval_mode(model), strict_float32():
@@ -238,7 +238,7 @@ def pgd_accuracy(
     epsilons = [_checked_epsilon(e) for e in epsilons]
     step_sizes = {epsilon: _checked_pgd_step(epsilon, steps, step_size) for epsilon in epsilons}
     labels = _checked_labels(images, labels)
-    device = device or _model_device(model)
+    device = device or model_device(model)
     model.to(device)
     tally = _AttackTally(epsilons, len(labels), return_examples)
     with eval_mode(model), strict_float32():
@@ -398,8 +398,3 @@ def _checked_labels(images: torch.Tensor, labels) -> torch.Tensor:
             f"got shape {tuple(labels.shape)}"
         )
     return labels
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

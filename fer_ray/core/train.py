@@ -1,15 +1,14 @@
 """Fine-tuning: fit() with per-epoch validation, early stopping, best-weights restore and resumable
-checkpoints; save_model / load_model for the final model file.
+checkpoints. The trained model's file (save_model / load_model) is fer_ray.core.model_file's.
 
-Every file written here holds only tensors and plain Python values, so it loads with
-``torch.load(..., weights_only=True)``, and is written to a temp file then os.replace'd.
+A checkpoint holds only tensors and plain Python values, so it loads with
+``torch.load(..., weights_only=True)``; it is written atomically (core.model_file.save_torch_file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,14 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_ray.core.config import AugmentConfig, ModelConfig, TrainConfig
+from fer_ray.core.config import AugmentConfig, TrainConfig
 from fer_ray.core.data.records import TensorSplit
 from fer_ray.core.device import autocast, pick_device, use_channels_last
 from fer_ray.core.evaluate import predict_logits
-from fer_ray.core.models import FerNet, build_model
+from fer_ray.core.model_file import CheckpointError, cpu_state, load_torch_file, save_torch_file
 
 CHECKPOINT_FORMAT = "fer_ray.checkpoint/1"
-MODEL_FORMAT = "fer_ray.model/1"
 #: StepLR for schedule="step": the lr is multiplied by this every ceil(epochs / STEP_PARTS) epochs.
 STEP_GAMMA = 0.1
 STEP_PARTS = 3
@@ -34,10 +32,6 @@ STEP_PARTS = 3
 
 class TrainingError(ValueError):
     """Training cannot run on the given input (e.g. fewer than two training images)."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or model file that is missing, unreadable, or of another format/model."""
 
 
 @dataclass(frozen=True)
@@ -280,7 +274,7 @@ def _record_best(progress: _Progress, model: nn.Module, epoch: int, val_acc: flo
         return
     if val_acc > progress.best_val_acc:
         progress.best_val_acc, progress.best_epoch = val_acc, epoch
-        progress.best_model_state = _cpu_state(model)
+        progress.best_model_state = cpu_state(model)
         progress.epochs_without_improvement = 0
     else:
         progress.epochs_without_improvement += 1
@@ -288,16 +282,12 @@ def _record_best(progress: _Progress, model: nn.Module, epoch: int, val_acc: flo
         progress.stopped_early = True
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
-
-
 def _save_checkpoint(path, model, optimizer, scheduler, progress: _Progress, cfg, model_config, epoch) -> None:
-    atomic_save(
+    save_torch_file(
         {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
-            "model_state": _cpu_state(model),
+            "model_state": cpu_state(model),
             "optimizer_state": optimizer.state_dict(),
             "scheduler_state": scheduler.state_dict(),
             "best_val_acc": progress.best_val_acc,
@@ -337,63 +327,6 @@ def load_checkpoint(path: Path) -> dict:
     best_val_acc, best_epoch, best_model_state, epochs_without_improvement, stopped_early,
     train_config, model_config. Raises CheckpointError naming the file when it is not one.
     """
-    checkpoint = _load_file(Path(path), CHECKPOINT_FORMAT, "fit checkpoint")
+    checkpoint = load_torch_file(Path(path), CHECKPOINT_FORMAT, "fit checkpoint")
     checkpoint["path"] = str(path)
     return checkpoint
-
-
-def save_model(path: Path, model: FerNet, model_config: ModelConfig, classes) -> Path:
-    """Write the trained model (weights + model config + class names) to ``path`` atomically.
-
-    load_model(path) rebuilds it without any other file (the config's weights are not needed).
-    """
-    atomic_save(
-        {
-            "format": MODEL_FORMAT,
-            "model_state": _cpu_state(model),
-            "model_config": model_config.model_dump(mode="json"),
-            "classes": [str(name) for name in classes],
-        },
-        Path(path),
-    )
-    return Path(path)
-
-
-def load_model(path: Path) -> tuple[FerNet, tuple[str, ...]]:
-    """The model saved by save_model (on the CPU, eval mode) and its class names.
-
-    Raises CheckpointError naming the file when it is missing or not a fer_ray model file.
-    """
-    saved = _load_file(Path(path), MODEL_FORMAT, "model file")
-    classes = tuple(saved["classes"])
-    model_config = ModelConfig.model_validate({**saved["model_config"], "weights": "none"})
-    model = build_model(model_config, num_classes=len(classes))
-    try:
-        model.load_state_dict(saved["model_state"])
-    except RuntimeError as error:
-        raise CheckpointError(f"model file {path}: weights do not fit its own model config: {error}") from error
-    return model.eval(), classes
-
-
-def atomic_save(content: dict, path: Path) -> None:
-    """torch.save to a temp file beside ``path``, then os.replace (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(content, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _load_file(path: Path, expected_format: str, what: str) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several unrelated types for unreadable files
-        raise CheckpointError(f"cannot read {what} {path}: {error}") from error
-    if not isinstance(content, dict) or content.get("format") != expected_format:
-        found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        raise CheckpointError(f"{path} is not a fer_ray {what} (format {expected_format!r}; found {found!r})")
-    return content

@@ -10,9 +10,6 @@ from pydantic import BaseModel
 
 from fer_ray.core.config import DataConfig, ModelConfig, TrainConfig
 
-#: The file name of a trained fer_ray model (``fer_ray.core.train.save_model``), on disk and in MLflow.
-MODEL_FILE = "model.pt"
-
 
 @dataclass(frozen=True)
 class Trial:
@@ -97,7 +94,7 @@ def load_model_and_data(trial: Trial):
     # imported here: base.py stays importable (and cheap) for the orchestrator's type use
     from fer_ray.core.data.prepare import prepare_data
     from fer_ray.core.device import pick_device
-    from fer_ray.core.train import load_model
+    from fer_ray.core.model_file import load_model
 
     if trial.model_file is None:
         raise ValueError(f"sweep {trial.sweep}: this experiment evaluates a trained model; set source.model")

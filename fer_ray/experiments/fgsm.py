@@ -19,7 +19,6 @@ models], the reference study's number) and curve.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +26,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
+from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import summary_cell
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
 from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, top_k_caption
@@ -144,21 +144,14 @@ def panel_figure(results: dict[float, dict], panel_epsilons: list[float], labels
 
 def _save_correctness(folder: Path, results: dict[float, dict], test) -> Path:
     """attack_correct.npz: epsilons float (E,), correct bool (E, N), labels int64 (N,), dataset_rows
-    int64 (N,). Written to a temp file, then renamed."""
-    path = Path(folder) / CORRECTNESS_FILE
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    try:
-        np.savez_compressed(
-            temporary,
-            epsilons=np.array(list(results), dtype=float),
-            correct=np.stack([entry["correct"] for entry in results.values()]),
-            labels=test.labels.cpu().numpy(),
-            dataset_rows=np.asarray(test.indices, dtype=np.int64),
-        )
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    int64 (N,). Written atomically."""
+    return atomic_write(Path(folder) / CORRECTNESS_FILE, lambda temporary: np.savez_compressed(
+        temporary,
+        epsilons=np.array(list(results), dtype=float),
+        correct=np.stack([entry["correct"] for entry in results.values()]),
+        labels=test.labels.cpu().numpy(),
+        dataset_rows=np.asarray(test.indices, dtype=np.int64),
+    ))
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -17,11 +17,11 @@ from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.groups import accuracy_ci
 from fer_ray.core.models import build_model, count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
-from fer_ray.core.train import fit, save_model
-from fer_ray.experiments.base import MODEL_FILE, Reporter, Trial
+from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR, MODEL_FILE
+from fer_ray.core.model_file import save_model
+from fer_ray.core.train import fit
+from fer_ray.experiments.base import Reporter, Trial
 from fer_ray.experiments.contract import Experiment
-
-MODEL_ARTIFACT_DIR = "model"
 
 
 class Settings(Strict):

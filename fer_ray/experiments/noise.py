@@ -26,7 +26,6 @@ repeat and McNemar against clean per repeat.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
+from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import interval_text, model_label, summary_cell
 from fer_ray.core.groups import accuracy_ci
 from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
@@ -142,23 +142,16 @@ def subject_bootstrap_ci(correct: np.ndarray, identities: np.ndarray, n_boot: in
 
 def _save_correctness(folder: Path, results: dict, test, identities: np.ndarray, seed: int) -> Path:
     """noise_correct.npz: variances float (V,), correct bool (V, N), labels int64 (N,), dataset_rows
-    int64 (N,), identities str (N,), noise_seed. Written to a temp file, then renamed."""
-    path = Path(folder) / CORRECTNESS_FILE
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    try:
-        np.savez_compressed(
-            temporary,
-            variances=np.array(list(results), dtype=float),
-            correct=np.stack([entry["correct"] for entry in results.values()]),
-            labels=test.labels.cpu().numpy(),
-            dataset_rows=np.asarray(test.indices, dtype=np.int64),
-            identities=identities.astype(str),
-            noise_seed=np.int64(seed),
-        )
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    int64 (N,), identities str (N,), noise_seed. Written atomically."""
+    return atomic_write(Path(folder) / CORRECTNESS_FILE, lambda temporary: np.savez_compressed(
+        temporary,
+        variances=np.array(list(results), dtype=float),
+        correct=np.stack([entry["correct"] for entry in results.values()]),
+        labels=test.labels.cpu().numpy(),
+        dataset_rows=np.asarray(test.indices, dtype=np.int64),
+        identities=identities.astype(str),
+        noise_seed=np.int64(seed),
+    ))
 
 
 def noise_examples(images, variances: list[float], seed: int) -> dict[str, object]:

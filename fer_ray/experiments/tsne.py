@@ -12,7 +12,6 @@ redraws side by side). ``knn_acc_features`` (the same k-NN in the full feature s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +25,7 @@ from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.evaluate import classification_metrics, predict_proba
 from fer_ray.core.explain import ExplainError, embed_tsne, embedding_quality, extract_features
+from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import summary_cell
 from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure
 from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
@@ -138,8 +138,7 @@ def _marker_groups(data: PreparedData, rows: np.ndarray, split_of_row: np.ndarra
 
 def _save_embedding(path: Path, embeddings: dict, labels, groups, data: PreparedData, rows, split_of_row) -> Path:
     """The coordinates and what the plots need, as .npz (no pickles), written atomically."""
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(
+    return atomic_write(path, lambda temporary: np.savez_compressed(
         temporary,
         **embeddings,
         labels=np.asarray(labels, dtype=np.int64),
@@ -147,9 +146,7 @@ def _save_embedding(path: Path, embeddings: dict, labels, groups, data: Prepared
         split=np.asarray(split_of_row, dtype=str),
         files=np.asarray([data.dataset.images[int(r)].path.name for r in rows], dtype=str),
         classes=np.asarray(data.dataset.classes, dtype=str),
-    )
-    os.replace(temporary, path)
-    return path
+    ))
 
 
 # ----------------------------------------------------------------------------------------------

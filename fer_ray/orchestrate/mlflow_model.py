@@ -4,7 +4,7 @@ Layout of a logged model (run artifact folder ``model/``)::
 
     model/MLmodel                 flavour, signature, input example reference
     model/python_model.py         the models-from-code entry (pyfunc_entry.py): no cloudpickle
-    model/artifacts/model.pt      the fer_ray model file (fer_ray.core.train.save_model): weights,
+    model/artifacts/model.pt      the fer_ray model file (fer_ray.core.model_file.save_model): weights,
                                   model config and class names; fer_ray's loaders read it directly
     model/requirements.txt ...    pinned torch / torchvision / fer_ray / mlflow
 
@@ -32,12 +32,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from fer_ray.experiments.base import MODEL_FILE
+from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR, MODEL_FILE
 from fer_ray.orchestrate.spec import SpecError
 from fer_ray.orchestrate.tracking import TAG_SOURCE_RUN, Tracker, _retry_locked
 
 #: Run artifact folder of a logged model (runs:/<run id>/model).
-MODEL_DIR = "model"
+MODEL_DIR = MODEL_ARTIFACT_DIR
 #: Name of the fer_ray model file inside the pyfunc model (model/artifacts/<WEIGHTS>).
 WEIGHTS = MODEL_FILE
 #: The models-from-code entry file that mlflow copies into the model (see pyfunc_entry.py).
@@ -50,7 +50,7 @@ class FerPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a fer_ray model file: images float32 (N, 3, H, W) in [0,1] -> probabilities (N, C)."""
 
     def load_context(self, context) -> None:
-        from fer_ray.core.train import load_model  # weights_only=True load, network rebuilt from its config
+        from fer_ray.core.model_file import load_model  # weights_only=True load, network rebuilt from its config
 
         self.model, self.classes = load_model(Path(context.artifacts["weights"]))
 
@@ -88,7 +88,7 @@ def fer_ray_version() -> str:
 
 def save_pyfunc(folder: Path, model_file: Path, image_size: int) -> Path:
     """Write the pyfunc model of ``model_file`` (a save_model file) to ``folder`` (must not exist)."""
-    from fer_ray.core.train import load_model
+    from fer_ray.core.model_file import load_model
 
     _, classes = load_model(model_file)
     example = np.full((1, 3, image_size, image_size), 0.5, dtype=np.float32)

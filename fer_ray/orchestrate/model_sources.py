@@ -13,15 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fer_ray.orchestrate.mlflow_model import MODEL_DIR, resolve_registered
+from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR
+from fer_ray.orchestrate.mlflow_model import resolve_registered
 from fer_ray.orchestrate.provenance import spec_hash
 from fer_ray.orchestrate.spec import SpecError, SweepSpec, validate_spec
 from fer_ray.orchestrate.tracking import Tracker
 
 TAG_TRAIN_HASH = "fer_ray.train_hash"
-#: where a fine-tuning trial logs its trained model: an MLflow Model folder (mlflow_model.py); runs
-#: made before it was one hold the bare model/model.pt there, which fetch_model reads as well
-MODEL_ARTIFACT = MODEL_DIR
 
 
 def training_config(spec: SweepSpec) -> dict[str, Any]:
@@ -85,4 +83,4 @@ def model_sources(spec: SweepSpec, found: dict[int, str | None], tracker: Tracke
 def _finished_training_run(spec: SweepSpec, seed: int, tracker: Tracker) -> str | None:
     seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
     run = tracker.find_finished_run(TAG_TRAIN_HASH, training_hash(seeded))
-    return None if run is None else f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"
+    return None if run is None else f"runs:/{run.info.run_id}/{MODEL_ARTIFACT_DIR}"

@@ -136,7 +136,7 @@ class SourceConfig(Strict):
                      config hash is reused, otherwise it is trained first (one model per train seed);
            'runs:/<run id>/model', 'models:/<name>/<version>' or 'models:/<name>@<alias>'   an MLflow
                      model (a registered one is looked up in this sweep's tracking server);
-           a path   a fer_ray model file (fer_ray.core.train.save_model) every node can read.
+           a path   a fer_ray model file (fer_ray.core.model_file.save_model) every node can read.
     """
 
     model: str = "train"

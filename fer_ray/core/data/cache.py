@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from PIL import ExifTags, Image
 
 from fer_ray.core.data.records import DataError, FaceDataset
+from fer_ray.core.files import node_cached
 from fer_ray.core.data.datasets import default_cache_dir
 
 #: bump when the decode / crop / resize rule changes, so old stores are not reused
@@ -63,20 +63,21 @@ def load_image_tensors(dataset: FaceDataset, image_size: int, cache_dir: Path | 
     """All images of ``dataset`` as a uint8 tensor (N, 3, S, S), RGB 0..255, row i = dataset.images[i].
 
     Each image is center-cropped to a square (KDEF is 562x762 portrait; the face is central) and
-    resized to S = ``image_size`` px with antialiasing. The first call decodes and stores
-    ``<cache_dir>/tensors/<fingerprint>.pt`` (temp file + os.replace); later calls memory-map it.
+    resized to S = ``image_size`` px with antialiasing. The first call on a node decodes and stores
+    ``<cache_dir>/tensors/<fingerprint>.pt`` (core.files.node_cached: locked, so concurrent trials
+    decode once; written atomically); later calls memory-map it.
     ``cache_dir`` None -> fer_ray.core.data.datasets.default_cache_dir().
     Raises DataError naming an unreadable or corrupt image; then no store (nor temp file) is written.
     """
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     store = folder / "tensors" / f"{dataset_fingerprint(dataset, image_size)}.pt"
     expected_shape = (len(dataset), 3, image_size, image_size)
-    cached = _load_store(store, expected_shape)
-    if cached is not None:
-        return cached
-    images = decode_images([image.path for image in dataset.images], image_size)
-    _save_store(images, store)
-    return images
+    return node_cached(
+        store,
+        lambda: decode_images([image.path for image in dataset.images], image_size),
+        save=lambda images, path: torch.save(images, path),
+        load=lambda path: _load_store(path, expected_shape),
+    )
 
 
 def decode_images(paths: list[Path], image_size: int) -> torch.Tensor:
@@ -143,16 +144,3 @@ def _load_store(store: Path, expected_shape: tuple[int, ...]) -> torch.Tensor | 
         return None
     usable = isinstance(images, torch.Tensor) and images.dtype == torch.uint8
     return images if usable and tuple(images.shape) == expected_shape else None
-
-
-def _save_store(images: torch.Tensor, store: Path) -> None:
-    """Write ``images`` to ``store`` atomically: a temp file in the same folder, then os.replace."""
-    store.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=store.parent, prefix=f".{store.stem}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        torch.save(images, temp_name)
-        os.replace(temp_name, store)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
