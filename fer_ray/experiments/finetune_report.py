@@ -175,6 +175,7 @@ def learning_curves_figure(table: TrialTable, grid: dict[str, list]):
     """val_acc per epoch, one line (mean over seeds) and band (min-max over seeds) per configuration;
     None when no trial has a val_acc history."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     keys = list(grid)
     figure = Figure(figsize=(6.4, 4.2), layout="constrained")
@@ -191,6 +192,7 @@ def learning_curves_figure(table: TrialTable, grid: dict[str, list]):
     if not drawn:
         return None
     axis.set(xlabel="epoch", ylabel=CURVE_METRIC, title="Learning curves: mean over seeds, band = min-max", ylim=ACCURACY_BOUNDS)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axis.legend(fontsize="small")
     return figure
 
@@ -209,4 +211,4 @@ def best_confusion_figure(records: Sequence[TrialRecord], label: str):
         classes, runs = logged["classes"], runs + 1
     if total is None:
         return None
-    return confusion_matrix_figure(total, classes, title=f"best ({label}): test confusion, {runs} run(s) summed")
+    return confusion_matrix_figure(total, classes, title=f"best ({label}): test confusion, {runs} run(s) summed, rows normalised")

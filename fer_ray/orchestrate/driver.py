@@ -253,11 +253,17 @@ def _open_parent(spec: SweepSpec, tracker: Tracker, run_name: str, tune_path: st
 
 
 def varied_params(spec: SweepSpec) -> dict[str, str]:
-    """What the sweep varies, for its parent run's params: each grid key with its values (JSON list),
-    ``train.seed`` with the seeds, and for Optuna each searched key with its distribution (JSON)."""
-    varied: dict[str, Any] = {"train.seed": spec.search.seeds, **spec.search.grid}
+    """What the sweep varies, for its parent run's params: each grid key with its values (JSON list);
+    the seeds (``train.seed`` of a training sweep; an evaluation sweep's models, ``source.model`` in
+    its grid, and ``source.train_seeds`` when it trains them); for Optuna each searched key with its
+    distribution (JSON, e.g. ``{"loguniform": [0.0003, 0.005]}``) and the number of samples."""
+    if get_experiment(spec.experiment).evaluates_model:
+        varied: dict[str, Any] = {"source.train_seeds": spec.source.train_seeds} if spec.source.model == "train" else {}
+    else:
+        varied = {"train.seed": spec.search.seeds}
+    varied.update(spec.search.grid)
     if spec.search.optuna is not None:
-        space = spec.search.optuna.model_dump(mode="json")["space"]
+        space = spec.search.optuna.model_dump(mode="json", exclude_none=True)["space"]
         varied.update({key: json.dumps(distribution, sort_keys=True) for key, distribution in space.items()})
         varied["optuna.num_samples"] = spec.search.optuna.num_samples
     return {key: value if isinstance(value, (str, int)) else json.dumps(value, default=str) for key, value in varied.items()}
