@@ -43,9 +43,8 @@ def configuration_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list]:
 
 
 def report(table: TrialTable) -> Report:
-    """The fine-tuning report of a sweep's trials (see the module docstring). Metrics for the parent
-    run: ``best_test_acc`` and its CI bounds ``best_test_acc/ci_low``, ``best_test_acc/ci_high`` (NaN
-    bounds, with one seed, are left out) and ``best_n_seeds``."""
+    """The fine-tuning report of a sweep's trials (see the module docstring); metrics for the parent
+    run: best_metrics."""
     finished = table.finished()
     grid = configuration_grid(table.grid)
     summary = aggregate(finished, grid)
@@ -61,12 +60,22 @@ def report(table: TrialTable) -> Report:
     confusion = best_confusion_figure(best_records, _label(keys, best))
     if confusion is not None:
         figures["best_confusion_matrix.png"] = confusion
+    markdown = "\n".join([best_line(keys, best), "", table_markdown(summary, keys), ""])
+    return Report(markdown, figures, best_metrics(summary))
+
+
+def best_metrics(summary: pd.DataFrame) -> dict[str, float]:
+    """The parent run's numbers from an ``aggregate`` table: the best row's (highest mean test_acc)
+    ``best_test_acc``, its CI bounds ``best_test_acc/ci_low`` / ``ci_high`` (left out when NaN, i.e.
+    one seed) and ``best_n_seeds``; {} without test_acc."""
+    if summary.empty or "test_acc" not in summary:
+        return {}
+    best = summary.loc[summary["test_acc"].idxmax()]
     metrics = {"best_test_acc": float(best["test_acc"]), "best_n_seeds": float(best["n_seeds"])}
     for bound in ("low", "high"):
         if not math.isnan(best[f"test_acc_{bound}"]):
             metrics[f"best_test_acc/ci_{bound}"] = float(best[f"test_acc_{bound}"])
-    markdown = "\n".join([best_line(keys, best), "", table_markdown(summary, keys), ""])
-    return Report(markdown, figures, metrics)
+    return metrics
 
 
 def best_line(keys: list[str], best: pd.Series) -> str:

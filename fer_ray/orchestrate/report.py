@@ -5,7 +5,8 @@ The report is built from MLflow alone, so it holds exactly the numbers the MLflo
 per trial its typed settings (re-validated from the values the trial logged), metrics, status,
 source model, training seed, metric histories and a fetcher for its artifacts. An experiment with a
 report function gets that table; otherwise the generic table applies: per grid point, mean and 95 %
-CI over seeds (Student t). Outputs go to ``reports/<sweep>/`` (report.md, summary.csv, PNGs) and to
+CI over seeds (Student t), the study's figures and the best point's metrics on the parent run (all
+from fer_ray.experiments.finetune_report, whose report is fine-tuning's own). Outputs go to ``reports/<sweep>/`` (report.md, summary.csv, PNGs) and to
 the parent run's artifacts.
 """
 
@@ -21,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from fer_ray.experiments import get_experiment
 from fer_ray.experiments.contract import Experiment
-from fer_ray.experiments.finetune_report import aggregate, configuration_grid, study_figures, table_markdown
+from fer_ray.experiments.finetune_report import aggregate, best_metrics, configuration_grid, study_figures, table_markdown
 from fer_ray.experiments.results import Report, TrialRecord, TrialStatus, TrialTable
 from fer_ray.orchestrate.search_report import search_report
 from fer_ray.orchestrate.spec import SETTINGS_SECTION, SweepSpec, trial_of, trial_spec
@@ -54,9 +55,9 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     elif experiment.report is not None:  # the experiment's own tables, statistics and figures replace the generic table
         report = experiment.report(table)
     else:
-        report = Report(table_markdown(summary, list(grid)) + "\n", study_figures(summary, list(grid)))
+        report = Report(table_markdown(summary, list(grid)) + "\n", study_figures(summary, list(grid)), best_metrics(summary))
     summary.to_csv(out_dir / "summary.csv", index=False)
-    if report.metrics:  # sweep-level numbers (e.g. the SVM's refit test accuracy) on the parent run
+    if report.metrics:  # sweep-level numbers (best configuration, the SVM's refit test accuracy) on the parent run
         tracker.log_metrics(parent_id, dict(report.metrics))
     markdown = _header(spec, len(finished)) + "\n" + report.markdown + "\n" + "".join(f"![{name}]({name})\n" for name in report.figures)
     shutil.rmtree(out_dir / FETCHED, ignore_errors=True)
