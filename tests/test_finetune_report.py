@@ -22,8 +22,8 @@ CLASSES = ["afraid", "angry", "disgusted", "happy", "neutral", "sad", "surprised
 
 
 def _confusion_file(folder: Path, diagonal: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / CONFUSION_ARTIFACT
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"classes": CLASSES, "counts": (np.eye(7, dtype=int) * diagonal + 1).tolist()}))
     return path
 

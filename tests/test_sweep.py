@@ -69,7 +69,8 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
         assert len(client.get_metric_history(run_id, "val_acc")) == 2, "one val_acc per epoch"
         artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
         assert "model/MLmodel" in artifacts and "confusion_matrix.png" in artifacts, "the model is an MLflow Model"
-        assert "confusion_counts.json" in artifacts, "the counts the report sums over the best configuration's seeds"
+        confusion = {a.path for a in client.list_artifacts(run_id, "test_confusion")}
+        assert confusion == {"test_confusion/counts.json"}, "the counts the report sums over the best configuration's seeds"
 
     # the report holds the numbers that are in MLflow
     summary = pd.read_csv(workdir / "reports" / "quickstart" / "summary.csv")

@@ -22,7 +22,7 @@ from fer_ray.core.plots import confusion_matrix_figure
 from fer_ray.core.train import fit, save_model
 from fer_ray.experiments.base import MODEL_FILE, Reporter, Trial
 from fer_ray.experiments.contract import Experiment
-from fer_ray.experiments.finetune_report import CONFUSION_ARTIFACT, CURVE_METRIC, report
+from fer_ray.experiments.finetune_report import CONFUSION_ARTIFACT, CONFUSION_DIR, CONFUSION_FILE, CURVE_METRIC, report
 
 MODEL_ARTIFACT_DIR = "model"
 
@@ -61,9 +61,9 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     if trial.settings.confusion_matrix:
         figure = confusion_matrix_figure(evaluation["confusion"], data.dataset.classes, title=f"{trial.sweep}: test confusion")
         reporter.figure(figure, "confusion_matrix.png")
-    confusion_path = reporter.work_dir / CONFUSION_ARTIFACT  # the counts, summed over seeds by the report
+    confusion_path = reporter.work_dir / CONFUSION_FILE  # the counts, summed over seeds by the report
     confusion_path.write_text(json.dumps({"classes": list(data.dataset.classes), "counts": [list(map(int, row)) for row in evaluation["confusion"]]}))
-    reporter.artifact(confusion_path)
+    reporter.artifact(confusion_path, CONFUSION_DIR)
     if trial.settings.save_model:
         model_path = reporter.work_dir / MODEL_FILE
         save_model(model_path, model, trial.model, data.dataset.classes)

@@ -31,8 +31,10 @@ from fer_ray.experiments.results import Report, TrialRecord, TrialTable
 REPORT_METRICS = ("test_acc", "test_macro_f1", "val_acc", "n_params")
 #: grid keys the mean and CI run over (not rows of the table)
 SEED_KEYS = ("train.seed", "source.model")
-#: the artifact a fine-tuning trial logs with its test confusion counts (finetune.run writes it)
-CONFUSION_ARTIFACT = "confusion_counts.json"
+#: the artifact a fine-tuning trial logs with its test confusion counts (finetune.run writes it):
+#: JSON {"classes": [C names], "counts": C x C ints, rows = true class}
+CONFUSION_DIR, CONFUSION_FILE = "test_confusion", "counts.json"
+CONFUSION_ARTIFACT = f"{CONFUSION_DIR}/{CONFUSION_FILE}"
 #: the metric of the learning curves (its history is requested by the finetune Experiment)
 CURVE_METRIC = "val_acc"
 
