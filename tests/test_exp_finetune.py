@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,13 +14,15 @@ from fer_ray.core.groups import accuracy_ci
 from fer_ray.core.model_file import load_model
 from fer_ray.experiments import finetune
 from fer_ray.experiments.base import LocalReporter, Trial
+from fer_ray.experiments.finetune_report import CONFUSION_DIR, CONFUSION_FILE
 from fer_ray.orchestrate.spec import resolve_spec
 
 
 def test_run_logs_a_subject_clustered_interval_of_its_test_accuracy(tmp_path):
     spec = resolve_spec({"name": "t", "experiment": "finetune"}, TINY)
     trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings())
-    metrics = finetune.run(trial, LocalReporter(tmp_path))
+    reporter = LocalReporter(tmp_path)
+    metrics = finetune.run(trial, reporter)
 
     low, high = metrics["test_acc/ci_low"], metrics["test_acc/ci_high"]
     assert 0.0 <= low <= metrics["test_acc"] <= high <= 1.0
@@ -28,3 +32,7 @@ def test_run_logs_a_subject_clustered_interval_of_its_test_accuracy(tmp_path):
     correct = (predict_proba(model, data.test.images).argmax(dim=1) == data.test.labels).numpy()
     assert np.mean(correct) == pytest.approx(metrics["test_acc"])
     assert (low, high) == pytest.approx(accuracy_ci(correct, data.dataset.identities[data.test.indices]))
+    # the test confusion counts the report sums over seeds: one count per test image, diagonal = correct
+    assert (tmp_path / CONFUSION_FILE, CONFUSION_DIR) in reporter.artifacts
+    counts = np.array(json.loads((tmp_path / CONFUSION_FILE).read_text())["counts"])
+    assert counts.sum() == len(correct) and np.trace(counts) == correct.sum()

@@ -42,6 +42,9 @@ def test_training_hash_ignores_evaluation_settings_and_follows_the_recipe():
     stage = training_spec(base, [3, 4])
     assert stage.experiment == "finetune" and stage.search.seeds == [3, 4]
     assert training_hash(stage) == training_hash(base), "the stage trains exactly the recipe it was derived from"
+    profiled = resolve_spec({"name": "a", "experiment": "evaluate", "profiles": {"fast": {"train.weight_decay": 0.01}}}, TINY, profile="fast")
+    stage = training_spec(profiled, [0])
+    assert stage.profile == "fast" and stage.train.weight_decay == 0.01, "the stage says which profile's overrides it embeds"
 
 
 def test_second_evaluation_sweep_trains_nothing_and_other_sources_work(tmp_path, monkeypatch, tiny_trained_model):
@@ -53,6 +56,7 @@ def test_second_evaluation_sweep_trains_nothing_and_other_sources_work(tmp_path,
         assert main(common + ["source.train_seeds=[0,1]"]) == 0
         trained = _training_runs(uri)
         assert len(trained) == 2 and set(trained["status"]) == {"FINISHED"}
+        assert set(trained["tags.fer_ray.profile"]) == {"embedded"}, "the stage carries the profile of the sweep that started it"
         evaluated = _evaluation_runs(uri)
         assert len(evaluated) == 2, "one evaluation trial per trained model"
         assert set(evaluated["tags.fer_ray.source_run"]) == set(trained["run_id"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
+from fer_ray.orchestrate.spec import load_spec
 from fer_ray.sweep import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +69,8 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
         assert len(client.get_metric_history(run_id, "val_acc")) == 2, "one val_acc per epoch"
         artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
         assert "model/MLmodel" in artifacts and "confusion_matrix.png" in artifacts, "the model is an MLflow Model"
+        confusion = {a.path for a in client.list_artifacts(run_id, "test_confusion")}
+        assert confusion == {"test_confusion/counts.json"}, "the counts the report sums over the best configuration's seeds"
 
     # the report holds the numbers that are in MLflow
     summary = pd.read_csv(workdir / "reports" / "quickstart" / "summary.csv")
@@ -78,6 +83,26 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
     parent_artifacts = {a.path for a in client.list_artifacts(parents["run_id"].iloc[0], "report")}
     assert "report/report.md" in parent_artifacts
     assert "Report:" in out and "quickstart" in out
+
+    # the parent run, where the MLflow UI opens: note, what varied, the report's numbers and figures
+    parent = client.get_run(parents["run_id"].iloc[0])
+    spec = load_spec(SWEEPS / "quickstart.yaml")
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["mlflow.note.content"] == spec.description.strip()
+    assert json.loads(parent.data.params["train.lr"]) == [0.001, 0.0003] and json.loads(parent.data.params["train.seed"]) == [0]
+    assert parent.data.metrics["best_test_acc"] == pytest.approx(children["metrics.test_acc"].max())
+    assert parent.data.metrics["best_n_seeds"] == 1
+    named = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert {"learning_curves.png", "best_confusion_matrix.png"} <= set(named)
+    assert {f"report/{name}" for name in named} <= parent_artifacts, "every figure the report names is on the parent run"
+    best_line = next(line for line in report.splitlines() if line.startswith("**best: "))
+    assert f"test_acc {parent.data.metrics['best_test_acc']:.3f} [-] over 1 seed" in best_line
+    # children: only the params that apply, no metric named like a param, the profile tag
+    params = children.filter(like="params.").dropna(axis=1, how="all")
+    assert not [c for c in params if c.startswith("params.data.radiate")] and "params.data.root" not in params
+    assert not (params == "None").any().any() and not (params == "{}").any().any()
+    assert "metrics.sched_lr" in children and "metrics.lr" not in children
+    assert set(children["tags.fer_ray.profile"]) == {spec.profile}
 
     # Tune keeps the CSV/JSON results its ExperimentAnalysis reads, and writes no TensorBoard files
     tune_files = [path.name for path in (workdir / "ray_results").rglob("*") if path.is_file()]

@@ -20,7 +20,9 @@ from conftest import free_port  # noqa: E402
 from fer_ray.orchestrate.provenance import git_sha, package_versions, spec_hash  # noqa: E402
 from fer_ray.orchestrate.tracking import (  # noqa: E402
     MAX_PARAM_VAL_LENGTH,
+    EXPERIMENT_KIND,
     TAG_ATTEMPTS,
+    TAG_EXPERIMENT_KIND,
     TAG_PARENT,
     TAG_ROLE,
     TAG_SPEC_HASH,
@@ -203,6 +205,15 @@ def test_long_param_is_truncated_and_kept_whole_as_artifact(tracker, tmp_path):
     tracker.child_run(parent, "t", "t", params={"notes": long_value})  # reuse compares truncated
     full = tracker.download_artifact(child, "params_full/notes.txt", tmp_path / "dl")
     assert full.read_text() == long_value
+
+
+def test_experiment_opens_in_the_model_training_view(tracker, sqlite_db):
+    assert tracker.client.get_experiment(tracker.experiment_id()).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND
+    # an experiment made without the tag (by hand, or by an older fer_ray) gets it when fer_ray opens it
+    bare_id = tracker.client.create_experiment("made-by-hand")
+    assert TAG_EXPERIMENT_KIND not in tracker.client.get_experiment(bare_id).tags
+    assert Tracker(f"sqlite:///{sqlite_db}", "made-by-hand").check() == bare_id
+    assert tracker.client.get_experiment(bare_id).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND
 
 
 def test_deleted_experiment_is_reported(tracker):

@@ -8,6 +8,8 @@ trained model file (logged by the orchestrator as the MLflow Model ``runs:/<run 
 
 from __future__ import annotations
 
+import json
+
 import torch
 from pydantic import Field
 
@@ -22,6 +24,7 @@ from fer_ray.core.model_file import save_model
 from fer_ray.core.train import fit
 from fer_ray.experiments.base import Reporter, Trial
 from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.finetune_report import CONFUSION_ARTIFACT, CONFUSION_DIR, CONFUSION_FILE, CURVE_METRIC, report
 
 
 class Settings(Strict):
@@ -58,6 +61,9 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     if trial.settings.confusion_matrix:
         figure = confusion_matrix_figure(evaluation["confusion"], data.dataset.classes, title=f"{trial.sweep}: test confusion")
         reporter.figure(figure, "confusion_matrix.png")
+    confusion_path = reporter.work_dir / CONFUSION_FILE  # the counts, summed over seeds by the report
+    confusion_path.write_text(json.dumps({"classes": list(data.dataset.classes), "counts": [list(map(int, row)) for row in evaluation["confusion"]]}))
+    reporter.artifact(confusion_path, CONFUSION_DIR)
     if trial.settings.save_model:
         model_path = reporter.work_dir / MODEL_FILE
         save_model(model_path, model, trial.model, data.dataset.classes)
@@ -82,7 +88,7 @@ def epoch_metrics(epoch) -> dict[str, float]:
         "train_acc": epoch.train_acc,
         "val_loss": epoch.val_loss,
         "val_acc": epoch.val_acc,
-        "lr": epoch.lr,
+        "sched_lr": epoch.lr,  # not "lr": that reads as the param train.lr (the starting rate)
         "images_per_s": epoch.images_per_s,
     }
 
@@ -104,5 +110,6 @@ def final_metrics(evaluation: dict, best_val_acc: float, epochs_run: int, n_para
 
 
 EXPERIMENT = Experiment(
-    name="finetune", settings=Settings, evaluates_model=False, run=run, history_metrics=("val_acc",)
+    name="finetune", settings=Settings, evaluates_model=False, run=run, report=report,
+    report_artifacts=(CONFUSION_ARTIFACT,), history_metrics=(CURVE_METRIC,),
 )

@@ -35,7 +35,7 @@ from fer_ray.orchestrate.mlflow_model import register_best
 from fer_ray.orchestrate.model_sources import check_source, find_models, model_sources, training_spec
 from fer_ray.orchestrate.trial import TRIAL_FINISHED, run_name, trial_key
 from fer_ray.orchestrate.spec import SweepSpec, rename_old_keys
-from fer_ray.orchestrate.tracking import TAG_ROLE, TAG_STOPPED_EARLY, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
+from fer_ray.orchestrate.tracking import TAG_NOTE, TAG_ROLE, TAG_STOPPED_EARLY, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
 from fer_ray.orchestrate.weights import prefetch_weights
 from fer_ray.orchestrate.tune import build_tuner, set_tune_environment, trainable, trial_plan
 
@@ -244,10 +244,29 @@ def _open_parent(spec: SweepSpec, tracker: Tracker, run_name: str, tune_path: st
             "fer_ray.experiment": spec.experiment,
             "fer_ray.profile": spec.profile,
             "fer_ray.protocol": spec.data.split.protocol,
+            TAG_NOTE: spec.description.strip(),
         },
+        params=varied_params(spec),
     )
     tracker.log_spec(parent_id, spec.model_dump(mode="json"), SPEC_ARTIFACT)
     return parent_id
+
+
+def varied_params(spec: SweepSpec) -> dict[str, str]:
+    """What the sweep varies, for its parent run's params: each grid key with its values (JSON list);
+    the seeds (``train.seed`` of a training sweep; an evaluation sweep's models, ``source.model`` in
+    its grid, and ``source.train_seeds`` when it trains them); for Optuna each searched key with its
+    distribution (JSON, e.g. ``{"loguniform": [0.0003, 0.005]}``) and the number of samples."""
+    if get_experiment(spec.experiment).evaluates_model:
+        varied: dict[str, Any] = {"source.train_seeds": spec.source.train_seeds} if spec.source.model == "train" else {}
+    else:
+        varied = {"train.seed": spec.search.seeds}
+    varied.update(spec.search.grid)
+    if spec.search.optuna is not None:
+        space = spec.search.optuna.model_dump(mode="json", exclude_none=True)["space"]
+        varied.update({key: json.dumps(distribution, sort_keys=True) for key, distribution in space.items()})
+        varied["optuna.num_samples"] = spec.search.optuna.num_samples
+    return {key: value if isinstance(value, (str, int)) else json.dumps(value, default=str) for key, value in varied.items()}
 
 
 def _find_resumable(spec: SweepSpec, tracker: Tracker) -> tuple[SweepSpec, str, str]:

@@ -42,7 +42,8 @@ def training_spec(spec: SweepSpec, seeds: list[int]) -> SweepSpec:
         description=f"Training stage of the evaluation sweep {spec.name}.",
         search={"seeds": seeds},
     )
-    return validate_spec(raw, source=f"{spec.name} (training stage)")
+    # the profile's overrides are already in the sections copied above: the stage carries its name, not its overrides again
+    return validate_spec(raw, source=f"{spec.name} (training stage)").model_copy(update={"profile": spec.profile})
 
 
 def check_source(spec: SweepSpec, tracker: Tracker | None = None) -> None:

@@ -5,27 +5,24 @@ The report is built from MLflow alone, so it holds exactly the numbers the MLflo
 per trial its typed settings (re-validated from the values the trial logged), metrics, status,
 source model, training seed, metric histories and a fetcher for its artifacts. An experiment with a
 report function gets that table; otherwise the generic table applies: per grid point, mean and 95 %
-CI over seeds (Student t). Outputs go to ``reports/<sweep>/`` (report.md, summary.csv, PNGs) and to
+CI over seeds (Student t), the study's figures and the best point's metrics on the parent run (all
+from fer_ray.experiments.finetune_report, whose report is fine-tuning's own). Outputs go to ``reports/<sweep>/`` (report.md, summary.csv, PNGs) and to
 the parent run's artifacts.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from fer_ray.core.formatting import mean_interval_cell
-from fer_ray.core.plots import metric_curve_figure
-from fer_ray.core.stats import ACCURACY_BOUNDS, SEEDS_COVER, mean_ci
 from fer_ray.experiments import get_experiment
 from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.finetune_report import aggregate, best_metrics, configuration_grid, study_figures, table_markdown
 from fer_ray.experiments.results import Report, TrialRecord, TrialStatus, TrialTable
 from fer_ray.orchestrate.search_report import search_report
 from fer_ray.orchestrate.spec import SETTINGS_SECTION, SweepSpec, trial_of, trial_spec
@@ -37,8 +34,6 @@ from fer_ray.orchestrate.tracking import (
     Tracker,
 )
 
-#: metrics summarised when a run has them, in this order
-REPORT_METRICS = ("test_acc", "test_macro_f1", "val_acc", "n_params")
 #: where downloaded artifacts stay while the report is written (inside its folder)
 FETCHED = ".artifacts"
 
@@ -53,16 +48,16 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     # seeds (and, for evaluation sweeps, the models trained with different seeds) are what the
     # mean and CI run over; every other grid key is a row of the table
-    grid = {k: v for k, v in spec.search.grid.items() if k not in ("train.seed", "source.model")}
+    grid = configuration_grid(spec.search.grid)
     summary = aggregate(finished, grid)
     if spec.search.optuna is not None:  # trials differ in sampled hyper-parameters, not seeds: ranked, not averaged
         report, summary = search_report(table, spec.search.optuna)
     elif experiment.report is not None:  # the experiment's own tables, statistics and figures replace the generic table
         report = experiment.report(table)
     else:
-        report = Report(_table_markdown(summary, list(grid)) + "\n", _figures(summary, list(grid)))
+        report = Report(table_markdown(summary, list(grid)) + "\n", study_figures(summary, list(grid)), best_metrics(summary))
     summary.to_csv(out_dir / "summary.csv", index=False)
-    if report.metrics:  # sweep-level numbers (e.g. the SVM's refit test accuracy) on the parent run
+    if report.metrics:  # sweep-level numbers (best configuration, the SVM's refit test accuracy) on the parent run
         tracker.log_metrics(parent_id, dict(report.metrics))
     markdown = _header(spec, len(finished)) + "\n" + report.markdown + "\n" + "".join(f"![{name}]({name})\n" for name in report.figures)
     shutil.rmtree(out_dir / FETCHED, ignore_errors=True)
@@ -168,55 +163,6 @@ def _fetcher(tracker: Tracker, run_id: str, fetch_dir: Path, experiment: Experim
 # ------------------------------------------------------------------------- the generic report
 
 
-def aggregate(table: TrialTable, grid: dict[str, list]) -> pd.DataFrame:
-    """One row per grid point, in the order the sweep file lists the values: mean, CI low/high of
-    each metric over the trials of that point (seeds / models), and their count."""
-    keys = list(grid)
-    metrics = [m for m in REPORT_METRICS if any(m in record.metrics for record in table)]
-    rows = []
-    for point in itertools.product(*grid.values()):
-        group = [r for r in table if all(_same(r.values.get(key), value) for key, value in zip(keys, point))]
-        if not group:
-            continue
-        row = dict(zip(keys, point))
-        for metric in metrics:
-            bounds = None if metric == "n_params" else ACCURACY_BOUNDS
-            summary = mean_ci(pd.Series([r.metric(metric) for r in group], dtype=float), bounds=bounds)
-            row.update({metric: summary["mean"], f"{metric}_low": summary["low"], f"{metric}_high": summary["high"]})
-        row["n_seeds"] = len(group)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _same(logged: Any, value: Any) -> bool:
-    """A trial's logged value equals a grid value (YAML's 1 is the spec's 1.0; lists element-wise)."""
-    if isinstance(value, (list, tuple)) and isinstance(logged, (list, tuple)):
-        return len(value) == len(logged) and all(_same(a, b) for a, b in zip(logged, value))
-    return logged == value
-
-
-def _figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
-    """The reference study's graphs: accuracy vs training fraction, accuracy vs model size (parameters)."""
-    if len(keys) != 1 or "test_acc" not in table:
-        return {}
-    key = keys[0]
-    ci = (table["test_acc_low"], table["test_acc_high"])
-    if key == "data.train_fraction":
-        figure = metric_curve_figure(
-            table[key] * 100, table["test_acc"], *ci,
-            xlabel="training identities used (%)", ylabel="test accuracy", title="Accuracy vs dataset size",
-        )
-        return {"accuracy_vs_fraction.png": figure}
-    if key == "model.arch" and "n_params" in table:
-        figure = metric_curve_figure(
-            table["n_params"] / 1e6, table["test_acc"], *ci,
-            xlabel="parameters (millions)", ylabel="test accuracy", title="Accuracy vs model size",
-            point_labels=list(table[key]),
-        )
-        return {"accuracy_vs_model_size.png": figure}
-    return {}
-
-
 def _header(spec: SweepSpec, n_finished: int) -> str:
     """What was run, on what, split how: the first lines of every sweep report."""
     lines = [
@@ -231,23 +177,3 @@ def _header(spec: SweepSpec, n_finished: int) -> str:
         "",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _table_markdown(table: pd.DataFrame, keys: list[str]) -> str:
-    metrics = [m for m in REPORT_METRICS if m in table]
-    header = "| " + " | ".join([*keys, *metrics, "seeds"]) + " |"
-    lines = [f"Cells: mean [95 % CI {SEEDS_COVER}; '-' with one seed]; each run's own interval over test people: "
-             "its test_acc/ci_low, test_acc/ci_high.", "", header, "|" + "---|" * (len(keys) + len(metrics) + 1)]
-    for _, row in table.iterrows():
-        cells = [str(row[k]) for k in keys]
-        for metric in metrics:
-            cells.append(_cell(row[metric], row[f"{metric}_low"], row[f"{metric}_high"], metric))
-        cells.append(str(int(row["n_seeds"])))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(mean: float, low: float, high: float, metric: str) -> str:
-    if metric == "n_params":
-        return f"{mean / 1e6:.1f} M"
-    return mean_interval_cell(mean, low, high)

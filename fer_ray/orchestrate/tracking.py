@@ -76,6 +76,12 @@ TAG_SOURCE_RUN = "fer_ray.source_run"
 TAG_STOPPED_EARLY = "fer_ray.stopped_early"
 #: MLflow's own tag: the UI nests a run under the run with this id.
 TAG_PARENT = "mlflow.parentRunId"
+#: MLflow's own run tag: the run's description (markdown), shown as its note in the UI.
+TAG_NOTE = "mlflow.note.content"
+#: MLflow 3's experiment tag choosing the UI's view: model training (runs, metrics, charts), not
+#: the GenAI view (traces, judges, prompts; child runs called "Evaluations").
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 ROLE_PARENT = "parent"
 ROLE_CHILD = "child"
 
@@ -336,7 +342,8 @@ class Tracker:
         if existing is None:
             try:
                 return _retry_locked(
-                    self.client.create_experiment, self.experiment, self._artifact_location()
+                    self.client.create_experiment, self.experiment, self._artifact_location(),
+                    tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                 )
             except MlflowException:
                 existing = _retry_locked(self.client.get_experiment_by_name, self.experiment)
@@ -348,6 +355,8 @@ class Tracker:
                 f"(`mlflow experiments restore --experiment-id {existing.experiment_id}`) or "
                 "choose another experiment name"
             )
+        if TAG_EXPERIMENT_KIND not in existing.tags:  # made before fer_ray set it, or by hand
+            _retry_locked(self.client.set_experiment_tag, existing.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return existing.experiment_id
 
     def _artifact_location(self) -> str | None:

@@ -32,6 +32,35 @@ CHECKPOINT_FILE = "checkpoint.pt"
 TRIAL_FINISHED = "trial_finished"
 
 
+#: data sections that describe one dataset only: logged on runs of that dataset alone
+DATASET_SECTIONS = ("synthetic", "radiate")
+
+
+def applicable_params(spec: SweepSpec) -> dict[str, Any]:
+    """The run's params: the data, model, train and (validated) settings sections without what does not apply
+    to this run (None values, empty sections, another dataset's section), flattened to dotted keys."""
+    sections = spec.model_dump(mode="json", include={"data", "model", "train"})
+    sections["settings"] = spec.experiment_settings().model_dump(mode="json")  # defaults included: they apply
+    for name in DATASET_SECTIONS:
+        if name != spec.data.dataset:
+            sections["data"].pop(name, None)
+    return flatten(_pruned(sections))
+
+
+def _pruned(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` without None values and, recursively, without mappings left empty."""
+    kept = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _pruned(value)
+            if not value:
+                continue
+        elif value is None:
+            continue
+        kept[key] = value
+    return kept
+
+
 def trial_key(overrides: dict[str, Any]) -> str:
     """Stable id of a trial from the values that make it unique (its grid point / sampled values)."""
     canonical = json.dumps(overrides, sort_keys=True, default=str)
@@ -135,8 +164,8 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
         parent_id,
         key,
         run_name=run_name(overrides),
-        params=flatten(spec.model_dump(mode="json", include={"data", "model", "train", "settings"})),
-        tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.trial_id": tune.get_context().get_trial_id(),
+        params=applicable_params(spec),
+        tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.profile": spec.profile, "fer_ray.trial_id": tune.get_context().get_trial_id(),
               "fer_ray.node_id": ray.get_runtime_context().get_node_id(), "fer_ray.gpu_ids": gpu_ids(),
               TAG_TRIAL_VALUES: json.dumps(overrides, sort_keys=True, default=str)},
     )

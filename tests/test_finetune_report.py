@@ -1,0 +1,88 @@
+"""The fine-tuning report (experiments.finetune_report) on an in-memory TrialTable: the one-line
+answer, the per-configuration table, learning curves from the val_acc histories and the best
+configuration's confusion matrix summed over its seeds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import trial_tables
+from fer_ray.core.stats import mean_ci
+from fer_ray.experiments import finetune_report
+from fer_ray.experiments.finetune_report import CONFUSION_ARTIFACT, curve_bands, report
+from fer_ray.orchestrate.spec import load_spec
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+CLASSES = ["afraid", "angry", "disgusted", "happy", "neutral", "sad", "surprised"]
+
+
+def _confusion_file(folder: Path, diagonal: int) -> Path:
+    path = folder / CONFUSION_ARTIFACT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"classes": CLASSES, "counts": (np.eye(7, dtype=int) * diagonal + 1).tolist()}))
+    return path
+
+
+def _records(spec, tmp_path):
+    """Two learning rates x two seeds; lr 0.001 is better (test_acc 0.5 and 0.6)."""
+    rows = [(0.001, 0, 0.5, [0.3, 0.4]), (0.001, 1, 0.6, [0.2, 0.5]), (0.0003, 0, 0.2, [0.1, 0.2]), (0.0003, 1, 0.3, [0.15, 0.25])]
+    records = []
+    for index, (lr, seed, test_acc, val_curve) in enumerate(rows):
+        confusion = _confusion_file(tmp_path / f"run{index}", diagonal=index + 1)
+        fetched = []
+
+        def fetch(artifact_path, confusion=confusion, fetched=fetched):
+            fetched.append(artifact_path)
+            return confusion
+
+        record = trial_tables.record(spec, {"train.lr": lr, "train.seed": seed}, {"test_acc": test_acc, "val_acc": val_curve[-1]},
+                                     run_id=f"run{index}")
+        records.append(replace(record, history={"val_acc": list(enumerate(val_curve, start=1))}, fetch=fetch))
+    return records
+
+
+def test_report_answers_first_with_the_best_configuration_and_its_interval(tmp_path):
+    spec = load_spec(SWEEPS / "quickstart.yaml")
+    result = report(trial_tables.table(spec, _records(spec, tmp_path)))
+
+    expected = mean_ci([0.5, 0.6], bounds=(0.0, 1.0))
+    assert result.metrics["best_test_acc"] == pytest.approx(0.55)
+    assert result.metrics["best_test_acc/ci_low"] == pytest.approx(expected["low"])
+    assert result.metrics["best_test_acc/ci_high"] == pytest.approx(expected["high"])
+    assert 0.0 <= result.metrics["best_test_acc/ci_low"] <= result.metrics["best_test_acc/ci_high"] <= 1.0
+    assert result.metrics["best_n_seeds"] == 2
+    first = result.markdown.splitlines()[0]
+    assert first == f"**best: train.lr=0.001, test_acc 0.550 [{expected['low']:.3f}–{expected['high']:.3f}] over 2 seeds**"
+    assert "| 0.0003 | 0.250 [" in result.markdown and "clipped to [0, 1]" in result.markdown
+    assert set(result.figures) == {"learning_curves.png", "best_confusion_matrix.png"}
+
+
+def test_confusion_matrix_sums_the_best_configurations_seeds_only(tmp_path):
+    spec = load_spec(SWEEPS / "quickstart.yaml")
+    records = _records(spec, tmp_path)
+    figure = finetune_report.best_confusion_figure(records[:2], "train.lr=0.001")
+    # rows normalised: diagonal (1+1)+(2+1)=5 of row total 5+6*2=17
+    shown = figure.axes[0].images[0].get_array()
+    assert shown[0, 0] == pytest.approx(5 / 17) and shown[0, 1] == pytest.approx(2 / 17)
+    assert "2 run(s) summed" in figure.axes[0].get_title()
+
+
+def test_learning_curve_bands_are_mean_and_min_max_per_epoch(tmp_path):
+    spec = load_spec(SWEEPS / "quickstart.yaml")
+    bands = curve_bands(_records(spec, tmp_path)[:2])
+    assert bands["step"].tolist() == [1, 2]
+    assert bands["mean"].tolist() == pytest.approx([0.25, 0.45])
+    assert bands["low"].tolist() == pytest.approx([0.2, 0.4]) and bands["high"].tolist() == pytest.approx([0.3, 0.5])
+
+
+def test_one_seed_gives_no_interval_and_no_bound_metrics(tmp_path):
+    spec = load_spec(SWEEPS / "quickstart.yaml")
+    records = [r for r in _records(spec, tmp_path) if r.values["train.seed"] == 0]
+    result = report(trial_tables.table(spec, records))
+    assert result.markdown.splitlines()[0] == "**best: train.lr=0.001, test_acc 0.500 [-] over 1 seed**"
+    assert "best_test_acc/ci_low" not in result.metrics and result.metrics["best_test_acc"] == 0.5
