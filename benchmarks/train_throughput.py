@@ -37,18 +37,14 @@ def measure(args: argparse.Namespace, device: torch.device, options: StepOptions
                            device=device, generator=generator)
     labels = torch.randint(0, 7, (args.batch_size,), device=device, generator=generator)
 
-    def step() -> torch.Tensor:
-        loss, _ = train_step(model, optimizer, images, labels, augment=augment, generator=generator, options=options)
-        return loss
-
     for _ in range(args.warmup):
-        step()
+        train_step(model, optimizer, images, labels, augment=augment, generator=generator, options=options)
     _synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     for _ in range(args.steps):
-        loss = step()
+        loss, _ = train_step(model, optimizer, images, labels, augment=augment, generator=generator, options=options)
     loss.item()  # waits for the device
     _synchronize(device)
     elapsed = time.perf_counter() - started

@@ -15,8 +15,8 @@ import trial_tables
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import evaluate_model
-from fer_ray.core.stats import mean_ci
 from fer_ray.core.model_file import load_model
+from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import fgsm
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import SpecError, resolve_spec

@@ -17,9 +17,9 @@ from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import EXPRESSIONS
 from fer_ray.core.evaluate import evaluate_model
+from fer_ray.core.model_file import load_model, save_model
 from fer_ray.core.models import build_model
 from fer_ray.core.stats import mean_ci
-from fer_ray.core.model_file import load_model, save_model
 from fer_ray.experiments import noise
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import SpecError, resolve_spec

@@ -20,14 +20,20 @@ from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.synthetic import synthetic_root
 from fer_ray.core.evaluate import evaluate_model
-from fer_ray.core.svm import model_features, param_grid, pipeline_params, pixel_features, svm_pipeline
 from fer_ray.core.model_file import load_model
+from fer_ray.core.svm import (
+    model_features,
+    param_grid,
+    pipeline_params,
+    pixel_features,
+    svm_pipeline,
+)
+from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.experiments.svm import design as svm_design
 from fer_ray.experiments.svm import features as svm_features
 from fer_ray.experiments.svm import report as svm_report
 from fer_ray.experiments.svm import settings as svm_settings
 from fer_ray.experiments.svm import trial as svm_trial
-from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
 from fer_ray.sweep import main
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from fer_ray.core.config import DataConfig
 from fer_ray.core.data import EXPRESSIONS, DataError
-from fer_ray.core.data.folder import read_image_folder
 from fer_ray.core.data.datasets import read_dataset
+from fer_ray.core.data.folder import read_image_folder
 
 
 def _image(path: Path) -> None:

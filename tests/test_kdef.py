@@ -9,8 +9,8 @@ import pytest
 
 from fer_ray.core.config import DataConfig
 from fer_ray.core.data import EXPRESSIONS, DataError
-from fer_ray.core.data.kdef import KdefName, KdefNameWarning, parse_kdef_name, read_kdef
 from fer_ray.core.data.datasets import read_dataset
+from fer_ray.core.data.kdef import KdefName, KdefNameWarning, parse_kdef_name, read_kdef
 
 CODES = ("AF", "AN", "DI", "HA", "NE", "SA", "SU")
 ANGLES = ("FL", "HL", "S", "HR", "FR")

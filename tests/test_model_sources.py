@@ -9,8 +9,8 @@ import pytest
 import ray
 
 from conftest import TINY
-from fer_ray.orchestrate.spec import resolve_spec
 from fer_ray.orchestrate.model_sources import training_hash, training_spec
+from fer_ray.orchestrate.spec import resolve_spec
 from fer_ray.sweep import main
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"

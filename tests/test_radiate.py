@@ -10,8 +10,8 @@ from PIL import Image
 
 from fer_ray.core.config import DataConfig, RadiateConfig
 from fer_ray.core.data import EXPRESSIONS, DataError
-from fer_ray.core.data.radiate import read_radiate
 from fer_ray.core.data.datasets import read_dataset
+from fer_ray.core.data.radiate import read_radiate
 
 # (file, model_id, gender, race, expression) -- labels in RADIATE's own words and mixed case
 ROWS = [

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fer_ray.orchestrate.spec import RenamedKeyWarning, SpecError, grid_points, load_spec, resolve_spec, trial_spec
+from fer_ray.orchestrate.spec import (
+    RenamedKeyWarning,
+    SpecError,
+    grid_points,
+    load_spec,
+    resolve_spec,
+    trial_spec,
+)
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 MINIMAL = {"name": "t", "experiment": "finetune"}

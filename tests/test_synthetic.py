@@ -13,10 +13,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fer_ray.core.config import DataConfig, SyntheticConfig
-from fer_ray.core.data import EXPRESSIONS
-from fer_ray.core.data import synthetic
-from fer_ray.core.data.kdef import read_kdef
+from fer_ray.core.data import EXPRESSIONS, synthetic
 from fer_ray.core.data.datasets import default_cache_dir, read_dataset
+from fer_ray.core.data.kdef import read_kdef
 from fer_ray.core.data.synthetic import generate_synthetic_kdef, synthetic_root
 
 TINY = SyntheticConfig(identities=2, angles=["S", "HR"], width=40, height=52, seed=3)

@@ -19,8 +19,8 @@ import pytest  # noqa: E402
 from conftest import free_port  # noqa: E402
 from fer_ray.orchestrate.provenance import git_sha, package_versions, spec_hash  # noqa: E402
 from fer_ray.orchestrate.tracking import (  # noqa: E402
-    MAX_PARAM_VAL_LENGTH,
     EXPERIMENT_KIND,
+    MAX_PARAM_VAL_LENGTH,
     TAG_ATTEMPTS,
     TAG_EXPERIMENT_KIND,
     TAG_PARENT,

@@ -12,8 +12,8 @@ import torch
 from fer_ray.core.config import AugmentConfig, ModelConfig, SplitConfig, TrainConfig
 from fer_ray.core.data.records import TensorSplit
 from fer_ray.core.evaluate import predict_logits
-from fer_ray.core.models import build_model
 from fer_ray.core.model_file import CheckpointError, load_model, save_model
+from fer_ray.core.models import build_model
 from fer_ray.core.train import (
     EpochResult,
     TrainingError,

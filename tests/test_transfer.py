@@ -19,15 +19,20 @@ from fer_ray.core.transfer import (
     GeneratorConfig,
     TransferError,
     TransferGenerator,
+    generator_state,
     group_positions,
     load_generator,
-    generator_state,
     mean_pair_l1,
     paired_cases,
     train_generator,
     translate,
 )
-from fer_ray.core.transfer_metrics import mean_faces, score_cases, subject_mean_ci, summarize
+from fer_ray.core.transfer_metrics import (
+    mean_faces,
+    score_cases,
+    subject_mean_ci,
+    summarize,
+)
 from fer_ray.core.transfer_plots import transfer_panel
 
 SIZE = 16

@@ -59,7 +59,7 @@ class SplitConfig(Strict):
         return PROTOCOL_LABELS[self.by]
 
     @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> "SplitConfig":
+    def _fractions_leave_training_data(self) -> SplitConfig:
         if self.val + self.test >= 1.0:
             raise ValueError(
                 f"split.val + split.test must be < 1 (got {self.val} + {self.test}); "
@@ -110,7 +110,7 @@ class DataConfig(Strict):
     cache_dir: Path | None = Field(None, description="tensor cache; None = $FER_RAY_CACHE or ~/.cache/fer_ray")
 
     @model_validator(mode="after")
-    def _real_datasets_need_a_root(self) -> "DataConfig":
+    def _real_datasets_need_a_root(self) -> DataConfig:
         if self.dataset != "synthetic" and self.root is None:
             raise ValueError(f"data.root is required for data.dataset={self.dataset!r}")
         return self

@@ -244,7 +244,7 @@ class _SubjectTable:
         self.correct, self.images = correct, images
 
     @classmethod
-    def build(cls, success, keys, subject_keys, group_values) -> "_SubjectTable":
+    def build(cls, success, keys, subject_keys, group_values) -> _SubjectTable:
         _, subject_index = np.unique(subject_keys, return_inverse=True)
         position = {value: g for g, value in enumerate(group_values)}
         group_index = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(keys))

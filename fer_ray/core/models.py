@@ -63,7 +63,7 @@ class FerNet(nn.Module):
         """Logits: float (B, num_classes) from [0,1] images (B, 3, H, W)."""
         return self.head(self.features(x))
 
-    def train(self, mode: bool = True) -> "FerNet":
+    def train(self, mode: bool = True) -> FerNet:
         """As nn.Module.train, but BatchNorm in frozen backbone blocks always stays in eval mode."""
         super().train(mode)
         if mode:

@@ -22,7 +22,12 @@ from fer_ray.core.config import AugmentConfig, TrainConfig
 from fer_ray.core.data.records import TensorSplit
 from fer_ray.core.device import autocast, pick_device, use_channels_last
 from fer_ray.core.evaluate import predict_logits
-from fer_ray.core.model_file import CheckpointError, cpu_state, load_torch_file, save_torch_file
+from fer_ray.core.model_file import (
+    CheckpointError,
+    cpu_state,
+    load_torch_file,
+    save_torch_file,
+)
 
 CHECKPOINT_FORMAT = "fer_ray.checkpoint/1"
 #: StepLR for schedule="step": the lr is multiplied by this every ceil(epochs / STEP_PARTS) epochs.
@@ -76,7 +81,7 @@ class StepOptions:
     channels_last: bool
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "StepOptions":
+    def for_device(cls, device: torch.device) -> StepOptions:
         """What fit() uses: both on CUDA, both off on CPU."""
         return cls(bf16=device.type == "cuda", channels_last=use_channels_last(device))
 
@@ -101,7 +106,9 @@ def train_step(
     """
     batch = images.float().div_(255.0)
     if augment.enabled:
-        from fer_ray.core.data.augment import augment_batch  # the data package's module; imported late
+        from fer_ray.core.data.augment import (
+            augment_batch,  # the data package's module; imported late
+        )
 
         batch = augment_batch(batch, augment, generator)
     if options.channels_last:

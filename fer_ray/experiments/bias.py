@@ -34,10 +34,16 @@ from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
 from fer_ray.core.evaluate import UNKNOWN_GROUP, predict_proba
-from fer_ray.core.groups import COMPARISON_COVERS, GroupStatsError, compare_groups, group_rates, rate_outcomes
+from fer_ray.core.formatting import interval_text
+from fer_ray.core.groups import (
+    COMPARISON_COVERS,
+    GroupStatsError,
+    compare_groups,
+    group_rates,
+    rate_outcomes,
+)
 from fer_ray.core.insight_plots import group_accuracy_figure
 from fer_ray.core.stats import SEEDS_COVER, mean_ci
-from fer_ray.core.formatting import interval_text
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable

@@ -29,7 +29,11 @@ from fer_ray.core.config import Strict
 from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import summary_cell
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
-from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, top_k_caption
+from fer_ray.core.robustness_plots import (
+    accuracy_curve_figure,
+    image_panel_figure,
+    top_k_caption,
+)
 from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 from fer_ray.experiments.contract import Experiment

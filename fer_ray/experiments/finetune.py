@@ -13,18 +13,24 @@ import json
 import torch
 from pydantic import Field
 
+from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR, MODEL_FILE
 from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.groups import accuracy_ci
+from fer_ray.core.model_file import save_model
 from fer_ray.core.models import build_model, count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
-from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR, MODEL_FILE
-from fer_ray.core.model_file import save_model
 from fer_ray.core.train import fit
 from fer_ray.experiments.base import Reporter, Trial
 from fer_ray.experiments.contract import Experiment
-from fer_ray.experiments.finetune_report import CONFUSION_ARTIFACT, CONFUSION_DIR, CONFUSION_FILE, CURVE_METRIC, report
+from fer_ray.experiments.finetune_report import (
+    CONFUSION_ARTIFACT,
+    CONFUSION_DIR,
+    CONFUSION_FILE,
+    CURVE_METRIC,
+    report,
+)
 
 
 class Settings(Strict):

@@ -39,8 +39,16 @@ from fer_ray.core.evaluate import predict_logits
 from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import interval_text, model_label, summary_cell
 from fer_ray.core.groups import accuracy_ci
-from fer_ray.core.robustness import add_gaussian_noise, noisy_accuracy, variance_to_sigma
-from fer_ray.core.robustness_plots import accuracy_curve_figure, image_panel_figure, repeats_boxplot_figure
+from fer_ray.core.robustness import (
+    add_gaussian_noise,
+    noisy_accuracy,
+    variance_to_sigma,
+)
+from fer_ray.core.robustness_plots import (
+    accuracy_curve_figure,
+    image_panel_figure,
+    repeats_boxplot_figure,
+)
 from fer_ray.core.stats import ACCURACY_BOUNDS, bootstrap_ci, mcnemar, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 from fer_ray.experiments.contract import Experiment

@@ -62,7 +62,7 @@ class Settings(Strict):
     center_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="side of the central box / image side")
 
     @model_validator(mode="after")
-    def _one_way_of_choosing(self) -> "Settings":
+    def _one_way_of_choosing(self) -> Settings:
         if self.images and self.per_class is not None:
             raise ValueError(
                 f"give settings.images ({self.images}) or settings.per_class ({self.per_class}), not both; "

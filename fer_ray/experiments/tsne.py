@@ -24,7 +24,12 @@ from threadpoolctl import threadpool_limits
 from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.evaluate import classification_metrics, predict_proba
-from fer_ray.core.explain import ExplainError, embed_tsne, embedding_quality, extract_features
+from fer_ray.core.explain import (
+    ExplainError,
+    embed_tsne,
+    embedding_quality,
+    extract_features,
+)
 from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import summary_cell
 from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure

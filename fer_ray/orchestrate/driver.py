@@ -30,14 +30,35 @@ from ray import tune
 
 from fer_ray.experiments import get_experiment
 from fer_ray.experiments.contract import Experiment
-from fer_ray.orchestrate.cluster import check_storage_for_cluster, check_tracking_for_cluster
+from fer_ray.orchestrate.cluster import (
+    check_storage_for_cluster,
+    check_tracking_for_cluster,
+)
 from fer_ray.orchestrate.mlflow_model import register_best
-from fer_ray.orchestrate.model_sources import check_source, find_models, model_sources, training_spec
-from fer_ray.orchestrate.trial import TRIAL_FINISHED, run_name, trial_key
+from fer_ray.orchestrate.model_sources import (
+    check_source,
+    find_models,
+    model_sources,
+    training_spec,
+)
 from fer_ray.orchestrate.spec import SweepSpec, rename_old_keys
-from fer_ray.orchestrate.tracking import TAG_NOTE, TAG_ROLE, TAG_STOPPED_EARLY, TAG_SWEEP, ROLE_PARENT, Tracker, tag_filter
+from fer_ray.orchestrate.tracking import (
+    ROLE_PARENT,
+    TAG_NOTE,
+    TAG_ROLE,
+    TAG_STOPPED_EARLY,
+    TAG_SWEEP,
+    Tracker,
+    tag_filter,
+)
+from fer_ray.orchestrate.trial import TRIAL_FINISHED, run_name, trial_key
+from fer_ray.orchestrate.tune import (
+    build_tuner,
+    set_tune_environment,
+    trainable,
+    trial_plan,
+)
 from fer_ray.orchestrate.weights import prefetch_weights
-from fer_ray.orchestrate.tune import build_tuner, set_tune_environment, trainable, trial_plan
 
 SPEC_ARTIFACT = "spec.json"
 

@@ -50,7 +50,9 @@ class FerPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a fer_ray model file: images float32 (N, 3, H, W) in [0,1] -> probabilities (N, C)."""
 
     def load_context(self, context) -> None:
-        from fer_ray.core.model_file import load_model  # weights_only=True load, network rebuilt from its config
+        from fer_ray.core.model_file import (
+            load_model,  # weights_only=True load, network rebuilt from its config
+        )
 
         self.model, self.classes = load_model(Path(context.artifacts["weights"]))
 

@@ -22,7 +22,13 @@ from mlflow.exceptions import MlflowException
 
 from fer_ray.experiments import get_experiment
 from fer_ray.experiments.contract import Experiment
-from fer_ray.experiments.finetune_report import aggregate, best_metrics, configuration_grid, study_figures, table_markdown
+from fer_ray.experiments.finetune_report import (
+    aggregate,
+    best_metrics,
+    configuration_grid,
+    study_figures,
+    table_markdown,
+)
 from fer_ray.experiments.results import Report, TrialRecord, TrialStatus, TrialTable
 from fer_ray.orchestrate.search_report import search_report
 from fer_ray.orchestrate.spec import SETTINGS_SECTION, SweepSpec, trial_of, trial_spec

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fer_ray.core.search import FAILED, FINISHED, STOPPED, SearchTrial, rank_trials, summarise_search
+from fer_ray.core.search import (
+    FAILED,
+    FINISHED,
+    STOPPED,
+    SearchTrial,
+    rank_trials,
+    summarise_search,
+)
 from fer_ray.experiments.results import Report, TrialStatus, TrialTable
 from fer_ray.orchestrate.spec import OptunaConfig
 

@@ -57,7 +57,7 @@ class Distribution(Strict):
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Distribution":
+    def _exactly_one(self) -> Distribution:
         set_keys = [k for k in ("loguniform", "uniform", "randint", "choice") if getattr(self, k) is not None]
         if len(set_keys) != 1:
             raise ValueError(
@@ -96,7 +96,7 @@ class SearchConfig(Strict):
     max_concurrent: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _grid_values_present(self) -> "SearchConfig":
+    def _grid_values_present(self) -> SearchConfig:
         empty = [k for k, v in self.grid.items() if len(v) == 0]
         if empty:
             raise ValueError(f"grid values must not be empty: {empty}")
@@ -110,7 +110,7 @@ class ResourcesConfig(Strict):
     gpu: float = Field(0.0, ge=0.0, description="GPUs per trial; 0.25 = four trials share one GPU")
 
     @model_validator(mode="after")
-    def _whole_gpus_above_one(self) -> "ResourcesConfig":
+    def _whole_gpus_above_one(self) -> ResourcesConfig:
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"resources.gpu above 1 must be a whole number, got {self.gpu}")
         return self
@@ -185,7 +185,7 @@ class SweepSpec(Strict):
         return experiment
 
     @model_validator(mode="after")
-    def _register_trains(self) -> "SweepSpec":
+    def _register_trains(self) -> SweepSpec:
         if self.register is not None and self.experiment != "finetune":
             raise ValueError(f"register: {self.register!r} needs a training sweep (experiment finetune), "
                              f"not {self.experiment!r}")

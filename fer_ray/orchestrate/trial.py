@@ -12,19 +12,32 @@ import json
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import mlflow.artifacts
 import ray
-from dataclasses import replace
 from ray import tune
 
 from fer_ray.experiments import get_experiment
-from fer_ray.orchestrate.mlflow_model import MODEL_DIR, WEIGHTS, download_registered, log_pyfunc, resolve_registered, weights_file
+from fer_ray.orchestrate.mlflow_model import (
+    MODEL_DIR,
+    WEIGHTS,
+    download_registered,
+    log_pyfunc,
+    resolve_registered,
+    weights_file,
+)
 from fer_ray.orchestrate.model_sources import TAG_TRAIN_HASH, training_hash
 from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
-from fer_ray.orchestrate.tracking import TAG_SOURCE_MODEL, TAG_SOURCE_RUN, TAG_TRIAL_VALUES, Tracker, flatten
+from fer_ray.orchestrate.tracking import (
+    TAG_SOURCE_MODEL,
+    TAG_SOURCE_RUN,
+    TAG_TRIAL_VALUES,
+    Tracker,
+    flatten,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 #: the key of a trial's last Tune report that says it ran to the end. Not Tune's own ``done``: Tune

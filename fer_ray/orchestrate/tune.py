@@ -137,7 +137,7 @@ def set_tune_environment() -> None:
 
 def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
     """A compact live table: status, epoch and the key metrics of every trial."""
-    varying = list(spec.search.grid) or list((spec.search.optuna.space if spec.search.optuna else {}))
+    varying = list(spec.search.grid) or list(spec.search.optuna.space if spec.search.optuna else {})
     return tune.CLIReporter(
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_acc": "val_acc", "test_acc": "test_acc"},
         parameter_columns={k: k.split(".")[-1] for k in varying},

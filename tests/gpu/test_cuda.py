@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+import test_train
 from fer_ray.core.config import AugmentConfig, ModelConfig, TrainConfig
 from fer_ray.core.device import strict_float32
+from fer_ray.core.model_file import load_model, save_model
 from fer_ray.core.models import build_model
 from fer_ray.core.robustness import fgsm_accuracy
-from fer_ray.core.model_file import load_model, save_model
 from fer_ray.core.train import StepOptions, fit, load_checkpoint
-import test_train
 from test_train import LEARN_EPOCHS, LEARN_LR
 
 CUDA = torch.device("cuda")

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image
 
+from fer_ray.core.data.datasets import default_cache_dir
 from fer_ray.core.data.records import DataError, FaceDataset
 from fer_ray.core.files import node_cached
-from fer_ray.core.data.datasets import default_cache_dir
 
 #: bump when the decode / crop / resize rule changes, so old stores are not reused
 _RESIZE_RULE = "exif-upright+center-square-crop+PIL-draft+bilinear-antialias/v1"

@@ -9,8 +9,8 @@ import torch
 
 from fer_ray.core.config import PROTOCOL_LABELS, DataConfig
 from fer_ray.core.data.cache import dataset_fingerprint, load_image_tensors
-from fer_ray.core.data.records import FaceDataset, TensorSplit
 from fer_ray.core.data.datasets import read_dataset
+from fer_ray.core.data.records import FaceDataset, TensorSplit
 from fer_ray.core.data.splits import Split, split_dataset, training_subset
 
 

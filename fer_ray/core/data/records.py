@@ -81,7 +81,7 @@ class FaceDataset:
         """object array, shape (N,): one group attribute (gender, angle, session, race) per image."""
         return np.array([getattr(im, name) for im in self.images], dtype=object)
 
-    def subset(self, indices) -> "FaceDataset":
+    def subset(self, indices) -> FaceDataset:
         """The images at ``indices`` (in that order), same classes and name."""
         return FaceDataset(
             name=self.name,
@@ -100,8 +100,8 @@ class TensorSplit:
     indices: int64 array (N,), rows of the FaceDataset these images came from
     """
 
-    images: "torch.Tensor"
-    labels: "torch.Tensor"
+    images: torch.Tensor
+    labels: torch.Tensor
     indices: np.ndarray
 
     def __len__(self) -> int:

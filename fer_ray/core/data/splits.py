@@ -17,7 +17,6 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from fer_ray.core.config import SplitConfig
 from fer_ray.core.data.records import DataError, FaceDataset
 
-
 #: Stream id (with the split seed) of the generator that picks which fold is carved.
 _FOLD_CHOICE_STREAM = 1
 

@@ -14,7 +14,12 @@ from fer_ray.core.model_file import load_model
 from fer_ray.core.svm import cv_score_point, fit_and_test, untuned_baseline
 from fer_ray.experiments.base import Reporter, Trial
 from fer_ray.experiments.svm.design import cv_design
-from fer_ray.experiments.svm.features import _cache_file, _feature_key, dataset_features, describe_features
+from fer_ray.experiments.svm.features import (
+    _cache_file,
+    _feature_key,
+    dataset_features,
+    describe_features,
+)
 from fer_ray.experiments.svm.settings import Settings, SvmConfigError
 
 #: tags carrying the test confusion matrices (JSON lists of lists, rows = true class) to the report
