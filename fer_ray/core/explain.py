@@ -31,7 +31,7 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from fer_ray.core.device import autocast, use_channels_last
+from fer_ray.core.device import autocast, model_device, use_channels_last
 from fer_ray.core.evaluate import as_float_images, eval_mode
 
 #: Upper percentile of the grayscale guided map that becomes 1 (the seed's convert_to_grayscale).
@@ -246,7 +246,7 @@ def extract_features(
     """
     if not hasattr(model, "features"):
         raise ExplainError(f"extract_features needs a model with a features(x) method; {type(model).__name__} has none")
-    device = device or _model_device(model)
+    device = device or model_device(model)
     model.to(device)
     outputs = []
     with eval_mode(model):
@@ -349,7 +349,7 @@ def _prepare_inputs(model: nn.Module, images: torch.Tensor, target) -> tuple[tor
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ExplainError(f"images must be a (B, 3, H, W) tensor, got {shape}")
-    device = _model_device(model)
+    device = model_device(model)
     inputs = as_float_images(images.detach().to(device)).float().clone().requires_grad_(True)
     targets = torch.as_tensor(target, dtype=torch.long, device=device)
     if targets.ndim == 0:
@@ -407,6 +407,3 @@ def _as_2d_array(values, name: str) -> np.ndarray:
     return array
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

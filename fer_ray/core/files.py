@@ -20,6 +20,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def default_cache_dir() -> Path:
+    """Where fer_ray keeps generated data and tensor caches: $FER_RAY_CACHE, else ~/.cache/fer_ray."""
+    configured = os.environ.get("FER_RAY_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fer_ray"
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(temp_path)`` on a temp file beside ``path`` (same folder, same suffix, so writers
     that add a suffix, such as numpy's, add none), then move it to ``path``. The folder is created.

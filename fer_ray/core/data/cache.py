@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image
 
-from fer_ray.core.data.datasets import default_cache_dir
 from fer_ray.core.data.records import DataError, FaceDataset
-from fer_ray.core.files import node_cached
+from fer_ray.core.files import default_cache_dir, node_cached
 
 #: bump when the decode / crop / resize rule changes, so old stores are not reused
 _RESIZE_RULE = "exif-upright+center-square-crop+PIL-draft+bilinear-antialias/v1"
@@ -66,7 +65,7 @@ def load_image_tensors(dataset: FaceDataset, image_size: int, cache_dir: Path | 
     resized to S = ``image_size`` px with antialiasing. The first call on a node decodes and stores
     ``<cache_dir>/tensors/<fingerprint>.pt`` (core.files.node_cached: locked, so concurrent trials
     decode once; written atomically); later calls memory-map it.
-    ``cache_dir`` None -> fer_ray.core.data.datasets.default_cache_dir().
+    ``cache_dir`` None -> fer_ray.core.files.default_cache_dir().
     Raises DataError naming an unreadable or corrupt image; then no store (nor temp file) is written.
     """
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()

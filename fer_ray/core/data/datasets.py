@@ -9,7 +9,8 @@ from fer_ray.core.data.folder import read_image_folder
 from fer_ray.core.data.kdef import KDEF_PEOPLE_PER_GENDER, read_kdef
 from fer_ray.core.data.radiate import read_radiate
 from fer_ray.core.data.records import FaceDataset
-from fer_ray.core.data.synthetic import default_cache_dir, synthetic_root
+from fer_ray.core.data.synthetic import synthetic_root
+from fer_ray.core.files import default_cache_dir
 
 __all__ = ["default_cache_dir", "read_dataset"]
 

@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw
 from fer_ray.core.config import SyntheticConfig
 from fer_ray.core.data.kdef import ANGLES, GENDERS, SESSIONS, KdefName
 from fer_ray.core.data.records import EXPRESSIONS
+from fer_ray.core.files import default_cache_dir
 
 #: Bump when the drawing changes, so cached synthetic folders are regenerated.
 GENERATOR_VERSION = 2
@@ -90,12 +91,6 @@ EXPRESSION_SHAPES: dict[str, ExpressionShape] = {
     "surprised": ExpressionShape(-1.1, 0.0, 1.5, 0.0, 1.0, 0.6, 0.45, 0, 0, 0, 0, 1.0, 0),
 }
 assert set(EXPRESSION_SHAPES) == set(EXPRESSIONS)
-
-
-def default_cache_dir() -> Path:
-    """Where fer_ray keeps generated data and tensor caches: $FER_RAY_CACHE, else ~/.cache/fer_ray."""
-    configured = os.environ.get("FER_RAY_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fer_ray"
 
 
 def synthetic_names(cfg: SyntheticConfig) -> list[KdefName]:

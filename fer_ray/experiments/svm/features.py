@@ -17,10 +17,9 @@ import numpy as np
 
 from fer_ray.core.config import DataConfig
 from fer_ray.core.data.cache import load_image_tensors
-from fer_ray.core.data.datasets import default_cache_dir
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.device import pick_device
-from fer_ray.core.files import file_sha256, node_cached
+from fer_ray.core.files import default_cache_dir, file_sha256, node_cached
 from fer_ray.core.model_file import load_model
 from fer_ray.core.svm import model_features, pixel_features
 from fer_ray.experiments.svm.settings import Settings, SvmConfigError
