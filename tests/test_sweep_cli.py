@@ -84,3 +84,19 @@ def test_tracking_server_down_exits_1(tmp_path):
     done = _run([*MODULE, str(QUICKSTART), "--num-cpus", "1", "--tracking-uri", uri], tmp_path, timeout=300)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert uri in done.stderr
+
+
+def test_the_printed_ui_lines_work_as_typed_and_open_the_model_training_view(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from fer_ray.orchestrate.driver import ui_hint
+
+    monkeypatch.chdir(Path(sys.executable).parent.parent.parent)  # the folder that holds the venv
+    command, page = ui_hint("sqlite:////data/mlflow.db", "7")
+    mlflow_exe = command.split()[2]
+    assert (Path.cwd() / mlflow_exe).is_file() or mlflow_exe == "mlflow", command
+    assert command.endswith("ui --backend-store-uri sqlite:////data/mlflow.db")
+    assert page.strip() == "then open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    [remote] = ui_hint("http://10.1.2.3:5000", "3")
+    assert remote.strip() == "compare trials:  open http://10.1.2.3:5000/#/experiments/3/runs?workflowType=machine_learning"

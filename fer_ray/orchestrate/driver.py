@@ -16,6 +16,8 @@ import importlib
 import json
 import logging
 import os
+import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -76,6 +78,7 @@ class SweepOutcome:
     report_dir: Path | None
     rows: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    experiment_id: str | None = None
 
     @property
     def all_succeeded(self) -> bool:
@@ -92,7 +95,7 @@ class SweepOutcome:
         lines += [
             "",
             f"MLflow parent run: {self.parent_run_id}  ({self.tracking_uri})",
-            f"  compare trials:  mlflow ui --backend-store-uri {self.tracking_uri}",
+            *ui_hint(self.tracking_uri, self.experiment_id),
             f"Tune state:        {self.tune_path}",
         ]
         if self.report_dir is not None:
@@ -100,6 +103,34 @@ class SweepOutcome:
         if self.interrupted:
             lines.append("Interrupted: finish it with  python -m fer_ray.sweep <this sweep file> --resume")
         return "\n".join(lines)
+
+
+#: MLflow 3's UI opens an experiment in its GenAI view unless the page asks for the model-training one
+#: (the ``workflowType`` query; the ``mlflow.experimentKind`` tag alone does not switch it in 3.x).
+UI_VIEW_QUERY = "?workflowType=machine_learning"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str | None) -> list[str]:
+    """How to look at the sweep in the MLflow UI, as lines that work as typed: the ``mlflow`` of this
+    Python (``.venv/bin/mlflow`` when the venv is not activated) and the page of the experiment's runs
+    in the model-training view."""
+    page = f"#/experiments/{experiment_id}/runs{UI_VIEW_QUERY}" if experiment_id else f"#/{UI_VIEW_QUERY}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"  compare trials:  open {tracking_uri}/{page}"]
+    mlflow_exe = Path(sys.executable).with_name("mlflow")
+    command = "mlflow" if shutil.which("mlflow") == str(mlflow_exe) else _relative(mlflow_exe)
+    return [
+        f"  compare trials:  {command} ui --backend-store-uri {tracking_uri}",
+        f"                   then open http://127.0.0.1:5000/{page}",
+    ]
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _fmt(value: Any) -> str:
@@ -212,7 +243,7 @@ def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tra
     rows = [_row(result) for result in results]
     if was_interrupted(tune_path):
         tracker.finish(parent_id, "KILLED")
-        return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, None, rows, interrupted=True)
+        return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, None, rows, interrupted=True, experiment_id=tracker.experiment_id())
     _close_open_runs(results, tracker, parent_id)
     from fer_ray.orchestrate.report import write_report
 
@@ -220,7 +251,7 @@ def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tra
     if spec.register:
         print(register_best(tracker, parent_id, spec.register))
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
-    return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows)
+    return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows, experiment_id=tracker.experiment_id())
 
 
 def _start_ray_and_tracking(tracker: Tracker, address: str | None, num_cpus: int | None) -> None:
