@@ -34,6 +34,13 @@ delta: 0.33), the U-Net's residual trains on top of it, and the prior (3 channel
 the network sees where it is about to edit. Optional: ``expression_weight`` adds the critic's
 cross-entropy on the (jittered) output with the target label (StarGAN's domain-classification loss).
 
+Measured on the embedded default's TEST people (sweeps/transfer.yaml, 2026-12-03, 4 trials in 5.4 min
+on 2 shared cores including the classifier's training; classifier test_acc 0.521 [0.464-0.579]):
+target_acc without prior/critic 0.080, critic loss only 0.144, prior only 0.283 [0.243-0.323], prior +
+critic loss 0.442 [0.407-0.480] (goal 0.6: NOT met; the judge itself reads only 52 % of the real photos).
+L1 below the copy baseline is NOT met either: the prior alone ties it (gain +0.0002 [-0.0006, 0.0010]),
+the critic loss costs L1 (-0.0070); identity top-1 1.000 for every trial, as for the copy itself.
+
 Pairs come from the dataset records: images that share (identity, session, angle) form one group;
 within a group every ordered (source, target) pair of expressions is a case. Training uses only the
 training side of the project's subject-disjoint split; validation (the tuning signal) uses the val
