@@ -16,7 +16,8 @@ Aggregates are means over cases; their 95 % intervals resample TEST PEOPLE (all 
 since the cases of one person are not independent.
 
 Metric names (fixed so MLflow lines them up): transfer_target_acc, transfer_identity_top1,
-transfer_l1_real, transfer_l1_copy, transfer_l1_mean, per target expression as ``<name>/<class>``,
+transfer_identity_top1_copy (the unchanged source's identity score: the bar a generator that edits
+little clears trivially), transfer_l1_real, transfer_l1_copy, transfer_l1_mean, per target expression as ``<name>/<class>``,
 intervals as ``<name>/subject_ci_low`` and ``/subject_ci_high``, and ``test_acc`` (the classifier on the
 real test photos) beside them.
 """
@@ -33,12 +34,15 @@ from torch import nn
 
 from fer_ray.core.data.records import TensorSplit
 from fer_ray.core.evaluate import as_float_images, predict_logits
-from fer_ray.core.transfer import TransferPairs
+from fer_ray.core.transfer import TransferPairs, mean_faces  # noqa: F401 - mean_faces: re-exported
 
 #: side in px of the area-averaged image used as the identity embedding
 EMBED_SIZE = 16
 #: the headline metrics that get a per-target value and a subject-clustered interval
-HEADLINE = ("transfer_target_acc", "transfer_identity_top1", "transfer_l1_real", "transfer_l1_copy", "transfer_l1_mean")
+HEADLINE = (
+    "transfer_target_acc", "transfer_identity_top1", "transfer_identity_top1_copy",
+    "transfer_l1_real", "transfer_l1_copy", "transfer_l1_mean",
+)
 
 #: (images float [0,1] (B, 3, S, S), target class indices int64 (B,)) -> transferred images like ``images``
 TransferFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,7 +54,8 @@ class CaseScores:
 
     l1_real, l1_copy, l1_mean: float (M,) mean |difference| in [0,1] pixel space (see module doc);
     predicted: int64 (M,) the classifier's class for each transferred image; target_label: int64 (M,);
-    identity_hit: bool (M,); subject: object (M,) the test person of each case;
+    identity_hit: bool (M,); identity_hit_copy: bool (M,) the same check for the unchanged source (the
+    copy baseline's identity score); subject: object (M,) the test person of each case;
     real_correct: bool (N,) the classifier right on each real photo of the split; real_subject: (N,).
     """
 
@@ -60,6 +65,7 @@ class CaseScores:
     predicted: np.ndarray
     target_label: np.ndarray
     identity_hit: np.ndarray
+    identity_hit_copy: np.ndarray
     subject: np.ndarray
     real_correct: np.ndarray
     real_subject: np.ndarray
@@ -68,18 +74,6 @@ class CaseScores:
     def target_hit(self) -> np.ndarray:
         """bool (M,): the classifier labels the transferred image as its target."""
         return self.predicted == self.target_label
-
-
-def mean_faces(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """float32 (C, 3, S, S) in [0,1]: the pixel-wise mean image of each class (NaN for an absent class).
-
-    images: uint8 0..255 or float [0,1] (N, 3, S, S); labels int64 (N,).
-    """
-    pictures = as_float_images(images.cpu()).float()
-    sums = torch.zeros((num_classes, *pictures.shape[1:]), dtype=torch.float64)
-    sums.index_add_(0, labels.cpu(), pictures.double())
-    counts = torch.bincount(labels.cpu(), minlength=num_classes).double().view(-1, 1, 1, 1)
-    return (sums / counts).float()
 
 
 def embed(images: torch.Tensor) -> torch.Tensor:
@@ -107,7 +101,9 @@ def score_cases(
     labels = split.labels.cpu().numpy()
     gallery = embed(split.images)
     real_predicted = predict_logits(classifier, split.images, batch_size=batch_size).argmax(dim=1).numpy()
-    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("l1_real", "l1_copy", "l1_mean", "predicted", "identity_hit")}
+    parts: dict[str, list[np.ndarray]] = {
+        key: [] for key in ("l1_real", "l1_copy", "l1_mean", "predicted", "identity_hit", "identity_hit_copy")
+    }
     for start in range(0, len(pairs), batch_size):
         rows = slice(start, start + batch_size)
         source = as_float_images(split.images[pairs.source[rows]]).float()
@@ -118,10 +114,11 @@ def score_cases(
         parts["l1_copy"].append(_mean_abs(source, real))
         parts["l1_mean"].append(_mean_abs(class_means[target_label], real))
         parts["predicted"].append(predict_logits(classifier, output, batch_size=batch_size).argmax(dim=1).numpy())
-        parts["identity_hit"].append(
-            _nearest_is_same_person(embed(output), gallery, labels, subjects, pairs.target_label[rows], pairs.subject[rows])
-        )
-    empty = {"predicted": np.int64, "identity_hit": bool}
+        for key, images in (("identity_hit", output), ("identity_hit_copy", source)):
+            parts[key].append(
+                _nearest_is_same_person(embed(images), gallery, labels, subjects, pairs.target_label[rows], pairs.subject[rows])
+            )
+    empty = {"predicted": np.int64, "identity_hit": bool, "identity_hit_copy": bool}
     joined = {key: np.concatenate(values) if values else np.zeros(0, dtype=empty.get(key, float)) for key, values in parts.items()}
     return CaseScores(
         **joined,
@@ -185,6 +182,7 @@ def summarize(scores: CaseScores, classes, n_boot: int = 2000, seed: int = 0) ->
     per_case = {
         "transfer_target_acc": scores.target_hit.astype(float),
         "transfer_identity_top1": scores.identity_hit.astype(float),
+        "transfer_identity_top1_copy": scores.identity_hit_copy.astype(float),
         "transfer_l1_real": scores.l1_real,
         "transfer_l1_copy": scores.l1_copy,
         "transfer_l1_mean": scores.l1_mean,
