@@ -27,7 +27,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
@@ -57,6 +56,8 @@ class FerPyfunc(mlflow.pyfunc.PythonModel):
         self.model, self.classes = load_model(Path(context.artifacts["weights"]))
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        import torch  # here, not at the top: trial processes import this module before their experiment
+
         from fer_ray.core.evaluate import predict_proba
 
         images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
