@@ -138,5 +138,5 @@ def test_epsilon_sweep_end_to_end_report_matches_mlflow(tiny_trained_model, tmp_
         assert match.group(3) == f"{value:.3f}"
         assert float(match.group(2)) == pytest.approx(epsilon * 255)
         assert parent[f"metrics.mean_acc_eps_{epsilon:g}"] == pytest.approx(value)
-    assert "| fgsm | 0.01 | 2.55 |" in report and "| 0.38 |" in report, "the seed's number beside ours"
+    assert "| fgsm | 0.01 | 2.55 |" in report and "| 0.38 |" in report, "the reference study's number beside ours"
     assert (tmp_path / "reports" / "epsilon" / "accuracy_vs_epsilon_fgsm.png").is_file()

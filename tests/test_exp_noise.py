@@ -196,7 +196,7 @@ def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch
         assert expected in report
     significant = int((children["metrics.mcnemar_p_var_0.1"] < 0.05).sum())
     assert f"p < 0.05 in {significant} of 10 repeats" in report
-    assert "median 0.67, min 0.65, max 0.68" in report, "the seed's numbers, labelled, for comparison"
+    assert "median 0.67, min 0.65, max 0.68" in report, "the reference study's numbers, labelled, for comparison"
     assert (folder / "noise_examples.png").is_file()
 
 

@@ -120,5 +120,5 @@ def test_repeats_boxplot_draws_a_reference_inside_the_data_range_as_lines():
 
     figure = repeats_boxplot_figure({"train seed 0": [0.60, 0.70, 0.66]}, "acc", "t", reference={"median": 0.67, "min": 0.65, "max": 0.68})
     axis = figure.axes[0]
-    assert len([line for line in axis.get_lines() if line.get_label().startswith("seed project")]) == 3
+    assert len([line for line in axis.get_lines() if line.get_label().startswith("reference study")]) == 3
     assert not axis.texts

@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 from fer_ray.core.device import autocast, model_device, use_channels_last
 from fer_ray.core.evaluate import as_float_images, eval_mode
 
-#: Upper percentile of the grayscale guided map that becomes 1 (the seed's convert_to_grayscale).
+#: Upper percentile of the grayscale guided map that becomes 1 (the reference study's convert_to_grayscale).
 GRAYSCALE_CLIP_PERCENTILE = 99.0
 
 
@@ -114,11 +114,11 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, target) -> torch.Ten
 
 
 def saliency_panels(guided: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The seed's four guided-backprop panels per image, each float32 in [0,1], normalised per image.
+    """The reference study's four guided-backprop panels per image, each float32 in [0,1], normalised per image.
 
     guided: raw guided gradients (B, 3, H, W). Returns
       "grayscale": (B, H, W) sum of |gradient| over channels, min -> 0 and 99th percentile -> 1
-                   (clipped above), as the seed's convert_to_grayscale;
+                   (clipped above), as the reference study's convert_to_grayscale;
       "colour":    (B, 3, H, W) the gradient min-max scaled to an RGB image;
       "positive":  (B, 3, H, W) max(gradient, 0) / its maximum;
       "negative":  (B, 3, H, W) max(-gradient, 0) / its maximum.

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from fer_ray.core.plots import as_cpu_float_images
 
-#: Colour of the seed project's reference numbers on every figure.
+#: Colour of the reference study's numbers on every figure.
 REFERENCE_COLOUR = "tab:gray"
 
 
@@ -76,7 +76,7 @@ def accuracy_curve_figure(
     xlabel: str,
     title: str,
     reference: Mapping[float, float] | None = None,
-    reference_label: str = "seed project",
+    reference_label: str = "reference study",
     band_label: str = "95 % CI over models",
     line_label: str = "this study (mean over models)",
     log_x: bool = True,
@@ -85,7 +85,7 @@ def accuracy_curve_figure(
 
     x, mean, low, high: 1-D of equal length (low/high NaN where there is no interval, e.g. one model:
     the band is left out there). line_label names the measured line. reference: {x: accuracy} drawn
-    as grey markers (e.g. the seed's numbers). log_x: symmetric-log x axis (linear below 1e-3), so
+    as grey markers (e.g. the reference study's numbers). log_x: symmetric-log x axis (linear below 1e-3), so
     0 and 0.001..0.3 all show.
     """
     x, mean, low, high = (np.asarray(v, dtype=float) for v in (x, mean, low, high))
@@ -119,7 +119,7 @@ def repeats_boxplot_figure(
     ylabel: str,
     title: str,
     reference: Mapping[str, float] | None = None,
-    reference_label: str = "seed project",
+    reference_label: str = "reference study",
     xlabel: str = "model (training source)",
 ) -> Figure:
     """A box plot of a metric over repeats, one box per entry (e.g. per model), every repeat as a dot.

@@ -1,7 +1,7 @@
 """Train / val / test splits of a :class:`FaceDataset`, and nested training subsets.
 
 by="identity" (default): subject-disjoint — every person's images sit on exactly one side, with
-class proportions per side kept close to the global ones. by="image": the seed's subject-dependent
+class proportions per side kept close to the global ones. by="image": the reference study's subject-dependent
 protocol (a stratified split of images; the same person may appear in train and test).
 """
 
