@@ -137,17 +137,15 @@ def test_missing_imagenet_weights_name_the_file_to_place(tmp_path, monkeypatch):
     assert not expected.exists()  # nothing was downloaded
 
 
-def test_imagenet_weights_are_read_from_the_hub_cache_folder(tmp_path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path))
-    try:
-        reference = torchvision.models.resnet18()
-        (tmp_path / "checkpoints").mkdir()
-        torch.save(reference.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+def test_imagenet_weights_are_read_from_the_hub_cache_folder(tmp_path, monkeypatch):
+    # TORCH_HOME, not torch.hub.set_dir: set_dir pins the folder for the rest of the process, and
+    # later tests point TORCH_HOME elsewhere
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = torchvision.models.resnet18()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
 
-        model = build_model(ModelConfig(arch="resnet18", weights="imagenet"))
-    finally:
-        torch.hub.set_dir(previous)
+    model = build_model(ModelConfig(arch="resnet18", weights="imagenet"))
 
     torch.testing.assert_close(model.backbone.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
 

@@ -124,7 +124,7 @@ def test_unknown_experiment_names_the_key_and_the_closest_kind():
         resolve_spec({"name": "x", "experiment": "finetun"})
     assert str(caught.value).endswith(
         "experiment: unknown experiment 'finetun'; did you mean 'finetune'? "
-        "(valid: bias, evaluate, fgsm, finetune, noise, probe, saliency, svm, tsne)"
+        "(valid: bias, evaluate, fgsm, finetune, noise, probe, saliency, svm, transfer, tsne)"
     )
 
 
