@@ -143,9 +143,14 @@ def repeats_boxplot_figure(
     everything = np.concatenate(data)
     low, high = float(np.nanmin(everything)), float(np.nanmax(everything))
     margin = max(0.15 * (high - low), 0.01)
-    axis.set_ylim(low - margin, high + margin)
+    limits = (low - margin, high + margin)
+    axis.set_ylim(*limits)
     if reference:
-        _draw_reference(axis, reference, reference_label, (low - margin, high + margin))
+        _draw_reference(axis, reference, reference_label, limits)
+        # room for the edge note (three short lines) so it never covers the data
+        note = 0.45 * (high - low + 2 * margin)
+        axis.set_ylim(limits[0] - note * any(v < limits[0] for v in reference.values()),
+                      limits[1] + note * any(v > limits[1] for v in reference.values()))
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
@@ -166,6 +171,7 @@ def _draw_reference(axis, reference: Mapping[str, float], label: str, limits: tu
         ("below", "\u2193", 0.03, [k for k, v in reference.items() if v < limits[0]]),
     ):
         if keys:
-            text = f"{arrow} {label} ({side} this range): " + ", ".join(f"{k} {reference[k]:.2f}" for k in keys)
+            # one short line each: a box plot of one or two models is narrow
+            text = f"{arrow} {label}\n({side} this range):\n" + ", ".join(f"{k} {reference[k]:.2f}" for k in keys)
             axis.text(0.02, y, text, transform=axis.transAxes, ha="left", va="top" if side == "above" else "bottom",
                       fontsize=8, color=REFERENCE_COLOUR)
