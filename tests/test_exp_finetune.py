@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import predict_proba
-from fer_ray.core.groups import accuracy_ci
+from fer_ray.core.group_stats import accuracy_ci
 from fer_ray.core.model_file import load_model
 from fer_ray.experiments import finetune
 from fer_ray.experiments.base import LocalReporter, Trial

@@ -13,7 +13,7 @@ from conftest import TINY
 from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
-from fer_ray.core.explain import grad_cam
+from fer_ray.core.saliency_maps import grad_cam
 from fer_ray.experiments import saliency
 from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
 from fer_ray.orchestrate.spec import SpecError, resolve_spec

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
-from fer_ray.core.explain import ExplainError, embedding_quality, extract_features
+from fer_ray.core.embedding import EmbeddingError, embedding_quality, extract_features
 from fer_ray.core.model_file import load_model
 from fer_ray.experiments import tsne
 from fer_ray.experiments.base import LocalReporter, Trial
@@ -58,7 +58,7 @@ def test_run_embeds_the_test_features_in_2d_and_3d(tiny_trained_model, tmp_path)
 
 def test_perplexity_must_be_below_the_number_of_images(tiny_trained_model, tmp_path):
     n_test = len(prepare_data(_trial(tiny_trained_model).data).test)
-    with pytest.raises(ExplainError, match=rf"settings\.perplexity={n_test}.*number of images embedded \({n_test}, splits \['test'\]\)"):
+    with pytest.raises(EmbeddingError, match=rf"settings\.perplexity={n_test}.*number of images embedded \({n_test}, splits \['test'\]\)"):
         tsne.run(_trial(tiny_trained_model, f"settings.perplexity={n_test}"), LocalReporter(tmp_path))
     assert not (tmp_path / tsne.EMBEDDING_FILE).exists(), "nothing written"
 

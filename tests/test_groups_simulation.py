@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fer_ray.core.groups import compare_groups
+from fer_ray.core.group_stats import compare_groups
 
 SIMULATIONS = 200
 ALPHA = 0.05

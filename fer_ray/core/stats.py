@@ -30,7 +30,7 @@ def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] | None
     A logit-scale t interval breaks at accuracies of exactly 0 or 1 (common on small test sets) and
     centres on the mean logit, not the mean; a bootstrap over 2-3 seeds has 3-10 distinct resamples
     and covers far below its nominal level. It covers seed-to-seed (model-to-model) variation; the
-    test set is held fixed (see fer_ray.core.groups.accuracy_ci for the variation over test people).
+    test set is held fixed (see fer_ray.core.group_stats.accuracy_ci for the variation over test people).
     Returns {"mean", "low", "high", "std", "n"}.
     """
     array = np.asarray(values, dtype=float)

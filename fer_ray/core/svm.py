@@ -26,8 +26,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from fer_ray.core.data.records import DataError
+from fer_ray.core.embedding import extract_features
 from fer_ray.core.evaluate import as_float_images, classification_metrics
-from fer_ray.core.explain import extract_features
 
 #: ITU-R 601-2 luma weights for R, G, B, as PIL's convert("L"); written out because torchvision's
 #: rgb_to_grayscale uses 0.2989 for R (weights summing to 0.9999).
@@ -69,7 +69,7 @@ def model_features(
 
     model: a FerNet (or any module with ``features``: float [0,1] (B, 3, H, W) -> (B, D)).
     images: uint8 (N, 3, H, W) 0..255 or float [0,1]. device: default the model's own. A thin
-    numpy view of explain.extract_features (eval mode, previous mode restored).
+    numpy view of embedding.extract_features (eval mode, previous mode restored).
     """
     return extract_features(model, images, batch_size, device).numpy()
 

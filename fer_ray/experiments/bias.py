@@ -7,7 +7,7 @@ one-vs-rest false-positive rate (FPR). Across groups, what can be tested: the SI
 each group from a stated reference group (``settings.reference``; default angle S and gender M
 where present, else the group with the most people), e.g. ``acc_diff/gender/F`` = acc(F) - acc(M), with a subject-clustered CI, a subject-level
 permutation p and its Holm-adjusted value, and an omnibus permutation test of "no group differs"
-(fer_ray.core.groups.compare_groups); per class the same for TPR and FPR. Uncertainty is over
+(fer_ray.core.group_stats.compare_groups); per class the same for TPR and FPR. Uncertainty is over
 SUBJECTS (identities), since a person's images are not independent; people seen in several groups
 (angle, session) are compared within themselves.
 
@@ -35,14 +35,14 @@ from pydantic import Field, field_validator
 from fer_ray.core.config import Strict
 from fer_ray.core.evaluate import UNKNOWN_GROUP, predict_proba
 from fer_ray.core.formatting import interval_text
-from fer_ray.core.groups import (
+from fer_ray.core.group_plots import group_accuracy_figure
+from fer_ray.core.group_stats import (
     COMPARISON_COVERS,
     GroupStatsError,
     compare_groups,
     group_rates,
     rate_outcomes,
 )
-from fer_ray.core.insight_plots import group_accuracy_figure
 from fer_ray.core.stats import SEEDS_COVER, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
@@ -129,7 +129,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 
 def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes, cfg: Settings) -> tuple[dict[str, float], dict]:
     """The metrics of one attribute (names in the module docstring; NaN where undefined), and the
-    accuracy comparison they came from (fer_ray.core.groups.compare_groups' dict).
+    accuracy comparison they came from (fer_ray.core.group_stats.compare_groups' dict).
 
     y_true, y_pred: int (N,) class indices; groups: (N,) values of ``attribute`` (None -> "unknown");
     subjects: (N,) identities.

@@ -17,7 +17,7 @@ from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR, MODEL_FILE
 from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import evaluate_model
-from fer_ray.core.groups import accuracy_ci
+from fer_ray.core.group_stats import accuracy_ci
 from fer_ray.core.model_file import save_model
 from fer_ray.core.models import build_model, count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
@@ -80,7 +80,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 
 def accuracy_interval_metrics(evaluation: dict, data) -> dict[str, float]:
     """``test_acc/ci_low``, ``test_acc/ci_high``: 95 % CI of this run's test accuracy over test PEOPLE
-    (subject-clustered bootstrap, fer_ray.core.groups.accuracy_ci), so a one-seed result carries an
+    (subject-clustered bootstrap, fer_ray.core.group_stats.accuracy_ci), so a one-seed result carries an
     uncertainty too. It does not cover seed-to-seed variation."""
     correct = (evaluation["probs"].argmax(dim=1) == data.test.labels).numpy()
     low, high = accuracy_ci(correct, data.dataset.identities[data.test.indices])

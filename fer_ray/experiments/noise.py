@@ -38,7 +38,7 @@ from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
 from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import interval_text, model_label, summary_cell
-from fer_ray.core.groups import accuracy_ci
+from fer_ray.core.group_stats import accuracy_ci
 from fer_ray.core.robustness import (
     add_gaussian_noise,
     noisy_accuracy,
@@ -142,7 +142,7 @@ def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, ident
 
 
 def subject_bootstrap_ci(correct: np.ndarray, identities: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """95 % CI of an accuracy over test people: fer_ray.core.groups.accuracy_ci (people resampled with
+    """95 % CI of an accuracy over test people: fer_ray.core.group_stats.accuracy_ci (people resampled with
     all their images; expanded percentile). correct: bool (N,) per image; identities: (N,)."""
     low, high = accuracy_ci(np.asarray(correct, dtype=bool), identities, n_boot=n_boot, seed=seed)
     return {"low": low, "high": high}

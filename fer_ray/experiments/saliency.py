@@ -31,7 +31,8 @@ from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import as_float_images, predict_proba
-from fer_ray.core.explain import (
+from fer_ray.core.formatting import model_label, summary_cell
+from fer_ray.core.saliency_maps import (
     center_mass_fraction,
     center_mass_summary,
     grad_cam_with_resolution,
@@ -39,8 +40,7 @@ from fer_ray.core.explain import (
     saliency_panels,
     vanilla_saliency,
 )
-from fer_ray.core.formatting import model_label, summary_cell
-from fer_ray.core.insight_plots import saliency_row_figure
+from fer_ray.core.saliency_plots import saliency_row_figure
 from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment

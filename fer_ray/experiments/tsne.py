@@ -23,16 +23,16 @@ from threadpoolctl import threadpool_limits
 
 from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import PreparedData
-from fer_ray.core.evaluate import classification_metrics, predict_proba
-from fer_ray.core.explain import (
-    ExplainError,
+from fer_ray.core.embedding import (
+    EmbeddingError,
     embed_tsne,
     embedding_quality,
     extract_features,
 )
+from fer_ray.core.embedding_plots import embedding_figure, embedding_grid_figure
+from fer_ray.core.evaluate import classification_metrics, predict_proba
 from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import summary_cell
-from fer_ray.core.insight_plots import embedding_figure, embedding_grid_figure
 from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
@@ -125,12 +125,12 @@ def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, t
 
 def _check_sizes(cfg: Settings, n_images: int) -> None:
     if not cfg.perplexity < n_images:
-        raise ExplainError(
+        raise EmbeddingError(
             f"settings.perplexity={cfg.perplexity:g} must be below the number of images embedded "
             f"({n_images}, splits {cfg.splits}); lower it or add splits (settings.splits: [test, train])"
         )
     if not cfg.k_neighbors < n_images / 2:
-        raise ExplainError(f"settings.k_neighbors={cfg.k_neighbors} must be below half the number of images embedded ({n_images})")
+        raise EmbeddingError(f"settings.k_neighbors={cfg.k_neighbors} must be below half the number of images embedded ({n_images})")
 
 
 def _marker_groups(data: PreparedData, rows: np.ndarray, split_of_row: np.ndarray, marker_by: str) -> np.ndarray | None:

@@ -1,4 +1,4 @@
-"""What a trained FER network looks at, and how its features cluster: saliency and t-SNE.
+"""What a trained FER network looks at: saliency maps, and where their mass lies.
 
 Saliency (vanilla gradients, guided backpropagation, Grad-CAM) comes from captum and is taken with
 respect to the [0,1] input images (B, 3, H, W): normalisation sits inside FerNet, so the maps live in
@@ -8,7 +8,7 @@ restores its previous mode afterwards and returns float32 CPU tensors.
 Guided backpropagation and torchvision ResNets: a BasicBlock calls its one in-place ``nn.ReLU``
 twice (a Bottleneck three times), and captum's GuidedBackprop hooks modules. Captum registers its
 tensor hooks afresh on every call of a hooked module (a forward pre-hook that clones the input), so
-the guided rule does apply at every call, the reused in-place ones included; tests/test_explain.py
+the guided rule does apply at every call, the reused in-place ones included; tests/test_saliency_maps.py
 proves it against hand-written references, and ``CheckedGuidedBackprop`` re-checks it on every run
 (ReLU calls seen in the forward == guided-rule applications in the backward), so a model whose
 ReLUs escape the hooks (``F.relu`` in its forward, say) raises instead of giving a silently
@@ -21,25 +21,20 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
 from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Saliency
-from scipy import stats
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE, trustworthiness
-from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from fer_ray.core.device import autocast, model_device, use_channels_last
+from fer_ray.core.device import model_device
 from fer_ray.core.evaluate import as_float_images, eval_mode
 
 #: Upper percentile of the grayscale guided map that becomes 1 (the reference study's convert_to_grayscale).
 GRAYSCALE_CLIP_PERCENTILE = 99.0
 
 
-class ExplainError(ValueError):
-    """Bad input to an explanation function; the message names the argument and its value."""
+class SaliencyError(ValueError):
+    """Bad input to a saliency function; the message names the argument and its value."""
 
 
 class GuidedBackpropError(RuntimeError):
@@ -125,7 +120,7 @@ def saliency_panels(guided: torch.Tensor) -> dict[str, torch.Tensor]:
     A panel with nothing to show (e.g. no negative gradient) is all zeros, never NaN.
     """
     if guided.ndim != 4 or guided.shape[1] != 3:
-        raise ExplainError(f"guided gradients must be (B, 3, H, W), got shape {tuple(guided.shape)}")
+        raise SaliencyError(f"guided gradients must be (B, 3, H, W), got shape {tuple(guided.shape)}")
     guided = guided.detach().float()
     return {
         "grayscale": _grayscale(guided.abs().sum(dim=1)),
@@ -175,7 +170,7 @@ def center_mass_fraction(maps: torch.Tensor, center_fraction: float = 0.5) -> to
     (rounded to whole pixels). An all-zero map gives NaN (no mass to place).
     """
     if maps.ndim != 3:
-        raise ExplainError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
+        raise SaliencyError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
     height, width = maps.shape[-2:]
     top, left = round(height * (1 - center_fraction) / 2), round(width * (1 - center_fraction) / 2)
     inner = maps[:, top : height - top, left : width - left].flatten(1).sum(dim=1)
@@ -230,101 +225,6 @@ def center_mass_summary(maps: torch.Tensor, center_fraction: float = 0.5, map_si
 
 
 # ----------------------------------------------------------------------------------------------
-# Features and t-SNE
-# ----------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def extract_features(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None
-) -> torch.Tensor:
-    """Penultimate features ``model.features(x)`` of every image: float32 (N, D) on the CPU.
-
-    images: uint8 (N, 3, H, W) 0..255 or float [0,1]. device: default the model's own; a model
-    elsewhere is moved there (in place). Eval mode (bf16 autocast + channels_last on CUDA), the
-    model's previous mode restored afterwards.
-    """
-    if not hasattr(model, "features"):
-        raise ExplainError(f"extract_features needs a model with a features(x) method; {type(model).__name__} has none")
-    device = device or model_device(model)
-    model.to(device)
-    outputs = []
-    with eval_mode(model):
-        for start in range(0, images.shape[0], batch_size):
-            batch = as_float_images(images[start : start + batch_size].to(device, non_blocking=True))
-            if use_channels_last(device):
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                outputs.append(model.features(batch).float().cpu())
-    if not outputs:
-        return torch.empty((0, getattr(model, "feature_dim", 0)), dtype=torch.float32)
-    return torch.cat(outputs)
-
-
-def embed_tsne(features, perplexity: float = 30.0, dims: int = 2, seed: int = 0, pca_dims: int = 50) -> np.ndarray:
-    """t-SNE embedding of ``features`` (N, D) (numpy or tensor): float64 (N, dims).
-
-    The features are first reduced by PCA to min(pca_dims, N - 1, D) dimensions, then embedded by
-    sklearn's TSNE (init='pca', learning_rate='auto', random_state=seed). perplexity must be
-    positive and below N; dims must be 2 or 3.
-    """
-    array = _as_2d_array(features, "features")
-    n_samples, n_features = array.shape
-    if dims not in (2, 3):
-        raise ExplainError(f"t-SNE dims must be 2 or 3, got {dims}")
-    if not 0 < perplexity < n_samples:
-        raise ExplainError(
-            f"t-SNE perplexity ({perplexity}) must be positive and below the number of samples ({n_samples})"
-        )
-    components = min(pca_dims, n_samples - 1, n_features)
-    if components < 1:
-        raise ExplainError(f"cannot embed {n_samples} samples of {n_features} features (pca_dims={pca_dims})")
-    reduced = PCA(n_components=components, random_state=seed).fit_transform(array)
-    tsne = TSNE(n_components=dims, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
-    return tsne.fit_transform(reduced)
-
-
-def embedding_quality(features_high, embedding, labels, identities, k: int = 5) -> dict[str, float]:
-    """How well an embedding keeps the features' neighbourhoods and classes, each in [0,1].
-
-    features_high: (N, D); embedding: (N, d); labels: (N,) any class labels; identities: (N,) the
-    person of each point. Returns {"trustworthiness": sklearn.manifold.trustworthiness(n_neighbors=k),
-    "knn_accuracy": leave-one-PERSON-out k-NN accuracy in the embedding: each point is classified by
-    the majority label of its k nearest points of OTHER people (ties -> the smallest label)}. Other
-    people only, because a person's own images sit close together whatever their expression (84 % of
-    first neighbours were the same person in a weak model), which would credit the embedding with
-    recognising people rather than expressions.
-    """
-    high = _as_2d_array(features_high, "features_high")
-    low = _as_2d_array(embedding, "embedding")
-    labels, identities = np.asarray(labels), np.asarray(identities)
-    if not (len(high) == len(low) == len(labels) == len(identities)):
-        raise ExplainError(
-            f"features_high ({len(high)}), embedding ({len(low)}), labels ({len(labels)}) and identities "
-            f"({len(identities)}) must have the same length"
-        )
-    if not 1 <= k < len(low) / 2:
-        raise ExplainError(f"k ({k}) must be at least 1 and below half the number of samples ({len(low)})")
-    _, label_ids = np.unique(labels, return_inverse=True)
-    _, person = np.unique(identities.astype(str), return_inverse=True)
-    largest = int(np.bincount(person).max())
-    if len(low) - largest < k:
-        raise ExplainError(f"k ({k}) needs at least k images of other people for every point; the largest person has {largest} of {len(low)}")
-    # The k nearest points of other people are among the k + largest - 1 nearest others (at most
-    # largest - 1 of them share the point's person); kneighbors() without X leaves the point out.
-    reach = min(len(low) - 1, k + largest - 1)
-    neighbours = NearestNeighbors(n_neighbors=reach).fit(low).kneighbors(return_distance=False)
-    other = person[neighbours] != person[:, None]
-    first_k = np.cumsum(other, axis=1) <= k
-    chosen = neighbours[other & first_k].reshape(len(low), k)  # row-major keeps each row's distance order
-    votes = stats.mode(label_ids[chosen], axis=1, keepdims=False).mode
-    return {
-        "trustworthiness": float(trustworthiness(high, low, n_neighbors=k)),
-        "knn_accuracy": float(np.mean(votes == label_ids)),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
 
@@ -348,14 +248,14 @@ def _prepare_inputs(model: nn.Module, images: torch.Tensor, target) -> tuple[tor
     """[0,1] float32 copy of ``images`` on the model's device, and targets as a (B,) long tensor."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ExplainError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+        raise SaliencyError(f"images must be a (B, 3, H, W) tensor, got {shape}")
     device = model_device(model)
     inputs = as_float_images(images.detach().to(device)).float().clone().requires_grad_(True)
     targets = torch.as_tensor(target, dtype=torch.long, device=device)
     if targets.ndim == 0:
         targets = targets.expand(inputs.shape[0])
     if targets.shape != (inputs.shape[0],):
-        raise ExplainError(
+        raise SaliencyError(
             f"target must be one class index or one per image ({inputs.shape[0]}), got shape {tuple(targets.shape)}"
         )
     return inputs, targets
@@ -371,7 +271,7 @@ def _resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
             except AttributeError:
                 continue
     names = [name for name, _ in model.named_modules() if name and name.count(".") <= 1]
-    raise ExplainError(f"layer {layer!r} is not a module of {type(model).__name__}; some of its modules: {names[:12]}")
+    raise SaliencyError(f"layer {layer!r} is not a module of {type(model).__name__}; some of its modules: {names[:12]}")
 
 
 def _normalise_by_max(maps: torch.Tensor) -> torch.Tensor:
@@ -395,15 +295,3 @@ def _grayscale(magnitude: torch.Tensor) -> torch.Tensor:
     span = (high - low).view(-1, 1, 1)
     scaled = (magnitude - low.view(-1, 1, 1)) / span.clamp(min=torch.finfo(magnitude.dtype).tiny)
     return torch.where(span > 0, scaled.clamp(0, 1), torch.zeros_like(magnitude))
-
-
-def _as_2d_array(values, name: str) -> np.ndarray:
-    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    array = array.astype(np.float64, copy=False)
-    if array.ndim != 2:
-        raise ExplainError(f"{name} must be a 2-D (N, D) array, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ExplainError(f"{name} holds non-finite values (NaN or inf)")
-    return array
-
-

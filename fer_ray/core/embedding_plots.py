@@ -1,4 +1,4 @@
-"""Figure builders of the insight experiments: t-SNE scatter plots, saliency rows, group accuracy bars.
+"""Figure builders of the t-SNE experiment: one embedding's scatter plot, several side by side.
 
 Like fer_ray.core.plots, every builder returns a ``matplotlib.figure.Figure`` made without pyplot
 (nothing registered globally, Agg rendering on savefig) and never shows it.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -18,11 +17,6 @@ from matplotlib.lines import Line2D
 GROUP_MARKERS: tuple[str, ...] = ("o", "^", "s", "D", "v", "P", "X", "*", "<", ">")
 #: Colour map of the expression classes (10 distinct colours; KDEF has 7 classes).
 CLASS_COLOURS = "tab10"
-
-
-# ----------------------------------------------------------------------------------------------
-# t-SNE
-# ----------------------------------------------------------------------------------------------
 
 
 def draw_embedding(axis, coords, labels, classes: Sequence[str], groups=None) -> tuple[list, list]:
@@ -89,72 +83,3 @@ def _class_palette(n_classes: int) -> list[tuple[float, ...]]:
     """One RGBA colour per class index."""
     cmap = colormaps[CLASS_COLOURS]
     return [cmap(i % cmap.N) for i in range(n_classes)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Saliency
-# ----------------------------------------------------------------------------------------------
-
-
-def saliency_row_figure(image, maps: Mapping[str, torch.Tensor], title: str, overlay: Sequence[str] = ()) -> Figure:
-    """The image and its saliency panels in one row.
-
-    image: (3, H, W) float [0,1] or uint8. maps: panel title -> (H, W) map in [0,1] (drawn in gray,
-    or as a 'jet' heat map over the grayscale image for titles in ``overlay``) or (3, H, W) RGB in
-    [0,1]. Returns a Figure with 1 + len(maps) axes.
-    """
-    picture = torch.as_tensor(image).detach().cpu()
-    picture = picture.float() / 255.0 if picture.dtype == torch.uint8 else picture.float().clamp(0, 1)
-    if picture.ndim != 3 or picture.shape[0] != 3:
-        raise ValueError(f"image must be (3, H, W), got shape {tuple(picture.shape)}")
-    figure = Figure(figsize=(1.9 * (len(maps) + 1), 2.4), layout="constrained")
-    axes = figure.subplots(1, len(maps) + 1, squeeze=False)[0]
-    axes[0].imshow(picture.permute(1, 2, 0).numpy())
-    axes[0].set_title("image", fontsize=8)
-    gray = picture.mean(dim=0).numpy()
-    for axis, (name, saliency) in zip(axes[1:], maps.items()):
-        values = torch.as_tensor(saliency).detach().cpu().float()
-        if values.ndim == 3:
-            axis.imshow(values.permute(1, 2, 0).clamp(0, 1).numpy())
-        elif name in overlay:
-            axis.imshow(gray, cmap="gray", vmin=0, vmax=1)
-            axis.imshow(values.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        else:
-            axis.imshow(values.numpy(), cmap="gray", vmin=0, vmax=1)
-        axis.set_title(name, fontsize=8)
-    for axis in axes:
-        axis.set_axis_off()
-    figure.suptitle(title, fontsize=9)
-    return figure
-
-
-# ----------------------------------------------------------------------------------------------
-# Demographic groups
-# ----------------------------------------------------------------------------------------------
-
-
-def group_accuracy_figure(attributes: Mapping[str, Sequence[Mapping]], title: str = "Accuracy per group") -> Figure:
-    """Bar chart of accuracy per group with 95 % intervals, one panel per attribute.
-
-    attributes: attribute name -> rows with "group", "acc", "low", "high" (NaN bounds: no error bar)
-    and optionally "n" (images, shown under the group name).
-    """
-    if not attributes:
-        raise ValueError("group_accuracy_figure needs at least one attribute")
-    figure = Figure(figsize=(2.2 + 1.3 * sum(len(rows) for rows in attributes.values()), 3.6), layout="constrained")
-    widths = [max(len(rows), 1) for rows in attributes.values()]
-    axes = figure.subplots(1, len(attributes), squeeze=False, sharey=True, gridspec_kw={"width_ratios": widths})[0]
-    for axis, (attribute, rows) in zip(axes, attributes.items()):
-        acc = np.array([row["acc"] for row in rows], dtype=float)
-        low = np.array([row["low"] for row in rows], dtype=float)
-        high = np.array([row["high"] for row in rows], dtype=float)
-        # clipped at 0: a percentile interval need not contain its point estimate
-        errors = np.vstack([np.where(np.isfinite(low), acc - low, 0.0), np.where(np.isfinite(high), high - acc, 0.0)]).clip(min=0.0)
-        names = [f"{row['group']}\n(n={int(row['n'])})" if "n" in row else str(row["group"]) for row in rows]
-        axis.bar(names, acc, yerr=errors, capsize=4, color="tab:blue", alpha=0.75)
-        axis.set_title(attribute, fontsize=9)
-        axis.set_ylim(0, 1.05)
-        axis.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("test accuracy (95 % CI)")
-    figure.suptitle(title, fontsize=10)
-    return figure

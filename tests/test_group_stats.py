@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from fer_ray.core.groups import (
+from fer_ray.core.group_stats import (
     GroupStatsError,
     accuracy_ci,
     compare_groups,
