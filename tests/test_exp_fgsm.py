@@ -14,13 +14,15 @@ import torch
 import trial_tables
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
-from fer_ray.core.evaluate import evaluate_model
+from fer_ray.core.evaluate import as_float_images, evaluate_model, predict_logits
 from fer_ray.core.model_file import load_model
+from fer_ray.core.robustness import fgsm_perturb, input_gradient_sign
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import fgsm
-from fer_ray.experiments.base import LocalReporter, Trial
+from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
 from fer_ray.sweep import main
+from figure_texts import expected_labels, prediction_texts
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,6 +62,23 @@ def test_fgsm_run_scores_every_epsilon_and_draws_the_panel(tiny_trained_model, t
     assert reporter.tag_values["fer_ray.eps255_0.01"] == "2.55" and reporter.tag_values["fer_ray.attack"] == "fgsm"
     for name in ("adversarial_panel.png", "accuracy_vs_epsilon.png"):
         assert reporter.figures[name].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_adversarial_panel_labels_each_image_with_its_true_and_predicted_class(tiny_trained_model, tmp_path):
+    trial = _trial(tiny_trained_model, "settings.epsilons=[0]", "settings.panel_epsilons=[0, 0.1]", "settings.n_panel_images=4")
+    reporter = LocalReporter(tmp_path)
+    fgsm.run(trial, reporter)
+
+    # the model's predictions on the very images shown: clean, then FGSM at 0.1 (recomputed here)
+    model, data = load_model_and_data(trial)
+    images, labels = as_float_images(data.test.images[:4]), data.test.labels[:4]
+    sign = input_gradient_sign(model, images, labels)
+    expected = []
+    for epsilon in (0.0, 0.1):
+        predicted = predict_logits(model, fgsm_perturb(images, sign, epsilon)).argmax(dim=1)
+        expected += expected_labels(data.dataset.classes, labels, predicted)
+    shown = prediction_texts(reporter.drawn["adversarial_panel.png"])
+    assert sorted(shown) == sorted(expected) and len(shown) == 8, "one label per image shown, green right, red wrong"
 
 
 def test_pgd_is_an_option_of_the_same_experiment(tiny_trained_model, tmp_path):

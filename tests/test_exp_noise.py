@@ -16,14 +16,16 @@ import trial_tables
 from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import EXPRESSIONS
-from fer_ray.core.evaluate import evaluate_model
+from fer_ray.core.evaluate import evaluate_model, predict_logits
 from fer_ray.core.model_file import load_model, save_model
 from fer_ray.core.models import build_model
+from fer_ray.core.robustness import add_gaussian_noise
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import noise
-from fer_ray.experiments.base import LocalReporter, Trial
+from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
 from fer_ray.sweep import main
+from figure_texts import expected_labels, prediction_texts
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -108,6 +110,21 @@ def test_same_noise_seed_gives_identical_results_and_another_seed_other_noise(in
     np.testing.assert_array_equal(again_saved["correct"], first_saved["correct"])
     np.testing.assert_array_equal(other_saved["correct"][0], first_saved["correct"][0]), "clean images do not depend on the seed"
     assert not np.array_equal(other_saved["correct"][1:], first_saved["correct"][1:]), "seed 1 draws other noise"
+
+
+def test_example_panel_labels_each_image_with_the_prediction_on_that_noisy_image(input_sensitive_model, tmp_path):
+    trial = _trial(input_sensitive_model, "settings.variances=[0.05]", "settings.example_variances=[0.05, 0.3]", "settings.n_examples=5")
+    reporter = LocalReporter(tmp_path)
+    noise.run(trial, reporter)
+
+    model, data = load_model_and_data(trial)
+    images, labels = data.test.images[:5], data.test.labels[:5]
+    expected = expected_labels(data.dataset.classes, labels, predict_logits(model, images).argmax(dim=1))
+    for variance in (0.05, 0.3):  # the noise the accuracy was measured on: image i gets (noise seed, i)
+        noisy = add_gaussian_noise(images, variance, seed=0)
+        expected += expected_labels(data.dataset.classes, labels, predict_logits(model, noisy).argmax(dim=1))
+    shown = prediction_texts(reporter.drawn["noise_examples.png"])
+    assert sorted(shown) == sorted(expected) and len(shown) == 15, "one label per image shown, green right, red wrong"
 
 
 @pytest.mark.parametrize(

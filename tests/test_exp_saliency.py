@@ -13,11 +13,13 @@ from conftest import TINY
 from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
+from fer_ray.core.evaluate import predict_logits
 from fer_ray.core.saliency_maps import grad_cam
 from fer_ray.experiments import saliency
 from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
 from fer_ray.sweep import main
+from figure_texts import expected_labels, prediction_texts
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -53,6 +55,10 @@ def test_named_images_get_one_png_each_from_any_split(tiny_trained_model, tmp_pa
     assert metrics["zero_maps_gradcam"] == int((cams.flatten(1).amax(dim=1) == 0).sum())
     assert metrics["zero_maps_vanilla"] == 0
     assert reporter.tag_values["fer_ray.saliency_images"] == f"{test_stem} {train_stem}"
+    # each image is labelled with its true class and the model's prediction on it (green right, red wrong)
+    predicted = predict_logits(model, images).argmax(dim=1)
+    for stem, true, guess in zip((test_stem, train_stem), data.dataset.labels[rows.numpy()], predicted):
+        assert prediction_texts(reporter.drawn[f"saliency_{stem}.png"]) == expected_labels(data.dataset.classes, [true], [guess])
 
 
 def test_unknown_image_names_are_listed_in_one_error(tiny_trained_model, tmp_path):

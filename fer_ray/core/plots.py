@@ -80,6 +80,22 @@ def as_cpu_float_images(images) -> torch.Tensor:
     return tensor.float().clamp(0.0, 1.0)
 
 
+#: Colours of a prediction's label on image panels: right, wrong.
+RIGHT_COLOUR, WRONG_COLOUR = "tab:green", "tab:red"
+
+
+def prediction_labels(classes, true, predicted) -> list[tuple[str, str]]:
+    """One (text, colour) per image for image panels: ``"true happy / pred sad"``, green where the
+    prediction is right, red where wrong. true, predicted: (N,) class indices into ``classes``."""
+    true, predicted = np.asarray(true, dtype=np.int64).ravel(), np.asarray(predicted, dtype=np.int64).ravel()
+    if true.shape != predicted.shape:
+        raise ValueError(f"true ({true.size}) and predicted ({predicted.size}) need one class per image")
+    return [
+        (f"true {classes[t]} / pred {classes[q]}", RIGHT_COLOUR if t == q else WRONG_COLOUR)
+        for t, q in zip(true.tolist(), predicted.tolist())
+    ]
+
+
 def metric_curve_figure(x, mean, low, high, xlabel: str, ylabel: str, title: str, point_labels: list[str] | None = None) -> Figure:
     """A metric against a swept value with its confidence band (the reference study's accuracy-vs-size graphs).
 

@@ -25,35 +25,43 @@ def image_panel_figure(
     captions: Mapping[str, Sequence[str]] | None = None,
     row_labels: Sequence[str] | None = None,
     title: str = "",
+    predictions: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> Figure:
     """A grid of images: one column per entry of ``columns`` (its key is the column title), one row per image.
 
     columns: {title: images (k, 3, H, W) uint8 or float [0,1]}, every entry with the same k.
+    predictions: {title: k (text, colour)} written above each image of that column in its colour
+    (fer_ray.core.plots.prediction_labels: "true happy / pred sad", green right, red wrong).
     captions: {title: k strings} written under the images of that column (e.g. top-3 classes).
-    row_labels: k strings written left of each row (e.g. the true class).
+    row_labels: k strings written left of each row (e.g. the true class where nothing predicts).
     """
     titles = list(columns)
     if not titles:
         raise ValueError("image_panel_figure needs at least one column of images")
     pictures = {name: as_cpu_float_images(images) for name, images in columns.items()}
     counts = {name: int(images.shape[0]) for name, images in pictures.items()}
+    for name, texts in {**(captions or {}), **(predictions or {})}.items():
+        if len(texts) != counts.get(name, len(texts)):
+            raise ValueError(f"column {name!r} has {counts[name]} images but {len(texts)} captions or predictions")
     if len(set(counts.values())) != 1:
         raise ValueError(f"every column needs the same number of images, got {counts}")
     rows = counts[titles[0]]
     if rows == 0:
         raise ValueError("image_panel_figure got columns without images")
-    captions = captions or {}
+    captions, predictions = captions or {}, predictions or {}
     caption_lines = max((len(str(text).splitlines()) for texts in captions.values() for text in texts), default=0)
-    figure = Figure(figsize=(2.0 * len(titles) + 0.4, (2.0 + 0.17 * caption_lines) * rows + 0.4), layout="constrained")
-    axes = figure.subplots(rows, len(titles), squeeze=False)
-    for column, name in enumerate(titles):
-        for row in range(rows):
-            axis = axes[row, column]
+    row_height = 2.0 + 0.17 * caption_lines + 0.2 * bool(predictions)
+    figure = Figure(figsize=(2.0 * len(titles) + 0.4, row_height * rows + 0.6), layout="constrained")
+    # one subfigure per column: its name heads the column, so every image keeps its own title line
+    for column, (name, panel) in enumerate(zip(titles, figure.subfigures(1, len(titles), squeeze=False)[0])):
+        panel.suptitle(name, fontsize=9)
+        for row, axis in enumerate(panel.subplots(rows, 1, squeeze=False)[:, 0]):
             axis.imshow(pictures[name][row].permute(1, 2, 0).numpy())
             axis.set_xticks([])
             axis.set_yticks([])
-            if row == 0:
-                axis.set_title(name, fontsize=9)
+            if name in predictions:
+                text, colour = predictions[name][row]
+                axis.set_title(text, fontsize=7, color=colour)
             if name in captions:
                 axis.set_xlabel(str(captions[name][row]), fontsize=7, loc="left")
             if column == 0 and row_labels is not None:

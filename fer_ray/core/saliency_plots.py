@@ -12,12 +12,16 @@ import torch
 from matplotlib.figure import Figure
 
 
-def saliency_row_figure(image, maps: Mapping[str, torch.Tensor], title: str, overlay: Sequence[str] = ()) -> Figure:
+def saliency_row_figure(
+    image, maps: Mapping[str, torch.Tensor], title: str, overlay: Sequence[str] = (), prediction: tuple[str, str] | None = None
+) -> Figure:
     """The image and its saliency panels in one row.
 
     image: (3, H, W) float [0,1] or uint8. maps: panel title -> (H, W) map in [0,1] (drawn in gray,
     or as a 'jet' heat map over the grayscale image for titles in ``overlay``) or (3, H, W) RGB in
-    [0,1]. Returns a Figure with 1 + len(maps) axes.
+    [0,1]. prediction: (text, colour) titling the image (fer_ray.core.plots.prediction_labels: "true
+    happy / pred sad", green right, red wrong); None: the title "image". Returns a Figure with
+    1 + len(maps) axes.
     """
     picture = torch.as_tensor(image).detach().cpu()
     picture = picture.float() / 255.0 if picture.dtype == torch.uint8 else picture.float().clamp(0, 1)
@@ -26,7 +30,8 @@ def saliency_row_figure(image, maps: Mapping[str, torch.Tensor], title: str, ove
     figure = Figure(figsize=(1.9 * (len(maps) + 1), 2.4), layout="constrained")
     axes = figure.subplots(1, len(maps) + 1, squeeze=False)[0]
     axes[0].imshow(picture.permute(1, 2, 0).numpy())
-    axes[0].set_title("image", fontsize=8)
+    text, colour = prediction or ("image", "black")
+    axes[0].set_title(text, fontsize=8, color=colour)
     gray = picture.mean(dim=0).numpy()
     for axis, (name, saliency) in zip(axes[1:], maps.items()):
         values = torch.as_tensor(saliency).detach().cpu().float()

@@ -61,6 +61,8 @@ class LocalReporter:
         self.history: list[tuple[int, dict[str, float]]] = []
         self.checkpoints: list[Path] = []
         self.figures: dict[str, Path] = {}
+        #: the matplotlib Figures themselves, by file name (what a test reads the drawn text from)
+        self.drawn: dict[str, object] = {}
         self.artifacts: list[tuple[Path, str | None]] = []
         self.tag_values: dict[str, str] = {}
         self._resume_from = resume_from
@@ -74,6 +76,7 @@ class LocalReporter:
         path = self.work_dir / name
         figure.savefig(path, dpi=100, bbox_inches="tight")
         self.figures[name] = path
+        self.drawn[name] = figure
 
     def artifact(self, path: Path, folder: str | None = None) -> None:
         self.artifacts.append((Path(path), folder))

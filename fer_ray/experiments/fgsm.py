@@ -19,15 +19,13 @@ models], the reference study's number) and curve.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from fer_ray.core.config import Strict
-from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import summary_cell
+from fer_ray.core.plots import prediction_labels
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
 from fer_ray.core.robustness_plots import (
     accuracy_curve_figure,
@@ -37,6 +35,7 @@ from fer_ray.core.robustness_plots import (
 from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.correctness import save_correctness
 from fer_ray.experiments.results import Report, TrialTable
 
 CORRECTNESS_FILE = "attack_correct.npz"
@@ -105,7 +104,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         "fer_ray.epsilon_units": "[0,1] pixel space; eps255 = epsilon * 255 grey levels",
         **{f"fer_ray.eps255_{epsilon_label(e)}": f"{e * 255:.4g}" for e in epsilons},
     })
-    reporter.artifact(_save_correctness(reporter.work_dir, results, test), ARTIFACT_DIR)
+    reporter.artifact(save_correctness(reporter.work_dir / CORRECTNESS_FILE, "epsilons", results, test), ARTIFACT_DIR)
     if cfg.n_panel_images > 0 and len(test) > 0 and cfg.panel_epsilons:
         reporter.figure(panel_figure(results, cfg.panel_epsilons, test.labels, classes, cfg.attack), "adversarial_panel.png")
     scored = sorted({*cfg.epsilons, *cfg.panel_epsilons})
@@ -132,30 +131,19 @@ def attack_accuracy(model, images, labels, epsilons: list[float], cfg: Settings)
 
 
 def panel_figure(results: dict[float, dict], panel_epsilons: list[float], labels, classes, attack: str):
-    """The reference study's figure: the first test images at each panel epsilon, each with its top-3 classes."""
-    columns, captions = {}, {}
+    """The reference study's figure: the first test images at each panel epsilon, each labelled with
+    its true and predicted class (green right, red wrong) above and its top-3 classes below."""
+    columns, captions, predictions = {}, {}, {}
     for epsilon in panel_epsilons:
         entry = results[epsilon]
         title = "original (ε 0)" if epsilon == 0 else f"ε {epsilon_label(epsilon)} ({epsilon * 255:.3g}/255)"
         columns[title] = entry["examples"]
         captions[title] = [top_k_caption(classes, c, p) for c, p in zip(entry["top3_classes"], entry["top3_probs"])]
-    shown = len(next(iter(columns.values())))
+        shown = len(entry["examples"])
+        predictions[title] = prediction_labels(classes, labels[:shown], [int(top[0]) for top in entry["top3_classes"]])
     return image_panel_figure(
-        columns, captions, row_labels=[f"true: {classes[int(i)]}" for i in labels[:shown]],
-        title=f"{attack.upper()} examples: top-3 class probabilities",
+        columns, captions, title=f"{attack.upper()} examples: true / predicted class, top-3 class probabilities", predictions=predictions,
     )
-
-
-def _save_correctness(folder: Path, results: dict[float, dict], test) -> Path:
-    """attack_correct.npz: epsilons float (E,), correct bool (E, N), labels int64 (N,), dataset_rows
-    int64 (N,). Written atomically."""
-    return atomic_write(Path(folder) / CORRECTNESS_FILE, lambda temporary: np.savez_compressed(
-        temporary,
-        epsilons=np.array(list(results), dtype=float),
-        correct=np.stack([entry["correct"] for entry in results.values()]),
-        labels=test.labels.cpu().numpy(),
-        dataset_rows=np.asarray(test.indices, dtype=np.int64),
-    ))
 
 
 # ----------------------------------------------------------------------------------------- report

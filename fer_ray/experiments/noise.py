@@ -26,7 +26,6 @@ repeat and McNemar against clean per repeat.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,9 +35,9 @@ from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
-from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import interval_text, model_label, summary_cell
 from fer_ray.core.group_stats import accuracy_ci
+from fer_ray.core.plots import prediction_labels
 from fer_ray.core.robustness import (
     add_gaussian_noise,
     noisy_accuracy,
@@ -52,6 +51,7 @@ from fer_ray.core.robustness_plots import (
 from fer_ray.core.stats import ACCURACY_BOUNDS, bootstrap_ci, mcnemar, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.correctness import save_correctness
 from fer_ray.experiments.results import Report, TrialTable
 
 CORRECTNESS_FILE = "noise_correct.npz"
@@ -121,9 +121,11 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         "fer_ray.noise_units": "variance and sigma in [0,1] pixel space (sigma*255 grey levels)",
         **{f"fer_ray.sigma_var_{variance_label(v)}": f"{variance_to_sigma(v):.4g}" for v in cfg.variances},
     })
-    reporter.artifact(_save_correctness(reporter.work_dir, results, test, identities, cfg.noise_seed), ARTIFACT_DIR)
+    correctness = save_correctness(reporter.work_dir / CORRECTNESS_FILE, "variances", results, test,
+                                   identities=identities.astype(str), noise_seed=np.int64(cfg.noise_seed))
+    reporter.artifact(correctness, ARTIFACT_DIR)
     if cfg.n_examples > 0 and len(test) > 0:
-        reporter.figure(_examples_figure(model, test, classes, cfg), "noise_examples.png")
+        reporter.figure(examples_figure(model, test, classes, cfg), "noise_examples.png")
     return metrics
 
 
@@ -148,20 +150,6 @@ def subject_bootstrap_ci(correct: np.ndarray, identities: np.ndarray, n_boot: in
     return {"low": low, "high": high}
 
 
-def _save_correctness(folder: Path, results: dict, test, identities: np.ndarray, seed: int) -> Path:
-    """noise_correct.npz: variances float (V,), correct bool (V, N), labels int64 (N,), dataset_rows
-    int64 (N,), identities str (N,), noise_seed. Written atomically."""
-    return atomic_write(Path(folder) / CORRECTNESS_FILE, lambda temporary: np.savez_compressed(
-        temporary,
-        variances=np.array(list(results), dtype=float),
-        correct=np.stack([entry["correct"] for entry in results.values()]),
-        labels=test.labels.cpu().numpy(),
-        dataset_rows=np.asarray(test.indices, dtype=np.int64),
-        identities=identities.astype(str),
-        noise_seed=np.int64(seed),
-    ))
-
-
 def noise_examples(images, variances: list[float], seed: int) -> dict[str, object]:
     """{column title: images}: the clean images, then each variance's noisy version (the same noise
     the accuracy was measured on: images are the first of the test split, so first_index 0)."""
@@ -171,17 +159,18 @@ def noise_examples(images, variances: list[float], seed: int) -> dict[str, objec
     return columns
 
 
-def _examples_figure(model, test, classes, cfg: Settings):
+def examples_figure(model, test, classes, cfg: Settings):
+    """The first ``cfg.n_examples`` test images, clean and at each example variance, each labelled
+    with its true class and the model's prediction on exactly the image shown (green right, red wrong)."""
     images, labels = test.images[: cfg.n_examples], test.labels[: cfg.n_examples]
     columns = noise_examples(images, cfg.example_variances, cfg.noise_seed)
     device = next(model.parameters()).device
-    captions = {
-        title: [f"pred: {classes[int(i)]}" for i in predict_logits(model, pictures, device=device).argmax(dim=1)]
+    predictions = {
+        title: prediction_labels(classes, labels, predict_logits(model, pictures, device=device).argmax(dim=1))
         for title, pictures in columns.items()
     }
     return image_panel_figure(
-        columns, captions, row_labels=[f"true: {classes[int(i)]}" for i in labels],
-        title=f"Gaussian noise (noise seed {cfg.noise_seed}; [0,1] pixel units)",
+        columns, title=f"Gaussian noise (noise seed {cfg.noise_seed}; [0,1] pixel units): true / predicted class", predictions=predictions,
     )
 
 
@@ -329,12 +318,15 @@ def _examples_section(table: TrialTable, figures: dict) -> list[str]:
     if cfg.n_examples == 0 or not cfg.example_variances:
         return []
     try:
-        test = prepare_data(table.data).test
+        data = prepare_data(table.data)
     except DataError as error:
         return [f"(No example panel: the data is not readable where the report is written: {error})", ""]
+    test = data.test
     columns = noise_examples(test.images[: cfg.n_examples], cfg.example_variances, cfg.noise_seed)
-    figures["noise_examples.png"] = image_panel_figure(columns, title=f"Gaussian noise examples (noise seed {cfg.noise_seed})")
-    return ["### Examples", "", "Each trial also logs its own panel with the model's predictions (noise_examples.png).", ""]
+    classes = data.dataset.classes
+    true = [f"true {classes[int(label)]}" for label in test.labels[: cfg.n_examples]]
+    figures["noise_examples.png"] = image_panel_figure(columns, row_labels=true, title=f"Gaussian noise examples (noise seed {cfg.noise_seed})")
+    return ["### Examples", "", "Each trial also logs its own panel labelled with the model's predictions (noise_examples.png).", ""]
 
 
 def _interval(summary: dict) -> str:

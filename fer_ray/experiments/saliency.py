@@ -2,9 +2,10 @@
 
 Per chosen image one PNG ``saliency_<file stem>.png``: the image, the vanilla gradient map, the reference
 study's four guided-backpropagation panels (grayscale, colour, positive, negative) and Grad-CAM at
-``settings.gradcam_layer`` over the image; titled with the file name, its split, the true class and the
-predicted class with its probability. Maps are taken for the true class (``settings.target: true_class``)
-or the predicted one (``predicted_class``), with respect to the [0,1] input (normalisation is inside the model).
+``settings.gradcam_layer`` over the image; titled with the file name, its split and the predicted class's
+probability, the image itself labelled "true happy / pred sad" (green when right, red when wrong). Maps are
+taken for the true class (``settings.target: true_class``) or the predicted one (``predicted_class``), with
+respect to the [0,1] input (normalisation is inside the model).
 
 Images: ``settings.images`` (file name stems such as AF01HAS, case-insensitive, from any split; the title
 says which) or ``settings.per_class: N`` (the first N held-out test images of each class, in dataset
@@ -32,6 +33,7 @@ from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import as_float_images, predict_proba
 from fer_ray.core.formatting import model_label, summary_cell
+from fer_ray.core.plots import prediction_labels
 from fer_ray.core.saliency_maps import (
     center_mass_fraction,
     center_mass_summary,
@@ -92,6 +94,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     cams, cam_size = grad_cam_with_resolution(model, images, target, cfg.gradcam_layer)
     maps = {"vanilla": vanilla_saliency(model, images, target), "guided": guided.abs().sum(dim=1), "gradcam": cams}
     panels = saliency_panels(guided)
+    verdicts = prediction_labels(data.dataset.classes, labels, predicted)
     for i, row in enumerate(rows):
         figure = saliency_row_figure(
             as_float_images(images[i]),
@@ -103,8 +106,9 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
                 "guided negative": panels["negative"][i],
                 "Grad-CAM": maps["gradcam"][i],
             },
-            title=_title(data, int(row), int(labels[i]), int(predicted[i]), float(probs[i, predicted[i]]), cfg.target),
+            title=_title(data, int(row), int(predicted[i]), float(probs[i, predicted[i]]), cfg.target),
             overlay=("Grad-CAM",),
+            prediction=verdicts[i],
         )
         reporter.figure(figure, f"saliency_{_file_key(data, rows, i)}.png")
 
@@ -173,11 +177,12 @@ def _split_of(data: PreparedData, row: int) -> str:
     return "unused"
 
 
-def _title(data: PreparedData, row: int, label: int, predicted: int, probability: float, target: str) -> str:
+def _title(data: PreparedData, row: int, predicted: int, probability: float, target: str) -> str:
+    """The figure's title; the image's own title says true / predicted class (prediction_labels)."""
     classes = data.dataset.classes
     return (
-        f"{data.dataset.images[row].path.name} ({_split_of(data, row)} split) | true: {classes[label]} | "
-        f"predicted: {classes[predicted]} (p={probability:.2f}) | maps for the {target.replace('_', ' ')}"
+        f"{data.dataset.images[row].path.name} ({_split_of(data, row)} split) | "
+        f"p({classes[predicted]})={probability:.2f} | maps for the {target.replace('_', ' ')}"
     )
 
 
