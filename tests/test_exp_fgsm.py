@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
 
 import trial_tables
 from conftest import TINY
+from e2e import run_sweep
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import as_float_images, evaluate_model, predict_logits
 from fer_ray.core.model_file import load_model
@@ -21,10 +21,8 @@ from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import fgsm
 from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
-from fer_ray.sweep import main
 from figure_texts import expected_labels, prediction_texts
 
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -126,30 +124,14 @@ def test_report_table_gives_mean_and_ci_over_models_with_eps255_and_the_seed_num
 
 @pytest.mark.slow
 def test_epsilon_sweep_end_to_end_report_matches_mlflow(tiny_trained_model, tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    try:
-        code = main([
-            str(SWEEPS / "epsilon.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-            "--set", *TINY, f"source.model={tiny_trained_model}",
-            "settings.epsilons=[0, 0.01, 0.1]", "settings.panel_epsilons=[0, 0.1]", "settings.n_panel_images=2",
-        ])
-    finally:
-        ray.shutdown()
-    assert code == 0
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True)
-    parent = runs[runs["tags.fer_ray.role"] == "parent"].iloc[0]
-    children = runs[runs["tags.fer_ray.role"] == "child"]
+    sweep = run_sweep("epsilon", tmp_path, monkeypatch, f"source.model={tiny_trained_model}",
+                      "settings.epsilons=[0, 0.01, 0.1]", "settings.panel_epsilons=[0, 0.1]", "settings.n_panel_images=2")
+    parent, children = sweep.parent, sweep.children
     assert len(children) == 1 and children["status"].iloc[0] == "FINISHED", "one model, all epsilons in one trial"
     child = children.iloc[0]
-    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(child["run_id"])}
-    assert {"adversarial_panel.png", "accuracy_vs_epsilon.png", fgsm.ARTIFACT_DIR} <= artifacts
+    assert {"adversarial_panel.png", "accuracy_vs_epsilon.png", fgsm.ARTIFACT_DIR} <= sweep.artifacts(child["run_id"])
 
-    report = (tmp_path / "reports" / "epsilon" / "report.md").read_text()
+    report = sweep.report()
     rows = {float(m.group(1)): m for m in re.finditer(r"^\| fgsm \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \[-\] \| 1 \|", report, re.M)}
     assert sorted(rows) == [0.0, 0.01, 0.1]
     for epsilon, match in rows.items():
@@ -158,4 +140,4 @@ def test_epsilon_sweep_end_to_end_report_matches_mlflow(tiny_trained_model, tmp_
         assert float(match.group(2)) == pytest.approx(epsilon * 255)
         assert parent[f"metrics.mean_acc_eps_{epsilon:g}"] == pytest.approx(value)
     assert "| fgsm | 0.01 | 2.55 |" in report and "| 0.38 |" in report, "the reference study's number beside ours"
-    assert (tmp_path / "reports" / "epsilon" / "accuracy_vs_epsilon_fgsm.png").is_file()
+    assert (sweep.report_folder / "accuracy_vs_epsilon_fgsm.png").is_file()

@@ -6,14 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 import trial_tables
 from conftest import TINY
+from e2e import run_sweep
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import EXPRESSIONS
 from fer_ray.core.evaluate import evaluate_model, predict_logits
@@ -24,10 +23,7 @@ from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import noise
 from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
-from fer_ray.sweep import main
 from figure_texts import expected_labels, prediction_texts
-
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -167,32 +163,17 @@ def test_report_averages_repeats_per_model_then_gives_the_ci_over_models():
 
 @pytest.mark.slow
 def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    try:
-        code = main([
-            str(SWEEPS / "noise_sig.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-            "--set", *TINY, f"source.model={input_sensitive_model}",
-            "search.grid={settings.noise_seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}", "settings.n_boot=200", "settings.n_examples=2",
-        ])
-    finally:
-        ray.shutdown()
-    assert code == 0
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True)
-    parent = runs[runs["tags.fer_ray.role"] == "parent"].iloc[0]
-    children = runs[runs["tags.fer_ray.role"] == "child"]
+    sweep = run_sweep("noise_sig", tmp_path, monkeypatch, f"source.model={input_sensitive_model}",
+                      "search.grid={settings.noise_seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}", "settings.n_boot=200", "settings.n_examples=2")
+    parent, children = sweep.parent, sweep.children
     assert len(children) == 10 and set(children["status"]) == {"FINISHED"}
     assert sorted(children["params.settings.noise_seed"].astype(int)) == list(range(10))
     accuracies = children["metrics.acc_var_0.1"].astype(float)
     assert accuracies.between(0, 1).all()
     assert children["metrics.test_acc"].nunique() == 1, "every repeat scores the same clean images"
 
-    folder = tmp_path / "reports" / "noise_sig"
-    report = (folder / "report.md").read_text()
+    folder = sweep.report_folder
+    report = sweep.report()
     assert (folder / "repeats_var_0.1.png").is_file() and "![repeats_var_0.1.png](repeats_var_0.1.png)" in report
     summary = {name: float(getattr(np, name)(accuracies)) for name in ("median", "min", "max", "mean")}
     row = next(line for line in report.splitlines() if line.startswith("| model 1 | 10 |"))
@@ -215,11 +196,3 @@ def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch
     assert f"p < 0.05 in {significant} of 10 repeats" in report
     assert "median 0.67, min 0.65, max 0.68" in report, "the reference study's numbers, labelled, for comparison"
     assert (folder / "noise_examples.png").is_file()
-
-
-def test_models_are_named_by_their_training_seed_not_by_position():
-    sources = pd.Series(["runs:/a/model/model.pt", "runs:/b/model/model.pt", "runs:/a/model/model.pt"])
-    assert noise._source_labels(sources, pd.Series([0.0, 1.0, 0.0])) == {
-        "runs:/a/model/model.pt": "train seed 0", "runs:/b/model/model.pt": "train seed 1"}
-    unknown = noise._source_labels(sources, pd.Series([None, None, None], dtype=float))
-    assert unknown == {"runs:/a/model/model.pt": "model 1", "runs:/b/model/model.pt": "model 2"}

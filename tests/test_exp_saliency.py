@@ -5,23 +5,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 
+import trial_tables
 from conftest import TINY
+from e2e import run_sweep
 from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
 from fer_ray.core.saliency_maps import grad_cam
+from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import saliency
 from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
-from fer_ray.sweep import main
 from figure_texts import expected_labels, prediction_texts
-
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
@@ -82,33 +81,47 @@ def test_center_mass_fraction():
     assert math.isnan(saliency.center_mass_fraction(maps[2:], 0.5)[0]), "an empty map has no mass to place"
 
 
+def test_report_puts_the_mean_central_mass_over_models_on_the_parent():
+    spec = resolve_spec({"name": "t", "experiment": "saliency"}, [])
+    values = {"m1": (0.40, 0.5, 1.0), "m2": (0.60, 0.7, 3.0)}  # center_mass_vanilla, selected_acc, zero_maps_gradcam
+    runs = trial_tables.table(spec, [
+        trial_tables.record(spec, {"train.seed": seed}, {
+            "n_images": 7.0, "selected_acc": acc, "center_area": 0.25, "center_mass_vanilla": mass, "zero_maps_gradcam": zeros},
+            source_model=model)
+        for seed, (model, (mass, acc, zeros)) in enumerate(values.items())
+    ])
+    metrics = saliency.report(runs).metrics
+    summary = mean_ci([0.40, 0.60], bounds=(0.0, 1.0))
+    assert metrics["mean_center_mass_vanilla"] == pytest.approx(0.5)
+    assert (metrics["mean_center_mass_vanilla/ci_low"], metrics["mean_center_mass_vanilla/ci_high"]) == pytest.approx((summary["low"], summary["high"]))
+    assert metrics["center_mass_vanilla/train_seed_0"] == 0.40 and metrics["center_mass_vanilla/train_seed_1"] == 0.60
+    assert metrics["mean_selected_acc"] == pytest.approx(0.6) and metrics["center_area"] == 0.25
+    assert metrics["mean_zero_maps_gradcam"] == pytest.approx(2.0), "a count, not clipped to [0, 1]"
+    assert "mean_n_images" not in metrics and "mean_center_mass_gradcam" not in metrics
+
+
 @pytest.mark.slow
 def test_saliency_sweep_end_to_end_per_class(tiny_trained_model, tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    try:
-        code = main([str(SWEEPS / "saliency.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-                     "--set", *TINY, f"source.model={tiny_trained_model}", "settings.per_class=1"])
-    finally:
-        ray.shutdown()
-    assert code == 0
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True)
-    [child] = [row for _, row in runs[runs["tags.fer_ray.role"] == "child"].iterrows()]
+    sweep = run_sweep("saliency", tmp_path, monkeypatch, f"source.model={tiny_trained_model}", "settings.per_class=1")
+    [child] = [row for _, row in sweep.children.iterrows()]
     assert child["status"] == "FINISHED" and child["metrics.n_images"] == 7
     # per_class 1: the first test image of every class, in class order
     data = prepare_data(_trial(tiny_trained_model).data)
     expected = [data.dataset.images[int(data.test.indices[data.test.labels == c][0])].path.stem for c in range(7)]
-    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(child["run_id"])}
+    artifacts = sweep.artifacts(child["run_id"])
     assert {f"saliency_{stem}.png" for stem in expected} == {a for a in artifacts if a.startswith("saliency_")}
     assert child["tags.fer_ray.saliency_images"] == " ".join(expected)
 
-    report = (tmp_path / "reports" / "saliency" / "report.md").read_text()
+    report = sweep.report()
     cells = "7 | " + " | ".join(f"{child[f'metrics.{name}']:.3f}" for name in
                                 ("selected_acc", "center_area", "center_mass_vanilla", "center_mass_guided"))
     cells += " | " + " | ".join(f"{child[f'metrics.zero_maps_{name}']:.0f}" for name in ("vanilla", "guided", "gradcam"))
     assert f"| model 1 | {cells} |" in report
     assert "Central mass not reported: gradcam: maps computed at 1x1" in report
+
+    # the parent run carries the headline numbers, read back through the MLflow client
+    parent = sweep.parent_metrics()
+    for name in ("center_mass_vanilla", "center_mass_guided", "selected_acc", "zero_maps_gradcam"):
+        assert parent[f"mean_{name}"] == pytest.approx(child[f"metrics.{name}"]), name
+    assert parent["center_mass_vanilla/model_1"] == pytest.approx(child["metrics.center_mass_vanilla"])
+    assert parent["center_area"] == 0.25 and "mean_center_mass_gradcam" not in parent

@@ -3,20 +3,16 @@ MLflow on sqlite) with runs, metrics and the report read back."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mlflow
 import pytest
 import torch
 
 from conftest import TINY
+from e2e import run_sweep
 from fer_ray.core.transfer import load_generator
 from fer_ray.experiments import get_experiment
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import resolve_spec
-from fer_ray.sweep import main
 
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 FAST = ["settings.width=8", "settings.epochs=2", "settings.val_pairs=16", "settings.n_boot=100", "settings.panel_people=2", "settings.critic_epochs=2"]
 
 
@@ -48,31 +44,16 @@ def test_trial_logs_losses_metrics_panel_and_generator(tiny_trained_model, tmp_p
 
 @pytest.mark.slow
 def test_transfer_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    try:
-        code = main([
-            str(SWEEPS / "transfer.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-            "--set", *TINY, *FAST, f"source.model={tiny_trained_model}",
-            "search.grid={settings.width: [4, 8]}",
-        ])
-    finally:
-        ray.shutdown()
-    assert code == 0
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True)
-    children = runs[runs["tags.fer_ray.role"] == "child"]
+    sweep = run_sweep("transfer", tmp_path, monkeypatch, *FAST, f"source.model={tiny_trained_model}", "search.grid={settings.width: [4, 8]}")
+    children = sweep.children
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}
     assert sorted(children["params.settings.width"].astype(int)) == [4, 8]
     assert children["metrics.transfer_target_acc"].between(0, 1).all()
     assert (children["metrics.transfer_l1_copy"] > 0).all()
-    client = mlflow.MlflowClient()
     run_id = children.iloc[0]["run_id"]
-    assert len(client.get_metric_history(run_id, "gen_train_loss")) == 2
-    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "transfer")}
+    assert len(sweep.client.get_metric_history(run_id, "gen_train_loss")) == 2
+    artifacts = sweep.artifacts(run_id, "transfer")
     assert "transfer/generator.pt" in artifacts and "transfer_panel.png" in artifacts
-    report = (tmp_path / "reports" / "transfer" / "report.md").read_text()
+    report = sweep.report()
     assert "## Emotion transfer" in report and report.count("L1 below copy: gain") == 2
     assert report.count("vs >= 0.6: ") == 2 and report.count("vs >= 0.8: ") == 2  # each goal judged, with numbers

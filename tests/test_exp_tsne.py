@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 
+import trial_tables
 from conftest import TINY
+from e2e import run_sweep
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.embedding import EmbeddingError, embedding_quality, extract_features
 from fer_ray.core.model_file import load_model
+from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import tsne
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
-from fer_ray.sweep import main
-
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 def _trial(model_file: Path, *overrides: str) -> Trial:
@@ -79,39 +79,56 @@ def test_bad_eval_values_fail_at_spec_load_naming_the_key(override, key):
         resolve_spec({"name": "t", "experiment": "tsne"}, [override])
 
 
+def test_report_puts_each_models_knn_accuracy_and_the_mean_over_models_on_the_parent():
+    spec = resolve_spec({"name": "t", "experiment": "tsne", "search": {"grid": {"settings.perplexity": [5, 10]}}}, ["settings.dims=[2]"])
+    knn = {("m1", 5): 0.40, ("m1", 10): 0.50, ("m2", 5): 0.30, ("m2", 10): 0.60}
+    runs = trial_tables.table(spec, [
+        trial_tables.record(spec, {"settings.perplexity": perplexity, "train.seed": seed}, {
+            "trustworthiness_2d": 0.9, "knn_acc_2d": value, "knn_acc_features": 0.7 - 0.1 * seed, "test_acc": 0.8},
+            source_model=model)
+        for (model, perplexity), value in knn.items() for seed in [int(model[1]) - 1]
+    ])
+    metrics = tsne.report(runs).metrics
+    summary = mean_ci([0.40, 0.30], bounds=(0.0, 1.0))
+    assert metrics["mean_knn_acc_2d/perplexity_5"] == pytest.approx(0.35)
+    assert (metrics["mean_knn_acc_2d/perplexity_5/ci_low"], metrics["mean_knn_acc_2d/perplexity_5/ci_high"]) == pytest.approx(
+        (summary["low"], summary["high"]))
+    assert metrics["mean_knn_acc_2d/perplexity_10"] == pytest.approx(0.55)
+    assert metrics["knn_acc_2d/train_seed_0/perplexity_10"] == 0.50 and metrics["knn_acc_2d/train_seed_1/perplexity_5"] == 0.30
+    assert metrics["mean_knn_acc_features"] == pytest.approx(0.65) and metrics["knn_acc_features/train_seed_1"] == pytest.approx(0.6)
+    assert metrics["mean_test_acc"] == pytest.approx(0.8)
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    assert all(re.fullmatch(r"[\w\-. /:]+", name) for name in metrics), "MLflow-safe names"
+
+
 @pytest.mark.slow
 def test_tsne_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    try:
-        code = main([
-            str(SWEEPS / "tsne.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-            "--set", *TINY, f"source.model={tiny_trained_model}", "search.grid={settings.perplexity: [5, 10]}", "settings.dims=[2]",
-        ])
-    finally:
-        ray.shutdown()
-    assert code == 0
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True)
-    children = runs[runs["tags.fer_ray.role"] == "child"]
-    assert len(runs[runs["tags.fer_ray.role"] == "parent"]) == 1
+    sweep = run_sweep("tsne", tmp_path, monkeypatch, f"source.model={tiny_trained_model}",
+                      "search.grid={settings.perplexity: [5, 10]}", "settings.dims=[2]")
+    children = sweep.children
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}, "one trial per perplexity"
     assert sorted(children["params.settings.perplexity"].astype(float)) == [5.0, 10.0]
     assert children["metrics.trustworthiness_2d"].between(0, 1).all() and children["metrics.knn_acc_2d"].between(0, 1).all()
-    client = mlflow.MlflowClient(uri)
     for run_id in children["run_id"]:
-        artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "tsne")}
+        artifacts = sweep.artifacts(run_id, "tsne")
         assert {"tsne_2d.png", "tsne/embedding.npz"} <= artifacts and "tsne_3d.png" not in artifacts
 
-    folder = tmp_path / "reports" / "tsne"
-    report = (folder / "report.md").read_text()
+    report = sweep.report()
     for _, child in children.iterrows():
         row = f"| {float(child['params.settings.perplexity']):g} | {child['metrics.trustworthiness_2d']:.3f} [-] | {child['metrics.knn_acc_2d']:.3f} [-] |"
         assert row in report, row
-    assert (folder / "tsne_2d_by_perplexity.png").is_file() and "![tsne_2d_by_perplexity.png]" in report
+    assert (sweep.report_folder / "tsne_2d_by_perplexity.png").is_file() and "![tsne_2d_by_perplexity.png]" in report
+
+    # the parent run carries the headline numbers: one model, so its k-NN accuracy is the mean (no CI)
+    parent = sweep.parent_metrics()
+    for _, child in children.iterrows():
+        perplexity = f"{float(child['params.settings.perplexity']):g}"
+        assert parent[f"mean_knn_acc_2d/perplexity_{perplexity}"] == pytest.approx(child["metrics.knn_acc_2d"])
+        assert parent[f"knn_acc_2d/model_1/perplexity_{perplexity}"] == pytest.approx(child["metrics.knn_acc_2d"])
+        assert parent[f"mean_trustworthiness_2d/perplexity_{perplexity}"] == pytest.approx(child["metrics.trustworthiness_2d"])
+    assert parent["mean_knn_acc_features"] == pytest.approx(children["metrics.knn_acc_features"].iloc[0])
+    assert parent["mean_test_acc"] == pytest.approx(children["metrics.test_acc"].iloc[0])
+    assert not any(name.endswith("/ci_low") for name in parent), "one model: no interval over models"
 
 
 @pytest.mark.slow

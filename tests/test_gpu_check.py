@@ -44,6 +44,7 @@ def test_concurrency_count_of_run_intervals():
     assert module.max_overlap([]) == 0
 
 
+@pytest.mark.slow  # starts Ray or an MLflow server: out of `make test-fast`
 def test_trial_gpu_ids_name_the_shared_gpu_of_fractional_trials():
     import ray
 

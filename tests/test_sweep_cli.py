@@ -76,6 +76,7 @@ def test_safe_sweep_names_still_load(name):
     assert load_spec(QUICKSTART, [f"name={name}"]).name == name
 
 
+@pytest.mark.slow  # starts Ray or an MLflow server: out of `make test-fast`
 def test_tracking_server_down_exits_1(tmp_path):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))

@@ -277,6 +277,7 @@ def test_unreachable_server_fails_fast_naming_the_uri():
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.slow  # starts Ray or an MLflow server: out of `make test-fast`
 def test_real_server_round_trip(mlflow_server, tmp_path):
     tracker = Tracker(mlflow_server.uri, "fer_ray-server")
     tracker.check()

@@ -7,7 +7,7 @@ missing bound (NaN: one seed, one model) prints as ``-``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 
 def interval_text(low: float, high: float, digits: int = 3) -> str:
@@ -33,3 +33,21 @@ def model_label(train_seed, number: int) -> str:
     if train_seed is None or (isinstance(train_seed, float) and math.isnan(train_seed)):
         return f"model {number}"
     return f"train seed {int(train_seed)}"
+
+
+def source_labels(sources: Sequence[str], train_seeds: Sequence) -> dict[str, str]:
+    """Each distinct source model's name in tables, figures and metric names, in first-seen order:
+    ``train seed <s>`` (where it came from) when every source has one distinct known training seed,
+    else ``model <n>``. sources, train_seeds: one entry per trial (a seed None / NaN where unknown)."""
+    if len(sources) != len(train_seeds):
+        raise ValueError(f"sources ({len(sources)}) and train_seeds ({len(train_seeds)}) need one entry per trial")
+    seeds: dict[str, object] = {}
+    for source, seed in zip(sources, train_seeds):
+        known = seed is not None and not (isinstance(seed, float) and math.isnan(seed))
+        if known or source not in seeds:
+            seeds[source] = seed if known else seeds.get(source)
+    labels = {source: model_label(seed, number) for number, (source, seed) in enumerate(seeds.items(), start=1)}
+    if len(set(labels.values())) < len(labels) or any(seed is None for seed in seeds.values()):
+        labels = {source: model_label(None, number) for number, source in enumerate(seeds, start=1)}
+    return labels
+

@@ -53,6 +53,19 @@ def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] | None
     return {"mean": mean, "low": low, "high": high, "std": std, "n": n}
 
 
+def mean_ci_metrics(name: str, values, bounds: tuple[float, float] | None = None) -> dict[str, float]:
+    """A report's parent-run metrics for one quantity over models (or seeds): ``name`` = the mean,
+    and ``name/ci_low``, ``name/ci_high`` (mean_ci's 95 % interval, within ``bounds``) from two values
+    on. values: 1-D floats, NaNs dropped; none left: {}."""
+    summary = mean_ci(values, bounds=bounds)
+    if summary["n"] == 0:
+        return {}
+    metrics = {name: float(summary["mean"])}
+    if summary["n"] > 1:
+        metrics.update({f"{name}/ci_low": float(summary["low"]), f"{name}/ci_high": float(summary["high"])})
+    return metrics
+
+
 # ---------------------------------------------------------------------------------------------
 # Repeats and paired comparisons (noise / FGSM experiments)
 # ---------------------------------------------------------------------------------------------

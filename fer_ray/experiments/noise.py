@@ -35,7 +35,7 @@ from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
-from fer_ray.core.formatting import interval_text, model_label, summary_cell
+from fer_ray.core.formatting import interval_text, source_labels, summary_cell
 from fer_ray.core.group_stats import accuracy_ci
 from fer_ray.core.plots import prediction_labels
 from fer_ray.core.robustness import (
@@ -183,7 +183,7 @@ def report(table: TrialTable) -> Report:
     variances = sorted({v for record in table for v in record.settings.variances})
     runs = table.frame(settings=("noise_seed",)).rename(columns={"noise_seed": "_seed"})
     sources = runs["source_model"].fillna("model")
-    labels = _source_labels(sources, runs["train_seed"])
+    labels = source_labels(list(sources), list(runs["train_seed"]))
     runs["_model"] = sources.map(labels)
     lines = ["## Gaussian noise", "", "Variance and σ are in the [0,1] pixel space (σ·255 grey levels); noisy images are clipped to [0,1].", ""]
     figures: dict[str, object] = {}
@@ -195,18 +195,6 @@ def report(table: TrialTable) -> Report:
             lines += _repeats_section(runs, variance, figures, parent_metrics, table.settings)
     lines += _examples_section(table, figures)
     return Report("\n".join(lines) + "\n", figures, parent_metrics)
-
-
-def _source_labels(sources: pd.Series, train_seeds: pd.Series) -> dict[str, str]:
-    """Each source model's name in tables and figures: ``train seed <s>`` (where it came from) when
-    every source has a distinct known training seed, else ``model <n>`` in first-seen order."""
-    order = list(dict.fromkeys(sources))
-    seeds = {source: train_seeds[sources == source].dropna().iloc[0] if train_seeds[sources == source].notna().any() else None
-             for source in order}
-    labels = {source: model_label(seeds[source], number) for number, source in enumerate(order, start=1)}
-    if len(set(labels.values())) < len(labels) or any(seed is None for seed in seeds.values()):
-        labels = {source: model_label(None, number) for number, source in enumerate(order, start=1)}
-    return labels
 
 
 def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) -> list[str]:

@@ -16,7 +16,8 @@ the maps that have any mass; ``zero_maps_<map>``: how many maps were all zero (c
 averaged); ``selected_acc`` (fraction of the chosen images predicted right) and ``n_images``. A
 map kind whose resolution makes the central share uninformative (Grad-CAM at layer4 is 2x2 or
 smaller at 33-64 px inputs: bilinear upsampling then puts exactly the box's area in the box, for
-any map) gets no ``center_mass_<map>``; the tag ``fer_ray.center_mass_withheld`` says why.
+any map) gets no ``center_mass_<map>``; the tag ``fer_ray.center_mass_withheld`` says why. The report
+puts the means over models (and each model's central mass) on the parent run (parent_metrics).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from fer_ray.core.saliency_maps import (
     vanilla_saliency,
 )
 from fer_ray.core.saliency_plots import saliency_row_figure
-from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
+from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci, mean_ci_metrics
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
@@ -238,7 +239,30 @@ def report(table: TrialTable) -> Report:
         lines.append("| mean [95 % CI over models] | " + " | ".join(cells) + " |")
     if has_sources:
         lines += ["", *[f"- {label}: {source}" for label, source in zip(labels, runs["source_model"])]]
-    return Report("\n".join(lines) + "\n")
+    return Report("\n".join(lines) + "\n", metrics=parent_metrics(runs, columns, labels))
+
+
+def parent_metrics(runs, columns: list[str], labels: list[str]) -> dict[str, float]:
+    """The parent run's headline numbers: ``mean_<column>`` over models (one trial per model) for
+    center_mass_<map>, selected_acc and zero_maps_<map>, with ``/ci_low`` and ``/ci_high`` (95 % over
+    models; fractions within [0, 1]) from two models on; ``center_area`` (the central box's share of
+    the pixels, the same for every model: what an evenly spread map gives); and each model's
+    ``center_mass_<map>/<model>`` (``train_seed_0``, or ``model_1`` where the seed is unknown).
+    labels: the models' names in ``runs`` order."""
+    metrics: dict[str, float] = {}
+    for column in columns:
+        if column == "n_images":
+            continue
+        if column == "center_area":
+            metrics[column] = float(runs[column].iloc[0])
+            continue
+        bounds = None if column.startswith("zero_") else ACCURACY_BOUNDS
+        metrics.update(mean_ci_metrics(f"mean_{column}", runs[column].astype(float), bounds))
+        if column.startswith("center_mass_") and len(set(labels)) == len(labels):  # one trial per model
+            for label, value in zip(labels, runs[column].astype(float)):
+                if np.isfinite(value):
+                    metrics[f"{column}/{label.replace(' ', '_')}"] = float(value)
+    return metrics
 
 
 def _withheld_lines(table: TrialTable) -> list[str]:

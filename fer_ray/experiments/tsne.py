@@ -7,7 +7,8 @@ embedded by t-SNE in each of ``settings.dims`` (2 and/or 3). Per dimension the t
 k-NN expression accuracy in the embedding: a point's neighbours are other people's images only), a scatter plot ``tsne_<d>d.png`` (colour = expression,
 marker = settings.marker_by) and the coordinates (artifact ``tsne/embedding.npz``, which the report
 redraws side by side). ``knn_acc_features`` (the same k-NN in the full feature space) and
-``test_acc`` give the reference points.
+``test_acc`` give the reference points. The report puts the mean over models of each (per
+perplexity) and every model's k-NN accuracy on the parent run (parent_metrics).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from fer_ray.core.embedding import (
 from fer_ray.core.embedding_plots import embedding_figure, embedding_grid_figure
 from fer_ray.core.evaluate import classification_metrics, predict_proba
 from fer_ray.core.files import atomic_write
-from fer_ray.core.formatting import summary_cell
-from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
+from fer_ray.core.formatting import source_labels, summary_cell
+from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci, mean_ci_metrics
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
@@ -185,7 +186,36 @@ def report(table: TrialTable) -> Report:
     figures, missing = _side_by_side(table, cfg.marker_by)
     if missing:
         lines += ["", f"Embeddings missing from the artifact store for {missing} run(s): see each run's tsne_*d.png."]
-    return Report("\n".join(lines) + "\n", figures)
+    return Report("\n".join(lines) + "\n", figures, parent_metrics(runs, columns))
+
+
+def parent_metrics(runs: pd.DataFrame, columns: list[str]) -> dict[str, float]:
+    """The parent run's headline numbers, each a fraction in [0, 1]:
+
+    ``mean_<metric>/perplexity_<p>`` for every embedding metric (trustworthiness_<d>d, knn_acc_<d>d):
+    the mean over models at perplexity p, with ``/ci_low`` and ``/ci_high`` (95 % over models) when
+    there are several; ``knn_acc_<d>d/<model>/perplexity_<p>``: each model's leave-one-person-out
+    k-NN accuracy in the embedding (``<model>``: ``train_seed_0``, or ``model_1`` where the seed is
+    unknown); ``mean_knn_acc_features`` and ``mean_test_acc`` (mean over models; one model's
+    perplexities share these) and ``knn_acc_features/<model>``.
+    """
+    runs = runs.assign(_model=runs["source_model"].fillna("model"))
+    names = source_labels(list(runs["_model"]), list(runs["train_seed"]))
+    runs["_model"] = runs["_model"].map(lambda source: names[source].replace(" ", "_"))
+    metrics: dict[str, float] = {}
+    for column in columns:
+        if column in ("knn_acc_features", "test_acc"):  # the model's, whatever the perplexity
+            per_model = runs.groupby("_model", sort=False)[column].mean().dropna()
+            metrics.update(mean_ci_metrics(f"mean_{column}", per_model, ACCURACY_BOUNDS))
+            if column == "knn_acc_features":
+                metrics.update({f"{column}/{model}": float(value) for model, value in per_model.items()})
+            continue
+        for perplexity, group in runs.groupby("perplexity", sort=True):
+            per_model = group.groupby("_model", sort=False)[column].mean().dropna()
+            metrics.update(mean_ci_metrics(f"mean_{column}/perplexity_{perplexity:g}", per_model, ACCURACY_BOUNDS))
+            if column.startswith("knn_acc_"):
+                metrics.update({f"{column}/{model}/perplexity_{perplexity:g}": float(value) for model, value in per_model.items()})
+    return metrics
 
 
 def _mean_ci_cell(values: pd.Series) -> str:
