@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
 
 import trial_tables
 from conftest import TINY
+from e2e import run_sweep
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import EXPRESSIONS
 from fer_ray.core.evaluate import evaluate_model
@@ -18,9 +18,6 @@ from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import bias
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import resolve_spec
-from fer_ray.sweep import main
-
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 def _spec(*overrides: str):
@@ -124,31 +121,19 @@ def test_report_of_one_model_shows_its_subject_intervals_and_of_several_the_spre
 
 @pytest.mark.slow
 def test_bias_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    try:
-        code = main([str(SWEEPS / "bias.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-                     "--set", *TINY, f"source.model={tiny_trained_model}", "settings.n_boot=200", "settings.n_perm=200"])
-    finally:
-        ray.shutdown()
-    assert code == 0
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True)
-    parent = runs[runs["tags.fer_ray.role"] == "parent"].iloc[0]
-    [child] = [row for _, row in runs[runs["tags.fer_ray.role"] == "child"].iterrows()]
+    sweep = run_sweep("bias", tmp_path, monkeypatch, f"source.model={tiny_trained_model}", "settings.n_boot=200", "settings.n_perm=200")
+    parent = sweep.parent
+    [child] = [row for _, row in sweep.children.iterrows()]
     assert child["status"] == "FINISHED"
     assert child["metrics.n/gender/F"] + child["metrics.n/gender/M"] == child["metrics.n_test"]
     assert child["tags.fer_ray.bias_skipped"] == "race: not recorded by the dataset; angle: one group only (S)"
-    assert "bias_accuracy.png" in {a.path for a in mlflow.MlflowClient(uri).list_artifacts(child["run_id"])}
+    assert "bias_accuracy.png" in sweep.artifacts(child["run_id"])
     reference = json.loads(child[f"tags.{bias.TAG_REFERENCE}"])["gender"]
     other = "F" if reference == "M" else "M"
     assert parent[f"metrics.acc_diff/gender/{other}"] == pytest.approx(child[f"metrics.acc_diff/gender/{other}"])
 
-    folder = tmp_path / "reports" / "bias"
-    report = (folder / "report.md").read_text()
+    folder = sweep.report_folder
+    report = sweep.report()
     for group in ("F", "M"):
         name = f"gender/{group}"
         row = (f"| {group} | {child[f'metrics.people/{name}']:.0f} | {child[f'metrics.n/{name}']:.0f} | {child[f'metrics.acc/{name}']:.3f} | "
@@ -158,4 +143,4 @@ def test_bias_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     assert diff in report and f"| {child[f'metrics.p_value/gender/{other}']:.3g} |" in report
     assert "Skipped attributes: race: not recorded by the dataset; angle: one group only (S)." in report
     assert (folder / "bias_accuracy_by_group.png").is_file()
-    assert not any(c.startswith(("metrics.acc_gap", "metrics.acc_ratio")) for c in runs.columns)
+    assert not any(c.startswith(("metrics.acc_gap", "metrics.acc_ratio")) for c in sweep.runs.columns)

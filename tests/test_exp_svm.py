@@ -8,7 +8,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
@@ -16,6 +15,7 @@ from sklearn.model_selection import GridSearchCV
 
 import trial_tables
 from conftest import TINY
+from e2e import run_sweep
 from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.synthetic import synthetic_root
@@ -35,9 +35,7 @@ from fer_ray.experiments.svm import report as svm_report
 from fer_ray.experiments.svm import settings as svm_settings
 from fer_ray.experiments.svm import trial as svm_trial
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
-from fer_ray.sweep import main
 
-REPO = Path(__file__).resolve().parent.parent
 #: a small grid with ties (linear ignores gamma) and a gamma given as a number
 SMALL_GRID = {"C": [0.1, 10.0], "gamma": ["scale", 0.01], "kernel": ["rbf", "linear"]}
 
@@ -156,24 +154,10 @@ def test_bad_settings_name_the_keys(tiny_trained_model, tmp_path):
 
 @pytest.mark.slow
 def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = ["search.grid.settings.C=[1, 100]", "search.grid.settings.gamma=[scale]", "search.grid.settings.kernel=[rbf, linear]"]
-    try:
-        code = main([
-            str(REPO / "sweeps" / "svm.yaml"), "--num-cpus", "2", "--tracking-uri", uri, "--set", *TINY,
-            f"source.model={tiny_trained_model}", "settings.folds=3", "settings.pixel_size=16", *grid,
-        ])
-    finally:
-        ray.shutdown()
-    assert code == 0
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True)
-    parent = runs[runs["tags.fer_ray.role"] == "parent"].iloc[0]
-    children = runs[runs["tags.fer_ray.role"] != "parent"]
+    sweep = run_sweep("svm", tmp_path, monkeypatch, f"source.model={tiny_trained_model}", "settings.folds=3", "settings.pixel_size=16", *grid)
+    parent = sweep.parent
+    children = sweep.runs[sweep.runs["tags.fer_ray.role"] != "parent"]
     assert len(children) == 4 and set(children["status"]) == {"FINISHED"}, "2 C x 1 gamma x 2 kernels"
     assert children["metrics.cv_acc_split2"].between(0, 1).all()
 
@@ -188,12 +172,12 @@ def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     assert parent["metrics.cnn_test_acc"] == children["metrics.cnn_test_acc"].mean()
     assert children["metrics.untuned_test_acc"].nunique() == 1 and children["metrics.cnn_test_acc"].nunique() == 1
 
-    report_dir = tmp_path / "reports" / "svm"
-    report = (report_dir / "report.md").read_text()
+    report_dir = sweep.report_folder
+    report = sweep.report()
     for metric in ("cnn_test_acc", "svm_tuned_test_acc", "svm_untuned_test_acc"):
         assert f"{parent[f'metrics.{metric}']:.3f}" in report
     assert f"C={float(best['params.settings.C']):g}, gamma=scale, kernel={best['params.settings.kernel']}" in report
     for png in ("svm_cv_heatmap.png", "svm_vs_cnn.png", "svm_confusion_matrix.png"):
         assert (report_dir / png).stat().st_size > 1000
-    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(parent["run_id"], "report")}
+    artifacts = {a.path for a in sweep.client.list_artifacts(parent["run_id"], "report")}
     assert "report/svm_cv_heatmap.png" in artifacts and "report/svm_vs_cnn.png" in artifacts
