@@ -55,19 +55,37 @@ TINY = [
 ]
 
 
+@dataclass(frozen=True)
+class TinyTraining:
+    """One fine-tuning trial on the TINY data, run once per session: the trial, its LocalReporter
+    (folder = reporter.work_dir, artifacts, figures) and the metrics run() returned."""
+
+    trial: object
+    reporter: object
+    metrics: dict
+
+
 @pytest.fixture(scope="session")
-def tiny_trained_model(tmp_path_factory) -> Path:
-    """A fer_ray model file trained (2 epochs, no Ray/MLflow) on the TINY data; evaluation
-    experiments' tests load it as ``source.model=<path>`` with the same TINY data overrides."""
+def tiny_training(tmp_path_factory) -> TinyTraining:
+    """finetune.run (2 epochs, no Ray/MLflow) on the TINY data, shared by the session: the tests of
+    the fine-tuning trial read it, and tiny_trained_model is its model file."""
     from fer_ray.experiments import finetune
     from fer_ray.experiments.base import LocalReporter, Trial
     from fer_ray.orchestrate.spec import resolve_spec
 
     spec = resolve_spec({"name": "tiny", "experiment": "finetune"}, TINY)
-    folder = tmp_path_factory.mktemp("tiny_model")
+    reporter = LocalReporter(tmp_path_factory.mktemp("tiny_model"))
     trial = Trial(sweep="tiny", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings())
-    finetune.run(trial, LocalReporter(folder))
-    return folder / finetune.MODEL_FILE
+    return TinyTraining(trial=trial, reporter=reporter, metrics=finetune.run(trial, reporter))
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_model(tiny_training) -> Path:
+    """A fer_ray model file trained (2 epochs, no Ray/MLflow) on the TINY data; evaluation
+    experiments' tests load it as ``source.model=<path>`` with the same TINY data overrides."""
+    from fer_ray.experiments import finetune
+
+    return tiny_training.reporter.work_dir / finetune.MODEL_FILE
 
 
 def free_port() -> int:

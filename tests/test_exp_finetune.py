@@ -7,32 +7,27 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import predict_proba
 from fer_ray.core.group_stats import accuracy_ci
 from fer_ray.core.model_file import load_model
 from fer_ray.experiments import finetune
-from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.experiments.finetune_report import CONFUSION_DIR, CONFUSION_FILE
-from fer_ray.orchestrate.spec import resolve_spec
 
 
-def test_run_logs_a_subject_clustered_interval_of_its_test_accuracy(tmp_path):
-    spec = resolve_spec({"name": "t", "experiment": "finetune"}, TINY)
-    trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings())
-    reporter = LocalReporter(tmp_path)
-    metrics = finetune.run(trial, reporter)
-
+def test_run_logs_a_subject_clustered_interval_of_its_test_accuracy(tiny_training):
+    # the session's one TINY fine-tuning run (conftest): the trial, its reporter and run()'s metrics
+    trial, reporter, metrics = tiny_training.trial, tiny_training.reporter, tiny_training.metrics
+    folder = reporter.work_dir
     low, high = metrics["test_acc/ci_low"], metrics["test_acc/ci_high"]
     assert 0.0 <= low <= metrics["test_acc"] <= high <= 1.0
     # the interval is the one accuracy_ci gives for the saved model's predictions and the test people
     data = prepare_data(trial.data)
-    model = load_model(tmp_path / finetune.MODEL_FILE)[0]
+    model = load_model(folder / finetune.MODEL_FILE)[0]
     correct = (predict_proba(model, data.test.images).argmax(dim=1) == data.test.labels).numpy()
     assert np.mean(correct) == pytest.approx(metrics["test_acc"])
     assert (low, high) == pytest.approx(accuracy_ci(correct, data.dataset.identities[data.test.indices]))
     # the test confusion counts the report sums over seeds: one count per test image, diagonal = correct
-    assert (tmp_path / CONFUSION_FILE, CONFUSION_DIR) in reporter.artifacts
-    counts = np.array(json.loads((tmp_path / CONFUSION_FILE).read_text())["counts"])
+    assert (folder / CONFUSION_FILE, CONFUSION_DIR) in reporter.artifacts
+    counts = np.array(json.loads((folder / CONFUSION_FILE).read_text())["counts"])
     assert counts.sum() == len(correct) and np.trace(counts) == correct.sum()
