@@ -173,7 +173,7 @@ def test_copy_generator_scores_exactly_the_copy_baseline():
         background = np.round(np.array(person) * 255) / 255
         expected = 2 * 16 * np.sum(1.0 - background) / (3 * SIZE * SIZE)
         assert scores.l1_copy[index] == pytest.approx(expected, abs=1e-6)
-    # the copy sits nearest to its own person: the background dominates the embedding
+    # the copy sits nearest to its own person: the background colour dominates the face interior
     assert metrics["transfer_identity_top1"] == metrics["transfer_identity_top1_copy"] == 1.0
 
 
