@@ -42,7 +42,23 @@ rescaled to the target's true brightness (an oracle) has L1 0.039: exposure is t
 of the copy's error, and the L1-best guess for the target is the typical exposure. So the generator
 rescales each channel of the source by 1 + 0.25 tanh(linear(mean-pooled bottleneck)), a global path
 (from any one pixel the 3-stage conv U-Net sees only part of the backdrop that reveals the exposure),
-zero-initialised, learned by the same L1/L2 loss.
+zero-initialised, learned by the same L1/L2 loss. Measured on val people (prior, no critic loss, 40
+epochs): L1 gain over the copy 0.0060 [0.0040, 0.0076] with the head, 0.0056 [0.0037, 0.0073] without
+it: a small effect, kept because it costs nothing and is the right global path. The larger step was
+training longer without the critic loss: at 20 epochs with the critic loss (the first default) the
+L1 tied the copy (gain 0.0000 [-0.0029, 0.0023] on val).
+
+Measured on the embedded default's TEST people (sweeps/transfer.yaml, faces of version 2, 2026-12-03;
+classifier test_acc 0.786 [0.729-0.843]; copy baseline identity 0.613 [0.515-0.705], L1 0.056):
+prior + no critic loss (the val choice): target_acc 0.698 [0.613-0.776], identity_top1 0.814
+[0.694-0.919], L1 0.051, gain over the copy 0.0047 [0.0010, 0.0084]: every goal met (identity's
+interval reaches below 0.8). Prior + critic loss 0.1: target_acc 0.751, identity 0.707, L1 gain 0.0028
+[-0.0006, 0.0062] (NOT below the copy). Without the prior: target_acc 0.560 / 0.514. The previous
+code (20 epochs, critic loss 0.1, no exposure head) on the same faces and classifier: target_acc 0.725
+[0.676-0.763], L1 gain -0.0008 [-0.0043, 0.0024]. Sweep cost, ESTIMATED from CPU time measured per
+part (the run itself took 26 min wall on two cores loaded ~27 by other work): ~60 CPU-s for the
+classifier, 65-76 CPU-s per generator trial with the prior, two trials at a time: about 5 minutes on
+two quiet cores.
 
 First measurements (faces of version 1; sweeps/transfer.yaml, 2026-12-03, 4 trials in 5.4 min on 2
 shared cores including the classifier's training; classifier test_acc 0.521 [0.464-0.579]):
