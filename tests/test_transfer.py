@@ -31,6 +31,7 @@ from fer_ray.core.transfer import (
     translate,
 )
 from fer_ray.core.transfer_metrics import (
+    embed,
     mean_faces,
     score_cases,
     subject_mean_ci,
@@ -116,6 +117,15 @@ def test_generator_keeps_shape_and_range_and_starts_as_identity(size):
     assert torch.allclose(output, images, atol=1e-5)  # zero residual at initialisation
 
 
+def test_exposure_head_rescales_the_whole_source_per_channel():
+    generator = TransferGenerator(width=8)
+    with torch.no_grad():  # the residual stays zero (untrained); only the global gain path is set
+        generator.exposure.bias.copy_(torch.atanh(torch.tensor([0.04, 0.0, -0.08]) / 0.25))
+    images = 0.2 + 0.6 * torch.rand(2, 3, 16, 16)
+    expected = images * torch.tensor([1.04, 1.0, 0.92]).view(1, 3, 1, 1)
+    torch.testing.assert_close(generator(images, torch.tensor([0, 3])), expected)
+
+
 def test_changing_the_target_changes_the_output():
     torch.manual_seed(0)
     generator = TransferGenerator(width=8)
@@ -173,7 +183,7 @@ def test_copy_generator_scores_exactly_the_copy_baseline():
         background = np.round(np.array(person) * 255) / 255
         expected = 2 * 16 * np.sum(1.0 - background) / (3 * SIZE * SIZE)
         assert scores.l1_copy[index] == pytest.approx(expected, abs=1e-6)
-    # the copy sits nearest to its own person: the background dominates the embedding
+    # the copy sits nearest to its own person: the background colour dominates the face interior
     assert metrics["transfer_identity_top1"] == metrics["transfer_identity_top1_copy"] == 1.0
 
 
@@ -195,6 +205,20 @@ def test_oracle_generator_is_perfect_and_mean_baseline_is_hand_computed():
     f01 = np.array([s == "F01" for s in pairs.subject])
     assert scores.l1_mean[f01] == pytest.approx(np.abs(own - average).sum() * (SIZE * SIZE - 16) / (3 * SIZE * SIZE), abs=1e-6)
     assert metrics["transfer_l1_gain_mean"] > 0 and metrics["transfer_l1_gain_mean/subject_ci_low"] > 0
+
+
+def test_identity_embedding_ignores_brightness_hair_and_background_but_not_the_face_interior():
+    torch.manual_seed(0)
+    faces = 0.2 + 0.6 * torch.rand(2, 3, 48, 48)
+    brighter = faces * 1.06  # a photo's exposure gain
+    reframed = faces.clone()
+    reframed[:, :, :12] = 0.9  # hair / backdrop above the interior (rows 12..41, columns 12..35)
+    reframed[:, :, :, :12] = 0.1
+    torch.testing.assert_close(embed(brighter), embed(faces))
+    torch.testing.assert_close(embed(reframed), embed(faces))
+    mouth = faces.clone()
+    mouth[:, :, 34:40, 18:30] = 0.0  # an open mouth in the interior moves the embedding
+    assert (embed(mouth) - embed(faces)).norm(dim=1).min() > 0.5
 
 
 def test_subject_mean_ci_resamples_people_not_cases():

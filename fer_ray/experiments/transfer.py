@@ -33,7 +33,7 @@ from fer_ray.core.transfer import (
     train_generator,
     translate,
 )
-from fer_ray.core.transfer_metrics import score_cases, summarize
+from fer_ray.core.transfer_metrics import EMBEDDING, score_cases, summarize
 from fer_ray.core.transfer_plots import transfer_panel
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
@@ -85,7 +85,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     reporter.tags({
         "fer_ray.dataset_fingerprint": data.fingerprint,
         "fer_ray.protocol": data.protocol,
-        "fer_ray.transfer_embedding": "[0,1] image area-averaged to 16x16, Euclidean",
+        "fer_ray.transfer_embedding": EMBEDDING,
         "fer_ray.transfer_units": "L1: mean |difference| per pixel and channel in [0,1] space",
     })
     path = reporter.work_dir / GENERATOR_FILE
@@ -124,8 +124,8 @@ def report(table: TrialTable) -> Report:
         "",
         "Cases: every test image to every other expression (test people never seen by the generator)."
         " Intervals: 95 % cluster bootstrap over test people. L1 in [0,1] pixel space. Identity embedding:"
-        " the image area-averaged to 16x16 px, Euclidean (identity_top1_copy: the unchanged source's score, the"
-        " bar a generator that edits little clears for free). test_acc: the classifier on the real test photos."
+        f" the {EMBEDDING} (identity_top1_copy: the unchanged source's score, the"
+        " bar to clear; the real target photo scores 1). test_acc: the classifier on the real test photos."
         " Goals (issue 16): target_acc >= 0.6, identity_top1 >= 0.8 (point estimates, CI shown), L1 below each"
         " baseline with the 95 % CI of the per-person gain above 0.",
         "",
