@@ -140,14 +140,14 @@ def test_bad_spec_fails_with_key_path_and_exit_code_2(workdir, capsys):
     assert "train.lrr" in err and "did you mean 'lr'" in err
 
 
-def _running_mid_trial(uri: str, epochs: int) -> str | None:
-    """The run id of a RUNNING trial with some but not all of its epochs logged, once another trial has
-    FINISHED; else None."""
+def _running_mid_trial(uri: str, epochs: int, after_one_finished: bool = True) -> str | None:
+    """The run id of a RUNNING trial with some but not all of its epochs logged (once another trial has
+    FINISHED, unless not ``after_one_finished``); else None."""
     runs = _runs(uri)
     if runs.empty or "tags.fer_ray.role" not in runs:
         return None
     children = _children(runs)
-    if not (children["status"] == "FINISHED").any():
+    if after_one_finished and not (children["status"] == "FINISHED").any():
         return None
     client = mlflow.MlflowClient(uri)
     for run_id in children.loc[children["status"] == "RUNNING", "run_id"]:
@@ -219,6 +219,42 @@ def test_interrupted_sweep_closes_every_run_and_resumes_without_rerunning(workdi
         assert children.loc[run_id, "tags.fer_ray.attempts"] == "1"
         assert sorted(m.step for m in client.get_metric_history(run_id, "val_acc")) == list(range(1, epochs + 1))
     assert children.loc[running, "tags.fer_ray.attempts"] == "2", "the interrupted trial ran again, in its own run"
+
+
+def test_interrupt_during_an_evaluation_sweeps_training_stage_exits_130(workdir):
+    """Ctrl-C while the training stage of an evaluation sweep runs: the stage's runs are closed, the
+    summary names its trials, exit 130 (not 1 'training stage did not finish'), no evaluation starts."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    epochs = 3
+    args = [sys.executable, "-m", "fer_ray.sweep", str(SWEEPS / "evaluate.yaml"), "--num-cpus", "1", "--tracking-uri", uri,
+            "--set", *TINY, f"train.epochs={epochs}", "source.train_seeds=[0,1]"]  # fmt: skip
+    _runs(uri)  # create the MLflow tables now: two processes migrating one new sqlite file collide
+    with open(workdir / "driver.log", "w") as log:
+        driver = subprocess.Popen(args, cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 480
+        while time.time() < deadline and not (running := _running_mid_trial(uri, epochs, after_one_finished=False)):
+            assert driver.poll() is None, (workdir / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert running, "no training trial was mid-run within 480 s"
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    out = (workdir / "driver.log").read_text()
+    assert driver.returncode == 130, out[-3000:]
+    assert "did not finish" not in out
+    runs = _runs(uri)
+    parents = runs[runs["tags.fer_ray.role"] == "parent"]
+    assert list(parents["tags.fer_ray.sweep"]) == ["evaluate-train"], "no evaluation stage started"
+    assert list(parents["status"]) == ["KILLED"]
+    children = _children(runs).set_index("run_id")
+    assert children.loc[running, "status"] == "KILLED"
+    assert "RUNNING" not in set(children["status"])
+    seeds = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(("seed=0 ", "seed=1 "))}
+    assert set(seeds) == {"seed=0", "seed=1"}, out[-3000:]
+    assert seeds[children.loc[running, "tags.mlflow.runName"]] == "killed"
 
 
 def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray, capsys):

@@ -221,6 +221,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     if plan.training is not None:
         print(f"Training stage: {plan.training.name} ({len(plan.training.search.seeds)} model(s); reused later by hash)")
         outcome = run_stage(plan.training, None, None, tracker)
+        if outcome.interrupted:  # Ctrl-C: the caller prints the summary and exits 130
+            return outcome
         print(outcome.summary())
         if not outcome.all_succeeded:
             raise SweepFailed(f"training stage {plan.training.name} did not finish; its runs are under parent {outcome.parent_run_id}")
