@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
+from fer_ray.orchestrate.driver import saved_trials
 from fer_ray.orchestrate.spec import load_spec
 from fer_ray.sweep import main
 
@@ -156,6 +157,26 @@ def _running_mid_trial(uri: str, epochs: int, after_one_finished: bool = True) -
     return None
 
 
+def _interrupt_mid_trial(args: list[str], workdir: Path, uri: str, epochs: int, after_one_finished: bool) -> tuple[int, str, str]:
+    """Run the sweep command ``args`` in a subprocess and SIGINT it once _running_mid_trial() finds a
+    trial mid-run; (exit status, its output, that trial's run id)."""
+    _runs(uri)  # create the MLflow tables now: two processes migrating one new sqlite file collide
+    with open(workdir / "driver.log", "w") as log:
+        driver = subprocess.Popen(args, cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 480
+        while time.time() < deadline and not (running := _running_mid_trial(uri, epochs, after_one_finished)):
+            assert driver.poll() is None, (workdir / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert running, "no trial was mid-run within 480 s"
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return driver.returncode, (workdir / "driver.log").read_text(), running
+
+
 def test_interrupted_sweep_closes_every_run_and_resumes_without_rerunning(workdir):
     """SIGINT the driver while a trial runs, after another has finished: every run is closed (parent
     and the running trial KILLED), the summary names all four trials, exit 130; --resume completes the
@@ -165,23 +186,8 @@ def test_interrupted_sweep_closes_every_run_and_resumes_without_rerunning(workdi
     args = [sys.executable, "-m", "fer_ray.sweep", str(SWEEPS / "quickstart.yaml"), "--num-cpus", "1",
             "--tracking-uri", uri, "--set", *TINY, f"train.epochs={epochs}", "search.seeds=[0,1]",
             "search.max_concurrent=1"]  # Tune creates a trial only when one may start: the summary must name the rest
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    _runs(uri)  # create the MLflow tables now: two processes migrating one new sqlite file collide
-    with open(workdir / "driver.log", "w") as log:
-        driver = subprocess.Popen(args, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 480
-        while time.time() < deadline and not (running := _running_mid_trial(uri, epochs)):
-            assert driver.poll() is None, (workdir / "driver.log").read_text()[-3000:]
-            time.sleep(0.5)
-        assert running, "no trial was mid-run after another had finished within 480 s"
-        driver.send_signal(signal.SIGINT)
-        driver.wait(timeout=180)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    out = (workdir / "driver.log").read_text()
-    assert driver.returncode == 130, "an interrupted sweep exits 130 (128 + SIGINT)\n" + out[-3000:]
+    code, out, running = _interrupt_mid_trial(args, workdir, uri, epochs, after_one_finished=True)
+    assert code == 130, "an interrupted sweep exits 130 (128 + SIGINT)\n" + out[-3000:]
 
     # read back through MLflow: nothing is left RUNNING
     runs = _runs(uri)
@@ -201,11 +207,10 @@ def test_interrupted_sweep_closes_every_run_and_resumes_without_rerunning(workdi
     by_name = before.set_index("tags.mlflow.runName")["status"]
     expected = {name: {"FINISHED": "done", "KILLED": "killed"}.get(by_name.get(name), "not run") for name in names}
     assert summary == expected
-    from fer_ray.orchestrate.driver import saved_trials
-
     (tune_path,) = (workdir / "ray_results").iterdir()
     assert len(saved_trials(str(tune_path))) < 4, "some trials were never created: their names come from the grid"
 
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     resumed = subprocess.run(args + ["--resume"], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     runs = _runs(uri)
@@ -228,22 +233,8 @@ def test_interrupt_during_an_evaluation_sweeps_training_stage_exits_130(workdir)
     epochs = 3
     args = [sys.executable, "-m", "fer_ray.sweep", str(SWEEPS / "evaluate.yaml"), "--num-cpus", "1", "--tracking-uri", uri,
             "--set", *TINY, f"train.epochs={epochs}", "source.train_seeds=[0,1]"]  # fmt: skip
-    _runs(uri)  # create the MLflow tables now: two processes migrating one new sqlite file collide
-    with open(workdir / "driver.log", "w") as log:
-        driver = subprocess.Popen(args, cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 480
-        while time.time() < deadline and not (running := _running_mid_trial(uri, epochs, after_one_finished=False)):
-            assert driver.poll() is None, (workdir / "driver.log").read_text()[-3000:]
-            time.sleep(0.5)
-        assert running, "no training trial was mid-run within 480 s"
-        driver.send_signal(signal.SIGINT)
-        driver.wait(timeout=180)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    out = (workdir / "driver.log").read_text()
-    assert driver.returncode == 130, out[-3000:]
+    code, out, running = _interrupt_mid_trial(args, workdir, uri, epochs, after_one_finished=False)
+    assert code == 130, out[-3000:]
     assert "did not finish" not in out
     runs = _runs(uri)
     parents = runs[runs["tags.fer_ray.role"] == "parent"]
