@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply the sweep file's named override set (e.g. 'embedded'); 'none' = the file as written",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the trial plan and run nothing")
-    parser.add_argument("--resume", action="store_true", help="continue the latest interrupted run of this sweep")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the latest interrupted run of this sweep, with the spec it started with (a --set or sweep "
+        "file that now says otherwise is refused) and Tune state only from inside the configured storage",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the spec's tracking.uri)")
     parser.add_argument("--storage", default=None, help="Tune storage path or URI (default: the spec's storage.path)")

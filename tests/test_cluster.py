@@ -5,7 +5,7 @@ and, added on first use, two worker nodes with one CPU and one fake GPU each; tr
 and, with torch seeing no CUDA, train on CPU. MLflow is a real ``mlflow server`` process (sqlite
 backend, artifacts proxied to a temp folder) on 127.0.0.1. Checked: the driver refusing storage and
 tracking the workers cannot reach (head alone), trials spread over the workers with runs and artifacts
-through the server, a worker node removed mid-trial, the driver SIGKILLed mid-sweep, the server
+through the server, a worker node hard-killed mid-trial, the driver SIGKILLed mid-sweep, the server
 unreachable at start.
 """
 
@@ -374,7 +374,12 @@ def test_lost_worker_node_retries_the_trial_from_its_checkpoint(ray_cluster, mlf
             running = [i for aid, i in _trial_actors().items() if aid not in known_actors and i["State"] == "ALIVE"]
             assert len(running) == 1
             lost_node = running[0]["Address"]["NodeID"]
-            ray_cluster.cluster.remove_node(ray_cluster.workers()[lost_node])
+            # a hard kill (SIGKILL of the node's raylet; its workers exit at once), as when a machine is lost
+            ray_cluster.cluster.remove_node(ray_cluster.workers()[lost_node], allow_graceful=False)
+            time.sleep(1.0)
+            # every metric the lost attempt logged carries an earlier time (MLflow keeps the client's
+            # timestamp); the retry starts only once Ray has noticed the node is gone (seconds later)
+            killed_at_ms = int(time.time() * 1000)
     finally:
         driver.join(timeout=300)  # also after a failed assertion: the sweep must not outlive the test
     assert not driver.is_alive(), "the sweep did not finish after the node was lost"
@@ -388,10 +393,16 @@ def test_lost_worker_node_retries_the_trial_from_its_checkpoint(ray_cluster, mlf
     attempts = [i for aid, i in _trial_actors().items() if aid not in known_actors]
     assert len(attempts) == 2 and attempts[0]["Address"]["NodeID"] != attempts[1]["Address"]["NodeID"]
     assert run.data.tags["fer_ray.node_id"] in set(ray_cluster.workers()) - {lost_node}
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
-    # resumed, not restarted: epoch 1 ran once; every epoch is there, the last ones after the retry
-    assert steps.count(1) == 1, f"epoch 1 ran again after the node loss: steps {sorted(steps)}"
-    assert sorted(set(steps)) == list(range(1, epochs + 1))
+    history = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: (m.timestamp, m.step))
+    steps = [m.step for m in history]
+    # resumed, not restarted: the first attempt logged epochs 1..k (k >= 2: the node was lost after
+    # epoch 2 was logged), the retry continues after its last checkpoint (epoch 1 or later), once each
+    first = [m.step for m in history if m.timestamp < killed_at_ms]
+    retry = [m.step for m in history if m.timestamp >= killed_at_ms]
+    assert first == list(range(1, len(first) + 1)) and len(first) >= 2, f"steps {steps}"
+    assert retry and retry == list(range(retry[0], epochs + 1)), f"the retry did not run each remaining epoch once: {steps}"
+    assert 2 <= retry[0] <= len(first) + 1, f"the retry restarted instead of continuing from its checkpoint: {steps}"
+    assert steps.count(1) == 1, f"epoch 1 ran again after the node loss: steps {steps}"
     assert 0 <= run.data.metrics["test_acc"] <= 1
 
 
@@ -423,7 +434,8 @@ def test_killed_driver_resumes_on_the_cluster_without_duplicate_runs(ray_cluster
             driver.kill()
     parents, children = _runs(mlflow_server, experiment)
     assert [p.info.status for p in parents] == ["RUNNING"], "a SIGKILLed driver leaves its parent run open"
-    assert sum(c.info.status == "FINISHED" for c in children) == 1, "the kill came between the two trials"
+    (done,) = [c for c in children if c.info.status == "FINISHED"]  # the kill came between the two trials
+    done_history = {key: client.get_metric_history(done.info.run_id, key) for key in ("train_loss", "val_acc", "test_acc")}
 
     assert main([*sweep, "--resume"]) == 0  # a new driver, in this process, on the same cluster
     parents, children = _runs(mlflow_server, experiment)
@@ -431,6 +443,14 @@ def test_killed_driver_resumes_on_the_cluster_without_duplicate_runs(ray_cluster
     assert len(children) == 2, "two seeds, each recorded once"
     assert len({c.data.tags["fer_ray.trial_key"] for c in children}) == 2
     assert {c.info.status for c in children} == {"FINISHED"}
+    # the trial that had finished before the kill did not run again: one attempt, its history untouched
+    (after,) = [c for c in children if c.info.run_id == done.info.run_id]
+    assert after.data.tags["fer_ray.attempts"] == "1"
+    assert after.info.end_time == done.info.end_time
+    for key, history in done_history.items():
+        steps = [m.step for m in client.get_metric_history(done.info.run_id, key)]
+        assert len(steps) == len(set(steps)) == len(history), f"{key} logged again: steps {steps}"
+    assert sorted(m.step for m in done_history["val_acc"]) == [1, 2]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
+from fer_ray.orchestrate.driver import saved_trials
 from fer_ray.orchestrate.spec import load_spec
 from fer_ray.sweep import main
 
@@ -51,6 +52,10 @@ def local_ray():
 
 def test_quickstart_end_to_end(workdir, local_ray, capsys):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    stale = workdir / "reports" / "quickstart" / "old_figures"
+    stale.mkdir(parents=True)
+    (stale / "stale.png").write_bytes(b"from an earlier run")
+    (stale.parent / "stale.csv").write_text("from an earlier run\n")
     code = main([str(SWEEPS / "quickstart.yaml"), "--set", *TINY, "search.seeds=[0]", "--tracking-uri", uri, "--num-cpus", "2"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -82,6 +87,9 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
     assert f"{summary['test_acc'].iloc[0]:.3f}" in report
     parent_artifacts = {a.path for a in client.list_artifacts(parents["run_id"].iloc[0], "report")}
     assert "report/report.md" in parent_artifacts
+    # the report folder started empty: what an earlier run left there is gone, not on this parent run
+    assert not (workdir / "reports" / "quickstart" / "stale.csv").exists() and not stale.exists()
+    assert not {"report/stale.csv", "report/old_figures"} & parent_artifacts, parent_artifacts
     assert "Report:" in out and "quickstart" in out
 
     # the parent run, where the MLflow UI opens: note, what varied, the report's numbers and figures
@@ -133,40 +141,111 @@ def test_bad_spec_fails_with_key_path_and_exit_code_2(workdir, capsys):
     assert "train.lrr" in err and "did you mean 'lr'" in err
 
 
-def test_interrupted_sweep_resumes_without_duplicate_runs(workdir):
-    """SIGINT the driver once the first trial has finished; --resume completes the rest."""
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    args = [sys.executable, "-m", "fer_ray.sweep", str(SWEEPS / "quickstart.yaml"), "--num-cpus", "1",
-            "--tracking-uri", uri, "--set", *TINY, "train.epochs=3", "search.seeds=[0,1]"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _running_mid_trial(uri: str, epochs: int, after_one_finished: bool = True) -> str | None:
+    """The run id of a RUNNING trial with some but not all of its epochs logged (once another trial has
+    FINISHED, unless not ``after_one_finished``); else None."""
+    runs = _runs(uri)
+    if runs.empty or "tags.fer_ray.role" not in runs:
+        return None
+    children = _children(runs)
+    if after_one_finished and not (children["status"] == "FINISHED").any():
+        return None
+    client = mlflow.MlflowClient(uri)
+    for run_id in children.loc[children["status"] == "RUNNING", "run_id"]:
+        if 1 <= len(client.get_metric_history(run_id, "val_acc")) < epochs:
+            return run_id
+    return None
+
+
+def _interrupt_mid_trial(args: list[str], workdir: Path, uri: str, epochs: int, after_one_finished: bool) -> tuple[int, str, str]:
+    """Run the sweep command ``args`` in a subprocess and SIGINT it once _running_mid_trial() finds a
+    trial mid-run; (exit status, its output, that trial's run id)."""
     _runs(uri)  # create the MLflow tables now: two processes migrating one new sqlite file collide
-    driver = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(workdir / "driver.log", "w") as log:
+        driver = subprocess.Popen(args, cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            runs = _runs(uri)
-            if not runs.empty and (_children(runs)["status"] == "FINISHED").sum() >= 1:
-                break
-            time.sleep(1.0)
-        else:
-            pytest.fail("no trial finished within 240 s")
+        deadline = time.time() + 480
+        while time.time() < deadline and not (running := _running_mid_trial(uri, epochs, after_one_finished)):
+            assert driver.poll() is None, (workdir / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert running, "no trial was mid-run within 480 s"
         driver.send_signal(signal.SIGINT)
-        driver.wait(timeout=120)
+        driver.wait(timeout=180)
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert driver.returncode == 130, "an interrupted sweep exits 130 (128 + SIGINT)"
-    before = _children(_runs(uri))
-    assert (before["status"] == "FINISHED").sum() < 4, "the interrupt came before the sweep ended"
+    return driver.returncode, (workdir / "driver.log").read_text(), running
 
+
+def test_interrupted_sweep_closes_every_run_and_resumes_without_rerunning(workdir):
+    """SIGINT the driver while a trial runs, after another has finished: every run is closed (parent
+    and the running trial KILLED), the summary names all four trials, exit 130; --resume completes the
+    rest without running the finished trial again."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    epochs = 3
+    args = [sys.executable, "-m", "fer_ray.sweep", str(SWEEPS / "quickstart.yaml"), "--num-cpus", "1",
+            "--tracking-uri", uri, "--set", *TINY, f"train.epochs={epochs}", "search.seeds=[0,1]",
+            "search.max_concurrent=1"]  # Tune creates a trial only when one may start: the summary must name the rest
+    code, out, running = _interrupt_mid_trial(args, workdir, uri, epochs, after_one_finished=True)
+    assert code == 130, "an interrupted sweep exits 130 (128 + SIGINT)\n" + out[-3000:]
+
+    # read back through MLflow: nothing is left RUNNING
+    runs = _runs(uri)
+    (parent_status,) = runs.loc[runs["tags.fer_ray.role"] == "parent", "status"]
+    before = _children(runs).set_index("run_id")
+    assert parent_status == "KILLED"
+    assert before.loc[running, "status"] == "KILLED", "the trial running at the interrupt"
+    assert set(before["status"]) <= {"FINISHED", "KILLED"}, before["status"]
+    finished = list(before.index[before["status"] == "FINISHED"])
+    assert 1 <= len(finished) < 4
+
+    # the summary names every trial, those that never started too
+    names = {f"lr={lr},seed={seed}" for lr in ("0.001", "0.0003") for seed in (0, 1)}
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in names]
+    summary = {fields[0]: "not run" if fields[1:3] == ["not", "run"] else fields[1] for fields in rows}
+    assert set(summary) == names, out[-3000:]
+    by_name = before.set_index("tags.mlflow.runName")["status"]
+    expected = {name: {"FINISHED": "done", "KILLED": "killed"}.get(by_name.get(name), "not run") for name in names}
+    assert summary == expected
+    (tune_path,) = (workdir / "ray_results").iterdir()
+    assert len(saved_trials(str(tune_path))) < 4, "some trials were never created: their names come from the grid"
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     resumed = subprocess.run(args + ["--resume"], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     runs = _runs(uri)
-    children = _children(runs)
-    assert len(runs[runs["tags.fer_ray.role"] == "parent"]) == 1
+    children = _children(runs).set_index("run_id")
+    assert list(runs.loc[runs["tags.fer_ray.role"] == "parent", "status"]) == ["FINISHED"]
     assert len(children) == 4, "2 learning rates x 2 seeds, each recorded once"
     assert children["tags.fer_ray.trial_key"].nunique() == 4
     assert set(children["status"]) == {"FINISHED"}
+    client = mlflow.MlflowClient(uri)
+    for run_id in finished:  # not run again: one attempt, each epoch logged once
+        assert children.loc[run_id, "tags.fer_ray.attempts"] == "1"
+        assert sorted(m.step for m in client.get_metric_history(run_id, "val_acc")) == list(range(1, epochs + 1))
+    assert children.loc[running, "tags.fer_ray.attempts"] == "2", "the interrupted trial ran again, in its own run"
+
+
+def test_interrupt_during_an_evaluation_sweeps_training_stage_exits_130(workdir):
+    """Ctrl-C while the training stage of an evaluation sweep runs: the stage's runs are closed, the
+    summary names its trials, exit 130 (not 1 'training stage did not finish'), no evaluation starts."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    epochs = 3
+    args = [sys.executable, "-m", "fer_ray.sweep", str(SWEEPS / "evaluate.yaml"), "--num-cpus", "1", "--tracking-uri", uri,
+            "--set", *TINY, f"train.epochs={epochs}", "source.train_seeds=[0,1]"]  # fmt: skip
+    code, out, running = _interrupt_mid_trial(args, workdir, uri, epochs, after_one_finished=False)
+    assert code == 130, out[-3000:]
+    assert "did not finish" not in out
+    runs = _runs(uri)
+    parents = runs[runs["tags.fer_ray.role"] == "parent"]
+    assert list(parents["tags.fer_ray.sweep"]) == ["evaluate-train"], "no evaluation stage started"
+    assert list(parents["status"]) == ["KILLED"]
+    children = _children(runs).set_index("run_id")
+    assert children.loc[running, "status"] == "KILLED"
+    assert "RUNNING" not in set(children["status"])
+    seeds = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(("seed=0 ", "seed=1 "))}
+    assert set(seeds) == {"seed=0", "seed=1"}, out[-3000:]
+    assert seeds[children.loc[running, "tags.mlflow.runName"]] == "killed"
 
 
 def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray, capsys):

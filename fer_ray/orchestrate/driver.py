@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import os
+import posixpath
 import shutil
 import sys
 import tempfile
@@ -43,7 +44,7 @@ from fer_ray.orchestrate.model_sources import (
     model_sources,
     training_spec,
 )
-from fer_ray.orchestrate.spec import SweepSpec, rename_old_keys
+from fer_ray.orchestrate.spec import SpecError, SweepSpec, grid_points, rename_old_keys
 from fer_ray.orchestrate.tracking import (
     ROLE_PARENT,
     TAG_NOTE,
@@ -51,6 +52,7 @@ from fer_ray.orchestrate.tracking import (
     TAG_STOPPED_EARLY,
     TAG_SWEEP,
     Tracker,
+    flatten,
     tag_filter,
 )
 from fer_ray.orchestrate.trial import TRIAL_FINISHED, run_name, trial_key
@@ -63,6 +65,8 @@ from fer_ray.orchestrate.tune import (
 from fer_ray.orchestrate.weights import prefetch_weights
 
 SPEC_ARTIFACT = "spec.json"
+#: the parent run's tag holding where Tune keeps the sweep's state (what --resume restores)
+TAG_TUNE_PATH = "fer_ray.tune_path"
 
 
 class SweepFailed(RuntimeError):
@@ -217,6 +221,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     if plan.training is not None:
         print(f"Training stage: {plan.training.name} ({len(plan.training.search.seeds)} model(s); reused later by hash)")
         outcome = run_stage(plan.training, None, None, tracker)
+        if outcome.interrupted:  # Ctrl-C: the caller prints the summary and exits 130
+            return outcome
         print(outcome.summary())
         if not outcome.all_succeeded:
             raise SweepFailed(f"training stage {plan.training.name} did not finish; its runs are under parent {outcome.parent_run_id}")
@@ -239,19 +245,30 @@ def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tra
     else:
         tuner = tune.Tuner.restore(tune_path, trainable(spec, tracker, parent_id), resume_errored=True)
     _import_in_background("fer_ray.orchestrate.report")
-    results = tuner.fit()
-    rows = [_row(result) for result in results]
-    if was_interrupted(tune_path):
+    tuner.fit()
+    trials = saved_trials(tune_path)
+    started = _close_open_runs(trials, tracker, parent_id)
+    rows = [_row(trial, started) for trial in trials] + _unscheduled_rows(spec, trials)
+    if was_interrupted(trials):
         tracker.finish(parent_id, "KILLED")
         return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, None, rows, interrupted=True, experiment_id=tracker.experiment_id())
-    _close_open_runs(results, tracker, parent_id)
     from fer_ray.orchestrate.report import write_report
 
-    report_dir = write_report(spec, tracker, parent_id, Path("reports") / spec.name)
+    report_dir = write_report(spec, tracker, parent_id, _emptied(Path("reports") / spec.name))
     if spec.register:
         print(register_best(tracker, parent_id, spec.register))
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
     return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows, experiment_id=tracker.experiment_id())
+
+
+def _emptied(folder: Path) -> Path:
+    """``folder``, removed with everything in it: a sweep's report folder starts empty, so files an
+    earlier run left there are never uploaded to this run's parent (write_report logs the whole folder)."""
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+    return folder
 
 
 def _start_ray_and_tracking(tracker: Tracker, address: str | None, num_cpus: int | None) -> None:
@@ -292,7 +309,7 @@ def _open_parent(spec: SweepSpec, tracker: Tracker, run_name: str, tune_path: st
         spec.name,
         sweep_id=run_name,
         tags={
-            "fer_ray.tune_path": tune_path,
+            TAG_TUNE_PATH: tune_path,
             "fer_ray.experiment": spec.experiment,
             "fer_ray.profile": spec.profile,
             "fer_ray.protocol": spec.data.split.protocol,
@@ -321,8 +338,20 @@ def varied_params(spec: SweepSpec) -> dict[str, str]:
     return {key: value if isinstance(value, (str, int)) else json.dumps(value, default=str) for key, value in varied.items()}
 
 
+class ResumeRefused(SpecError):
+    """``--resume`` cannot continue this sweep as asked (nothing started); the message says why and what
+    to do. A SpecError: the command line answers it with exit status 2."""
+
+
 def _find_resumable(spec: SweepSpec, tracker: Tracker) -> tuple[SweepSpec, str, str]:
-    """The latest parent run of this sweep that did not finish, its stored spec and Tune path."""
+    """The latest parent run of this sweep that did not finish, its stored spec and Tune path.
+
+    ``spec`` is the sweep as this command gives it. Refused (ResumeRefused): a Tune path outside the
+    storage ``spec`` configures (restoring unpickles Tune's files from there, and the path comes from
+    an MLflow tag anyone with access to the tracking server can set), and a sweep file, ``--profile``
+    or ``--set`` that now says otherwise than the stored spec (a resumed sweep keeps the spec it
+    started with).
+    """
     runs = tracker.find_runs(f"{tag_filter(TAG_ROLE, ROLE_PARENT)} and {tag_filter(TAG_SWEEP, spec.name)}")
     unfinished = [r for r in runs if r.info.status != "FINISHED"]
     if not unfinished:
@@ -331,53 +360,129 @@ def _find_resumable(spec: SweepSpec, tracker: Tracker) -> tuple[SweepSpec, str, 
             f"(experiment {tracker.experiment}); run it without --resume"
         )
     latest = max(unfinished, key=lambda r: r.info.start_time)
-    tune_path = latest.data.tags["fer_ray.tune_path"]
+    run_id = latest.info.run_id
+    tune_path = latest.data.tags.get(TAG_TUNE_PATH, "")
+    storage = absolute_storage(spec.storage.path)
+    if not inside_storage(tune_path, storage):
+        raise ResumeRefused(
+            f"--resume: run {run_id} of sweep {spec.name!r} keeps its Tune state at {tune_path!r} (tag {TAG_TUNE_PATH}), "
+            f"which is not inside the configured storage {storage} (storage.path / --storage). Nothing was restored: "
+            "restoring unpickles files from that folder. If it is yours, pass --storage with the folder that holds it"
+        )
     if not tune.Tuner.can_restore(tune_path):
-        raise SweepFailed(f"--resume: Tune state {tune_path} of run {latest.info.run_id} cannot be restored (missing or incomplete)")
+        raise SweepFailed(f"--resume: Tune state {tune_path} of run {run_id} cannot be restored (missing or incomplete)")
     with tempfile.TemporaryDirectory() as folder:
-        stored = tracker.download_artifact(latest.info.run_id, SPEC_ARTIFACT, Path(folder))
-        spec = SweepSpec.model_validate(rename_old_keys(json.loads(Path(stored).read_text()), f"run {latest.info.run_id} {SPEC_ARTIFACT}"))
-    return spec, latest.info.run_id, tune_path
+        stored = tracker.download_artifact(run_id, SPEC_ARTIFACT, Path(folder))
+        stored_spec = SweepSpec.model_validate(rename_old_keys(json.loads(Path(stored).read_text()), f"run {run_id} {SPEC_ARTIFACT}"))
+    changed = changed_on_resume(spec, stored_spec)
+    if changed:
+        raise ResumeRefused(
+            f"--resume: sweep {spec.name!r} resumes with the spec it started with ({SPEC_ARTIFACT} of run {run_id}), "
+            f"but the sweep file, --profile or --set now say otherwise: {'; '.join(changed)}. "
+            "Drop those changes to resume, or run without --resume to start a new sweep with them"
+        )
+    return stored_spec, run_id, tune_path
 
 
-def was_interrupted(tune_path: str) -> bool:
-    """True when Tune stopped on Ctrl-C (SIGINT) with trials left to run.
+def changed_on_resume(given: SweepSpec, stored: SweepSpec) -> list[str]:
+    """Where ``given`` (this command's spec) differs from ``stored`` (the resumed run's), as
+    ``key: started with A, now B`` lines. Not compared: tracking and storage (where the sweep is found;
+    the same places may be written differently) and keys only the stored spec has (the driver adds an
+    evaluation sweep's models to its grid as ``source.model``)."""
+    now = flatten(given.model_dump(mode="json"))
+    before = flatten(stored.model_dump(mode="json"))
+    return [
+        f"{key}: started with {before.get(key)!r}, now {value!r}"
+        for key, value in now.items()
+        if not key.startswith(("tracking.", "storage.")) and before.get(key) != value
+    ]
 
-    After an interrupt Tune marks every trial TERMINATED in memory, so the returned ResultGrid cannot
-    tell an interrupted trial from one that ASHA stopped; the experiment state Tune saved can: there
-    the unfinished trials are still PENDING or RUNNING.
+
+def inside_storage(tune_path: str, storage: str) -> bool:
+    """True when ``tune_path`` lies strictly inside ``storage`` (a local path or URI, e.g. s3://bucket/p):
+    same scheme, host and query (an s3 ``endpoint_override`` names the server), and a path below the
+    storage's path once ``..`` and, locally, symbolic links are resolved."""
+    path, root = _location(tune_path), _location(storage)
+    return path[:3] == root[:3] and path[3].startswith(root[3].rstrip("/") + "/")
+
+
+def _location(path_or_uri: str) -> tuple[str, str, str, str]:
+    """(scheme, host, query, normalised path); a plain path and a file:// URI are both ("file", "", "", path)."""
+    if "://" not in path_or_uri:
+        return "file", "", "", str(Path(path_or_uri).resolve())
+    parts = urllib.parse.urlsplit(path_or_uri)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost") and not parts.query:
+        return "file", "", "", str(Path(urllib.parse.unquote(parts.path)).resolve())
+    return parts.scheme, parts.netloc, parts.query, posixpath.normpath(parts.path or "/")
+
+
+def saved_trials(tune_path: str) -> list:
+    """Every trial of the Tune experiment at ``tune_path`` as Tune saved it last (``ray.tune``'s Trial:
+    config = its flat dotted values, status, last_result).
+
+    After an interrupt Tune marks every trial TERMINATED in memory, and the ResultGrid of a trial that
+    never reported has no config; the saved state has both: there the unfinished trials are still
+    PENDING or RUNNING (a trial running at the interrupt is saved as PENDING).
     """
     quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it warns about every trial that never wrote a result
     try:
-        saved = tune.ExperimentAnalysis(tune_path)
+        return tune.ExperimentAnalysis(tune_path).trials
     finally:
         quiet.setLevel(level)
-    return any(trial.status not in ("TERMINATED", "ERROR") for trial in saved.trials)
 
 
-def _close_open_runs(results, tracker: Tracker, parent_id: str) -> None:
-    """Close the child runs their trials left open: FAILED for an error, KILLED + tag
-    ``fer_ray.stopped_early`` for a trial the scheduler (ASHA) stopped."""
+def was_interrupted(trials: list) -> bool:
+    """True when Tune stopped on Ctrl-C (SIGINT) with trials left to run (``trials``: saved_trials())."""
+    return any(trial.status not in ("TERMINATED", "ERROR") for trial in trials)
+
+
+def _close_open_runs(trials: list, tracker: Tracker, parent_id: str) -> set[str]:
+    """Close every child run its trial left open: FAILED for an error; KILLED + tag
+    ``fer_ray.stopped_early`` for a trial the scheduler (ASHA) stopped; KILLED for a trial an interrupt
+    (Ctrl-C) stopped while it ran, and for any other run still open (Tune is done with every trial).
+    Returns the trial keys that have a child run: the trials that started."""
     children = tracker.children(parent_id)
     if children.empty:
-        return
+        return set()
+    keys = children["tags.fer_ray.trial_key"]
     open_runs = children[children["status"] != "FINISHED"].set_index("tags.fer_ray.trial_key")["run_id"]
-    for result in results:
-        run_id = open_runs.get(trial_key(result.config or {}))
-        if run_id is None:
-            continue
-        if result.error is not None:
+    status_of = {trial_key(trial.config or {}): trial.status for trial in trials}
+    for key, run_id in open_runs.items():
+        status = status_of.get(key)
+        if status == "ERROR":
             tracker.finish(run_id, "FAILED")
-        else:
+            continue
+        if status == "TERMINATED":
             tracker.set_tags(run_id, {TAG_STOPPED_EARLY: "true"})
-            tracker.finish(run_id, "KILLED")
+        tracker.finish(run_id, "KILLED")
+    return set(keys.dropna())
 
 
-def _row(result) -> dict[str, Any]:
-    """A trial's line in the end-of-sweep summary. "done": the trial reported TRIAL_FINISHED (Tune's
-    own ``done`` is also set on a trial the scheduler stopped, so it cannot tell them apart)."""
-    metrics = dict(result.metrics or {})
-    status = "error" if result.error is not None else "done" if metrics.get(TRIAL_FINISHED) else "stopped" if metrics else "not run"
-    return {"name": run_name(result.config or {}), "status": status, "metrics": metrics}
+def _row(trial, started: set[str]) -> dict[str, Any]:
+    """A trial's line in the end-of-sweep summary, named like its MLflow run. "done": the trial reported
+    TRIAL_FINISHED (Tune's own ``done`` is also set on a trial the scheduler stopped, so it cannot tell
+    them apart); "stopped": the scheduler stopped it; after an interrupt "killed" when it had started
+    (its run in ``started``), else "not run"."""
+    config = trial.config or {}
+    metrics = dict(trial.last_result or {})
+    if trial.status == "ERROR":
+        status = "error"
+    elif metrics.get(TRIAL_FINISHED):
+        status = "done"
+    elif trial.status == "TERMINATED":
+        status = "stopped"
+    else:
+        status = "killed" if trial_key(config) in started else "not run"
+    return {"name": run_name(config), "status": status, "metrics": metrics}
+
+
+def _unscheduled_rows(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:
+    """Summary lines ("not run") for the trials of the sweep that Tune had not created when it stopped
+    (an interrupt): a grid sweep's missing grid points by name, an Optuna sweep's samples not yet drawn."""
+    if spec.search.optuna is not None:
+        missing = spec.search.optuna.num_samples - len(trials)
+        return [{"name": "(not sampled yet)", "status": "not run", "metrics": {}}] * max(missing, 0)
+    created = {trial_key(trial.config or {}) for trial in trials}
+    return [{"name": run_name(point), "status": "not run", "metrics": {}} for point in grid_points(spec) if trial_key(point) not in created]

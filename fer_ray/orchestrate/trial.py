@@ -18,6 +18,7 @@ from typing import Any
 
 import mlflow.artifacts
 import ray
+from mlflow.entities import Run
 from ray import tune
 
 from fer_ray.experiments import get_experiment
@@ -32,11 +33,14 @@ from fer_ray.orchestrate.mlflow_model import (
 from fer_ray.orchestrate.model_sources import TAG_TRAIN_HASH, training_hash
 from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.tracking import (
+    TAG_PARENT,
     TAG_SOURCE_MODEL,
     TAG_SOURCE_RUN,
+    TAG_TRIAL_KEY,
     TAG_TRIAL_VALUES,
     Tracker,
     flatten,
+    tag_filter,
 )
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -165,6 +169,16 @@ def gpu_ids() -> str:
     return ",".join(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
 
 
+def finished_run(tracker: Tracker, parent_id: str, key: str) -> Run | None:
+    """The FINISHED child run of trial ``key`` under ``parent_id``, or None. Tune saves its state at
+    checkpoints and every ~10 s, so a driver killed just after a trial's end can leave that trial
+    RUNNING in the saved state, and ``--resume`` starts it again."""
+    runs = tracker.find_runs(
+        f"{tag_filter(TAG_PARENT, parent_id)} and {tag_filter(TAG_TRIAL_KEY, key)} and attributes.status = 'FINISHED'"
+    )
+    return runs[0] if runs else None
+
+
 def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, parent_id: str) -> None:
     """The Tune trainable: config = this trial's values (flat dotted keys, grid and Optuna alike);
     the sweep's validated spec arrives via the object store."""
@@ -173,6 +187,10 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
     overrides = dict(config)
     spec = trial_spec(spec, overrides)
     key = trial_key(overrides)
+    finished = finished_run(tracker, parent_id, key)
+    if finished is not None:  # ran to the end before the driver died: report it, never run it again
+        tune.report({**finished.data.metrics, TRIAL_FINISHED: True, "mlflow_run_id": finished.info.run_id})
+        return
     run_id = tracker.child_run(
         parent_id,
         key,
