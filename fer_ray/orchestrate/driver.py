@@ -38,11 +38,11 @@ from fer_ray.orchestrate.cluster import (
 )
 from fer_ray.orchestrate.mlflow_model import register_best
 from fer_ray.orchestrate.model_sources import (
-    check_source,
     find_models,
     model_sources,
     training_spec,
 )
+from fer_ray.orchestrate.preflight import run_preflight
 from fer_ray.orchestrate.spec import SweepSpec, rename_old_keys
 from fer_ray.orchestrate.tracking import (
     ROLE_PARENT,
@@ -53,14 +53,13 @@ from fer_ray.orchestrate.tracking import (
     Tracker,
     tag_filter,
 )
-from fer_ray.orchestrate.trial import TRIAL_FINISHED, run_name, trial_key
+from fer_ray.orchestrate.trial import TRIAL_FINISHED, TRIAL_INPUT_ERROR, run_name, trial_key
 from fer_ray.orchestrate.tune import (
     build_tuner,
     set_tune_environment,
     trainable,
     trial_plan,
 )
-from fer_ray.orchestrate.weights import prefetch_weights
 
 SPEC_ARTIFACT = "spec.json"
 
@@ -203,9 +202,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     the plan has one, then the sweep over every model."""
     tracker = tracker_for(spec)
     experiment = get_experiment(spec.experiment)
-    if experiment.evaluates_model:
-        check_source(spec, tracker)  # before Ray starts
-    prefetch_weights(spec)
+    for line in run_preflight(spec, tracker):  # before Ray starts, any MLflow run or Tune folder: bad input exits 2
+        print(f"pre-flight: {line}")
     _start_ray_and_tracking(tracker, address, num_cpus)
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
     check_storage_for_cluster(spec.storage.path, nodes)
@@ -368,7 +366,7 @@ def _close_open_runs(results, tracker: Tracker, parent_id: str) -> None:
         run_id = open_runs.get(trial_key(result.config or {}))
         if run_id is None:
             continue
-        if result.error is not None:
+        if result.error is not None or TRIAL_INPUT_ERROR in (result.metrics or {}):
             tracker.finish(run_id, "FAILED")
         else:
             tracker.set_tags(run_id, {TAG_STOPPED_EARLY: "true"})
@@ -379,5 +377,6 @@ def _row(result) -> dict[str, Any]:
     """A trial's line in the end-of-sweep summary. "done": the trial reported TRIAL_FINISHED (Tune's
     own ``done`` is also set on a trial the scheduler stopped, so it cannot tell them apart)."""
     metrics = dict(result.metrics or {})
-    status = "error" if result.error is not None else "done" if metrics.get(TRIAL_FINISHED) else "stopped" if metrics else "not run"
+    failed = result.error is not None or TRIAL_INPUT_ERROR in metrics  # an exception, or bad input (never retried)
+    status = "error" if failed else "done" if metrics.get(TRIAL_FINISHED) else "stopped" if metrics else "not run"
     return {"name": run_name(result.config or {}), "status": status, "metrics": metrics}

@@ -33,11 +33,12 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fer_ray.core.config import DataConfig, ModelConfig, Strict, TrainConfig
+from fer_ray.core.errors import InputError
 from fer_ray.experiments import experiment_names, get_experiment
 from fer_ray.experiments.base import Trial
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A sweep file or override that cannot run: the message names where and why."""
 
 

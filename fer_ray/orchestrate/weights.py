@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fer_ray.core.models import WeightsError, ensure_imagenet_weights
 from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.spec import SpecError, SweepSpec
 
@@ -32,6 +31,8 @@ def imagenet_archs(spec: SweepSpec) -> list[str]:
 
 def prefetch_weights(spec: SweepSpec, progress: bool = True) -> list[Path]:
     """The cached ImageNet weight files of the sweep, fetched when missing; SpecError when that fails."""
+    from fer_ray.core.models import WeightsError, ensure_imagenet_weights  # torch: only when a sweep runs
+
     try:
         return [ensure_imagenet_weights(arch, progress) for arch in imagenet_archs(spec)]
     except WeightsError as error:
