@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -58,7 +57,6 @@ from fer_ray.orchestrate.tune import (
     build_tuner,
     set_tune_environment,
     trainable,
-    trial_plan,
 )
 
 SPEC_ARTIFACT = "spec.json"
@@ -153,26 +151,6 @@ def experiment_path(storage: str, run_name: str) -> str:
 def tracker_for(spec: SweepSpec) -> Tracker:
     """The sweep's MLflow target (a relative sqlite path becomes absolute, so workers agree)."""
     return Tracker(uri=spec.tracking.uri, experiment=spec.tracking.experiment)
-
-
-def dry_run(spec: SweepSpec, num_cpus: int | None = None) -> str:
-    """The trial plan as text; starts nothing (concurrency is counted on this machine's CPUs, or
-    ``num_cpus``)."""
-    cpus = float(num_cpus or os.cpu_count() or 1)
-    plan = trial_plan(spec, cpus)
-    lines = [
-        f"Sweep {spec.name} ({spec.experiment}), profile {spec.profile}: {plan.n_trials} trials",
-        f"  resources per trial: {plan.resources['cpu']:g} CPU, {plan.resources['gpu']:g} GPU"
-        f"  -> up to {plan.concurrent} at once on {cpus:g} local CPUs",
-        f"  data: {spec.data.dataset} at {spec.data.image_size} px, split by {spec.data.split.by}",
-        f"  model: {spec.model.arch} (weights {spec.model.weights}), {spec.train.epochs} epochs",
-        "  varies:",
-        *[f"    {key}: {values}" for key, values in plan.varying.items()],
-        f"  rough cost: {plan.rough_cost}",
-        f"  tracking: {spec.tracking.uri} (experiment {spec.tracking.experiment}); storage: {spec.storage.path}",
-        "Nothing was run (--dry-run).",
-    ]
-    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
