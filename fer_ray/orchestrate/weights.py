@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.spec import SpecError, SweepSpec
 
 
 def imagenet_archs(spec: SweepSpec) -> list[str]:
     """The architectures whose ImageNet weights the sweep's trials (or its training stage) build."""
-    if get_experiment(spec.experiment).evaluates_model and spec.source.model != "train":
+    if spec.evaluates_model and spec.source.model != "train":
         return []  # it evaluates a trained model: no backbone is built from ImageNet weights
     def values(key: str, default: str) -> list[str]:  # what a grid or an Optuna choice can give ``key``
         space = spec.search.optuna.space if spec.search.optuna else {}
