@@ -8,6 +8,10 @@ names the file, key or value and says what to do. A sweep that runs builds the t
 ``--dry-run`` (``prepare=False``) checks the same things without torch: it decodes each file with
 PIL unless the cache already holds them, and fetches nothing.
 
+On a multi-machine cluster the driver's node is checked (the data must be readable where the sweep
+starts, as every node must read it); each other node still builds its own cache once, under
+core.files.node_cached's lock, on its first trial.
+
 Nothing here imports torch, ray or mlflow at module level (``--dry-run`` must answer in seconds).
 """
 
