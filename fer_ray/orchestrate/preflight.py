@@ -30,7 +30,7 @@ from fer_ray.core.data.fingerprint import tensor_store
 from fer_ray.core.data.records import DataError, FaceDataset
 from fer_ray.orchestrate.model_sources import check_source
 from fer_ray.orchestrate.spec import SpecError, SweepSpec, trial_spec
-from fer_ray.orchestrate.weights import imagenet_archs
+from fer_ray.orchestrate.weights import IMAGENET_FILES, hub_checkpoints, imagenet_archs
 
 if TYPE_CHECKING:
     from fer_ray.orchestrate.tracking import Tracker
@@ -98,8 +98,10 @@ def check_weights(spec: SweepSpec, fetch: bool) -> list[str]:
         from fer_ray.orchestrate.weights import prefetch_weights  # imports torch: only for a sweep that runs
 
         lines += [f"model.weights: imagenet {arch}: {path}" for arch, path in zip(archs, prefetch_weights(spec))]
-    elif archs:
-        lines.append(f"model.weights: imagenet {', '.join(archs)}: checked (fetched when missing) at start")
+    for arch in archs if not fetch else []:
+        path = hub_checkpoints() / IMAGENET_FILES[arch]
+        found = "found (its hash is checked at start)" if path.is_file() else "missing: fetched at start when online, else place the file there"
+        lines.append(f"model.weights: imagenet {arch}: {path} {found}")
     return lines
 
 
