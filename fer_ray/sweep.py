@@ -68,13 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
 
-    # Imported here so --help and spec errors answer without starting Ray.
-    from fer_ray.orchestrate.driver import SweepFailed, dry_run, run_sweep
+    if args.dry_run:  # imports no Ray, MLflow or torch: it answers in about a second
+        from fer_ray.orchestrate.dry_run import dry_run
+
+        try:
+            print(dry_run(spec, num_cpus=args.num_cpus))
+        except SpecError as err:  # the pre-flight found bad input
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
+
+    # Imported here so --help, spec errors and --dry-run answer without starting Ray.
+    from fer_ray.orchestrate.driver import SweepFailed, run_sweep
     from fer_ray.orchestrate.tracking import TrackingError
 
-    if args.dry_run:
-        print(dry_run(spec, num_cpus=args.num_cpus))
-        return EXIT_OK
     try:
         outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
     except SpecError as err:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fer_ray.experiments import REGISTRY, experiment_names, get_experiment
+from fer_ray.experiments import REGISTRY, evaluates_model, experiment_names, get_experiment, settings_model
 from fer_ray.experiments.base import Trial
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
@@ -33,6 +33,8 @@ def test_registered_experiment_describes_itself(name):
     experiment = get_experiment(name)
     assert isinstance(experiment, Experiment) and experiment.name == name
     experiment.settings.model_validate({})  # the defaults validate: a sweep file may omit the section
+    # what a sweep file is validated by without importing the experiment (experiments/settings.py)
+    assert experiment.settings is settings_model(name) and experiment.evaluates_model == evaluates_model(name)
     run = inspect.signature(experiment.run)
     assert list(run.parameters) == ["trial", "reporter"], f"{REGISTRY[name]}.run{run}"
     if experiment.report is not None:

@@ -98,3 +98,21 @@ def test_read_dataset_dispatches_folder(tmp_path):
     _image(tmp_path / "sad" / "b.png")
     dataset = read_dataset(DataConfig(dataset="folder", root=tmp_path))
     assert dataset.classes == ("happy", "sad") and len(dataset) == 2
+
+
+def test_listing_equals_torchvisions_image_folder_listing(tmp_path):
+    """folder.list_images is torchvision's make_dataset written out (so reading needs no torch): same
+    extensions, same order, nested folders and odd-case extensions included."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from fer_ray.core.data.folder import IMG_EXTENSIONS as OURS
+    from fer_ray.core.data.folder import list_images
+
+    for relative in ["b/x2.PNG", "b/x1.jpg", "b/deep/z.webp", "b/deep/a.txt", "a/q.TIFF", "a/p.bmp", "c/readme.md"]:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    folders = {"a": 0, "b": 1, "c": 2}
+    assert OURS == IMG_EXTENSIONS
+    expected = make_dataset(str(tmp_path), folders, extensions=IMG_EXTENSIONS, allow_empty=True)
+    assert list_images(tmp_path, folders) == expected
+    assert len(expected) == 5

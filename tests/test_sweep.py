@@ -124,14 +124,14 @@ def test_dry_run_prints_the_plan_and_runs_nothing(workdir, capsys):
     assert code == 0
     assert "15 trials" in out, out  # 5 fractions x 3 seeds in the embedded profile
     assert "data.train_fraction: [0.8, 0.7, 0.5, 0.2, 0.1]" in out
-    assert "1 CPU" in out and "rough cost" in out
+    assert "1 CPU" in out and "pre-flight" in out and "time: " in out and "PFLOP" not in out
     assert not (workdir / "mlflow.db").exists() and not (workdir / "ray_results").exists()
 
 
 def test_dry_run_of_a_sweep_that_trains_nothing(workdir, capsys):
     assert main([str(SWEEPS / "probe.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "8 trials" in out and "probe trials train no network" in out and "evaluation sweep" not in out
+    assert "8 trials" in out and "training stage" not in out and "source.model" not in out
 
 
 def test_bad_spec_fails_with_key_path_and_exit_code_2(workdir, capsys):

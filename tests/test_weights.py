@@ -93,3 +93,20 @@ def test_the_driver_stops_before_ray_with_one_line(torch_home, tmp_path, monkeyp
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: model.weights: imagenet: weights file")
     assert not (tmp_path / "ray_results").exists()
+
+
+def test_the_dry_run_finds_imagenet_files_where_torch_would(torch_home, monkeypatch, tmp_path, capsys):
+    """weights.IMAGENET_FILES and hub_checkpoints() (torch-free, for --dry-run) agree with torchvision and torch.hub."""
+    from fer_ray.orchestrate.weights import IMAGENET_FILES, hub_checkpoints
+
+    for arch, name in IMAGENET_FILES.items():
+        assert torchvision.models.get_model_weights(arch).DEFAULT.url.endswith("/" + name)
+    assert hub_checkpoints() == Path(torch.hub.get_dir()) / "checkpoints" == torch_home
+    monkeypatch.chdir(tmp_path)
+    args = [str(SWEEPS / "quickstart.yaml"), "--set", "model.weights=imagenet", "--dry-run"]
+    assert main(args) == 0
+    assert f"model.weights: imagenet resnet18: {torch_home / IMAGENET_FILES['resnet18']} missing: fetched at start" in capsys.readouterr().out
+    torch_home.mkdir(parents=True)
+    (torch_home / IMAGENET_FILES["resnet18"]).write_bytes(b"")
+    assert main(args) == 0
+    assert "resnet18-f37072fd.pth found" in capsys.readouterr().out

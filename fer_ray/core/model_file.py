@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from fer_ray.core.config import ModelConfig
+from fer_ray.core.errors import InputError
 from fer_ray.core.files import atomic_write
 from fer_ray.core.models import FerNet, build_model
 
 MODEL_FORMAT = "fer_ray.model/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint or model file that is missing, unreadable, or of another format/model."""
 
 

@@ -19,13 +19,14 @@ from torch import nn
 from torchvision.models import ResNet
 
 from fer_ray.core.config import BACKBONE_BLOCKS, ModelConfig
+from fer_ray.core.errors import InputError
 
 #: torchvision's ImageNet channel statistics, in the [0,1] RGB space.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weights file that cannot be used: unreadable, or not a ResNet of the configured arch."""
 
 

@@ -86,10 +86,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from fer_ray.core.config import Strict
+from fer_ray.core.config import GeneratorConfig
 from fer_ray.core.data.records import FaceDataset, TensorSplit
 from fer_ray.core.evaluate import as_float_images
 
@@ -98,36 +97,6 @@ GENERATOR_FORMAT = "fer_ray.transfer_generator/2"
 
 class TransferError(ValueError):
     """Transfer cannot run on the given input; the message names the value at fault."""
-
-
-class GeneratorConfig(Strict):
-    """Size of the U-Net generator and how it is trained (learning rate per Adam step)."""
-
-    width: int = Field(16, ge=4, le=256, description="channels of the first stage (doubled at each of 3 stages)")
-    epochs: int = Field(30, ge=1, le=10000, description="an epoch: every training image once as the source")
-    batch_size: int = Field(8, ge=2, description="small batches: many Adam steps per CPU-second")
-    lr: float = Field(3e-3, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    l1_weight: float = Field(1.0, ge=0.0, description="weight of the L1 loss to the real target photo")
-    l2_weight: float = Field(
-        10.0, ge=0.0, description="weight of the squared error (dense gradients where L1's sign gradient stalls)"
-    )
-    edge_weight: float = Field(
-        0.0, ge=0.0, description="weight of the L1 loss between image gradients (sharper mouth/brow edges)"
-    )
-    identity_fraction: float = Field(
-        0.15, ge=0.0, le=1.0, description="share of training pairs whose target is the source's own expression"
-    )
-    prior: bool = Field(
-        True, description="add the expression prior: target mean face minus the critic-weighted source mean face"
-    )
-    expression_weight: float = Field(
-        0.0, ge=0.0,
-        description="weight of the cross-entropy of the frozen expression critic on the output with the target label",
-    )
-    critic_epochs: int = Field(40, ge=1, le=10000, description="epochs of the expression critic (training images)")
-    critic_width: int = Field(16, ge=4, le=256, description="channels of the critic's first stage")
-    seed: int = 0
 
 
 # ------------------------------------------------------------------------------------------ pairs

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import importlib
 
+from pydantic import BaseModel
+
 from fer_ray.experiments.contract import Experiment
+from fer_ray.experiments.settings import EVALUATES_MODEL, SETTINGS
 
 #: experiment kind -> the module holding its ``EXPERIMENT``. The one table of experiments.
 REGISTRY: dict[str, str] = {
@@ -34,6 +37,17 @@ def experiment_names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def settings_model(name: str) -> type[BaseModel]:
+    """The settings model of experiment ``name`` (KeyError for an unknown kind), without importing the
+    experiment's module (experiments/settings.py)."""
+    return SETTINGS[name]
+
+
+def evaluates_model(name: str) -> bool:
+    """Whether experiment ``name`` evaluates a trained model, without importing its module."""
+    return name in EVALUATES_MODEL
+
+
 def get_experiment(name: str) -> Experiment:
     """The Experiment of kind ``name`` (imports its module). KeyError for an unknown kind; TypeError
     when the module does not describe itself as the contract asks."""
@@ -41,4 +55,6 @@ def get_experiment(name: str) -> Experiment:
     experiment = getattr(module, "EXPERIMENT", None)
     if not isinstance(experiment, Experiment) or experiment.name != name:
         raise TypeError(f"{REGISTRY[name]} must define EXPERIMENT = Experiment(name={name!r}, ...)")
+    if experiment.settings is not SETTINGS[name] or experiment.evaluates_model != evaluates_model(name):
+        raise TypeError(f"{REGISTRY[name]}: EXPERIMENT's settings and evaluates_model must be those of experiments/settings.py")
     return experiment

@@ -27,12 +27,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
 
-from fer_ray.core.config import Strict
 from fer_ray.core.evaluate import UNKNOWN_GROUP, predict_proba
 from fer_ray.core.formatting import interval_text
 from fer_ray.core.group_plots import group_accuracy_figure
@@ -47,9 +44,8 @@ from fer_ray.core.stats import SEEDS_COVER, mean_ci
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
+from fer_ray.experiments.settings import BiasSettings as Settings
 
-#: the group attributes studied by default, in report order
-DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "race", "angle")
 TAG_STUDIED = "fer_ray.bias_attributes"
 TAG_SKIPPED = "fer_ray.bias_skipped"
 TAG_REFERENCE = "fer_ray.bias_reference"
@@ -65,30 +61,6 @@ TAG_CLASSES = "fer_ray.bias_classes"
 DESIGN_WORDS = {"between": "each person in one group", "within": "people seen in every group, compared within themselves",
                 "mixed": "some people in several groups"}
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. :]")
-
-
-class Settings(Strict):
-    """The ``settings:`` section of a bias sweep."""
-
-    attributes: list[Literal["gender", "race", "angle", "session"]] = Field(
-        list(DEFAULT_ATTRIBUTES), min_length=1, description="group attributes to study (those the dataset lacks are skipped)"
-    )
-    reference: dict[str, str] = Field(
-        {}, description="reference group per attribute, e.g. {race: White}; differences are group - reference "
-        "(default: angle S, gender M when present, else the group with the most people)"
-    )
-    n_boot: int = Field(1000, ge=50, description="bootstrap replicates (subjects resampled within groups)")
-    n_perm: int = Field(2000, ge=50, description="permutations of each subject-level test")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    class_rates: bool = Field(True, description="per-class TPR / FPR per group and their gaps")
-    seed: int = Field(0, description="seed of the bootstrap and the permutations")
-
-    @field_validator("attributes")
-    @classmethod
-    def _no_repeats(cls, values: list[str]) -> list[str]:
-        if len(set(values)) != len(values):
-            raise ValueError(f"attributes must not repeat, got {values}")
-        return values
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:

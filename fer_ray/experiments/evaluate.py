@@ -7,19 +7,13 @@ the model first and hand its file to ``run`` as ``trial.model_file``.
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from fer_ray.core.config import Strict
 from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.models import count_parameters
 from fer_ray.core.plots import confusion_matrix_figure
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.finetune import final_metrics
-
-
-class Settings(Strict):
-    confusion_matrix: bool = Field(True, description="log the test confusion matrix PNG")
+from fer_ray.experiments.settings import EvaluateSettings as Settings
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:

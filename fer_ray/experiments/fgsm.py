@@ -19,11 +19,7 @@ models], the reference study's number) and curve.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-from pydantic import Field, field_validator
-
-from fer_ray.core.config import Strict
 from fer_ray.core.formatting import summary_cell
 from fer_ray.core.plots import prediction_labels
 from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
@@ -37,6 +33,7 @@ from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, numbe
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.correctness import save_correctness
 from fer_ray.experiments.results import Report, TrialTable
+from fer_ray.experiments.settings import FgsmSettings as Settings
 
 CORRECTNESS_FILE = "attack_correct.npz"
 ARTIFACT_DIR = "attack"
@@ -46,35 +43,6 @@ REFERENCE_FGSM = {0.001: 0.82, 0.005: 0.61, 0.007: 0.50, 0.01: 0.38, 0.05: 0.057
 REFERENCE_LABEL = "reference study FGSM (image-level split)"
 
 
-def _check_epsilons(values: list[float]) -> list[float]:
-    for value in values:
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(
-                f"epsilon {value} is outside [0, 1]: epsilon is in the [0,1] pixel space "
-                f"(epsilon * 255 = {value * 255:g} grey levels; 0.01 = 2.55 levels)"
-            )
-    return [float(v) for v in values]
-
-
-class Settings(Strict):
-    """The ``settings:`` section of an attack sweep. Epsilons in [0,1] pixel units (x255 = grey levels)."""
-
-    epsilons: list[float] = Field(
-        [0.0, 0.001, 0.005, 0.007, 0.01, 0.05, 0.07, 0.1], min_length=1,
-        description="attack radii evaluated in one trial, each in [0, 1]",
-    )
-    panel_epsilons: list[float] = Field([0.0, 0.01, 0.3], description="epsilons shown in the example panel (also scored)")
-    attack: Literal["fgsm", "pgd"] = "fgsm"
-    pgd_steps: int = Field(10, ge=1, description="attack: pgd: signed gradient steps per epsilon")
-    pgd_step_size: float | None = Field(None, gt=0, description="pgd: step in [0,1] units (default 2.5 * epsilon / steps)")
-    pgd_random_start: bool = Field(False, description="pgd: start from a seeded uniform point of the epsilon-ball")
-    n_panel_images: int = Field(4, ge=0, description="test images in the panel (0: no panel)")
-    batch_size: int = Field(128, ge=1)
-
-    @field_validator("epsilons", "panel_epsilons")
-    @classmethod
-    def _epsilons_valid(cls, values: list[float]) -> list[float]:
-        return _check_epsilons(values)
 
 
 epsilon_label = number_label  # the label of an epsilon in metric and tag names

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 
 import torch
-from pydantic import Field
 
 from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR, MODEL_FILE
-from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.evaluate import evaluate_model
 from fer_ray.core.group_stats import accuracy_ci
@@ -31,13 +29,7 @@ from fer_ray.experiments.finetune_report import (
     CURVE_METRIC,
     report,
 )
-
-
-class Settings(Strict):
-    """What the fine-tuning trial produces besides its metrics."""
-
-    confusion_matrix: bool = Field(True, description="log the test confusion matrix PNG")
-    save_model: bool = Field(True, description="log the trained model file (needed by evaluation sweeps)")
+from fer_ray.experiments.settings import FinetuneSettings as Settings
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:

@@ -29,9 +29,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
 
-from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
@@ -53,6 +51,7 @@ from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, numbe
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.correctness import save_correctness
 from fer_ray.experiments.results import Report, TrialTable
+from fer_ray.experiments.settings import NoiseSettings as Settings
 
 CORRECTNESS_FILE = "noise_correct.npz"
 ARTIFACT_DIR = "noise"
@@ -63,29 +62,6 @@ REFERENCE_LABEL = "reference study (image-level split)"
 SIGNIFICANCE = 0.05
 
 
-def _check_variances(values: list[float]) -> list[float]:
-    for value in values:
-        variance_to_sigma(value)  # raises VarianceError (a ValueError) naming the value
-    return [float(v) for v in values]
-
-
-class Settings(Strict):
-    """The ``settings:`` section of a noise sweep. Variances in [0,1] pixel units (sigma = sqrt(variance))."""
-
-    variances: list[float] = Field(
-        [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3], min_length=1,
-        description="noise variances evaluated in one trial, each >= 0 ([0,1] pixel units)",
-    )
-    noise_seed: int = Field(0, ge=0, description="fixes the noise draw: the same seed gives every model identical noise")
-    example_variances: list[float] = Field([0.01, 0.2], description="variances shown beside the clean images in the panel")
-    n_examples: int = Field(4, ge=0, description="test images in the example panel (0: no panel)")
-    n_boot: int = Field(2000, ge=1, description="resamples of the subject-clustered bootstrap CI")
-    batch_size: int = Field(128, ge=1)
-
-    @field_validator("variances", "example_variances")
-    @classmethod
-    def _variances_valid(cls, values: list[float]) -> list[float]:
-        return _check_variances(values)
 
 
 variance_label = number_label  # the label of a variance in metric and tag names

@@ -10,18 +10,11 @@ from __future__ import annotations
 import platform
 
 import torch
-from pydantic import Field
 
-from fer_ray.core.config import Strict
 from fer_ray.core.device import pick_device
 from fer_ray.experiments.base import Reporter, Trial
 from fer_ray.experiments.contract import Experiment
-
-
-class Settings(Strict):
-    steps: int = Field(3, ge=1, le=1000, description="instant 'epochs' reported per trial")
-    checkpoint: bool = Field(True, description="write a tiny checkpoint each step (exercises Tune storage)")
-    value: float = Field(0.0, description="a number to sweep over; reported back as 'value'")
+from fer_ray.experiments.settings import ProbeSettings as Settings
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:

@@ -22,13 +22,9 @@ puts the means over models (and each model's central mass) on the parent run (pa
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from fer_ray.core.config import Strict
 from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.data.records import DataError
@@ -48,30 +44,12 @@ from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci, mean_ci_metrics
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
+from fer_ray.experiments.settings import SaliencySettings as Settings
 
 #: the maps whose central mass is reported, in report order
 MAP_NAMES = ("vanilla", "guided", "gradcam")
 #: names the maps whose central mass is not reported, and why (e.g. Grad-CAM at 2x2), or "none"
 TAG_CENTER_MASS_WITHHELD = "fer_ray.center_mass_withheld"
-
-
-class Settings(Strict):
-    """The ``settings:`` section of a saliency sweep."""
-
-    images: list[str] = Field([], description="file name stems (e.g. AF01HAS), case-insensitive; any split")
-    per_class: int | None = Field(None, ge=1, description="first N test images of each class (neither given: 1)")
-    target: Literal["true_class", "predicted_class"] = Field("true_class", description="class whose score is explained")
-    gradcam_layer: str = Field("layer4", description="Grad-CAM layer, a module name of the model or its backbone")
-    center_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="side of the central box / image side")
-
-    @model_validator(mode="after")
-    def _one_way_of_choosing(self) -> Settings:
-        if self.images and self.per_class is not None:
-            raise ValueError(
-                f"give settings.images ({self.images}) or settings.per_class ({self.per_class}), not both; "
-                "to pick images by name from a sweep file that sets per_class, add settings.per_class=null"
-            )
-        return self
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:

@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from fer_ray.core.device import pick_device
 from fer_ray.core.transfer import (
@@ -38,20 +37,12 @@ from fer_ray.core.transfer_plots import transfer_panel
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
+from fer_ray.experiments.settings import TransferSettings as Settings
 
 ARTIFACT_DIR = "transfer"
 GENERATOR_FILE = "generator.pt"
 #: the goals of issue 16 on the embedded default (chance of target_acc: 1/7)
 GOALS = {"transfer_target_acc": 0.6, "transfer_identity_top1": 0.8}
-
-
-class Settings(GeneratorConfig):
-    """The ``settings:`` section: the generator's size and training (GeneratorConfig) plus the evaluation."""
-
-    val_pairs: int = Field(128, ge=0, description="val-identity pairs scored after each epoch (gen_val_l1)")
-    panel_people: int = Field(4, ge=0, description="test people in the panel (0: no panel)")
-    n_boot: int = Field(2000, ge=1, description="resamples of the subject-clustered bootstrap")
-    batch_size_eval: int = Field(64, ge=1)
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:

@@ -14,15 +14,12 @@ perplexity) and every model's k-NN accuracy on the parent run (parent_metrics).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
 from threadpoolctl import threadpool_limits
 
-from fer_ray.core.config import Strict
 from fer_ray.core.data.prepare import PreparedData
 from fer_ray.core.embedding import (
     EmbeddingError,
@@ -38,6 +35,7 @@ from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci, mean_ci_metrics
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
+from fer_ray.experiments.settings import TsneSettings as Settings
 
 EMBEDDING_FOLDER = "tsne"
 EMBEDDING_FILE = "embedding.npz"
@@ -45,25 +43,6 @@ EMBEDDING_FILE = "embedding.npz"
 EMBEDDING_ARTIFACT = f"{EMBEDDING_FOLDER}/{EMBEDDING_FILE}"
 #: metrics of one trial, per embedding dimension (see the module docstring)
 QUALITY_METRICS = ("trustworthiness", "knn_acc")
-
-
-class Settings(Strict):
-    """The ``settings:`` section of a t-SNE sweep (the sweep's grid usually varies ``perplexity``)."""
-
-    perplexity: float = Field(30.0, gt=0, description="t-SNE perplexity; must be below the number of images embedded")
-    dims: list[Literal[2, 3]] = Field([2, 3], min_length=1, description="embedding dimensions, each embedded separately")
-    splits: list[Literal["test", "train", "val"]] = Field(["test"], min_length=1, description="whose features to embed")
-    marker_by: Literal["gender", "angle", "race", "session", "split", "none"] = Field("gender", description="marker of the scatter plots")
-    pca_dims: int = Field(50, ge=2, description="PCA dimensions before t-SNE")
-    k_neighbors: int = Field(5, ge=1, description="k of trustworthiness and k-NN accuracy")
-    seed: int = Field(0, description="seed of PCA and t-SNE")
-
-    @field_validator("dims", "splits")
-    @classmethod
-    def _no_repeats(cls, values: list) -> list:
-        if len(set(values)) != len(values):
-            raise ValueError(f"values must not repeat, got {values}")
-        return values
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import posixpath
 import shutil
 import sys
@@ -39,11 +38,11 @@ from fer_ray.orchestrate.cluster import (
 )
 from fer_ray.orchestrate.mlflow_model import register_best
 from fer_ray.orchestrate.model_sources import (
-    check_source,
     find_models,
     model_sources,
     training_spec,
 )
+from fer_ray.orchestrate.preflight import run_preflight
 from fer_ray.orchestrate.spec import SpecError, SweepSpec, grid_points, rename_old_keys
 from fer_ray.orchestrate.tracking import (
     ROLE_PARENT,
@@ -55,14 +54,12 @@ from fer_ray.orchestrate.tracking import (
     flatten,
     tag_filter,
 )
-from fer_ray.orchestrate.trial import TRIAL_FINISHED, run_name, trial_key
+from fer_ray.orchestrate.trial import TRIAL_FINISHED, TRIAL_INPUT_ERROR, run_name, trial_key
 from fer_ray.orchestrate.tune import (
     build_tuner,
     set_tune_environment,
     trainable,
-    trial_plan,
 )
-from fer_ray.orchestrate.weights import prefetch_weights
 
 SPEC_ARTIFACT = "spec.json"
 #: the parent run's tag holding where Tune keeps the sweep's state (what --resume restores)
@@ -160,26 +157,6 @@ def tracker_for(spec: SweepSpec) -> Tracker:
     return Tracker(uri=spec.tracking.uri, experiment=spec.tracking.experiment)
 
 
-def dry_run(spec: SweepSpec, num_cpus: int | None = None) -> str:
-    """The trial plan as text; starts nothing (concurrency is counted on this machine's CPUs, or
-    ``num_cpus``)."""
-    cpus = float(num_cpus or os.cpu_count() or 1)
-    plan = trial_plan(spec, cpus)
-    lines = [
-        f"Sweep {spec.name} ({spec.experiment}), profile {spec.profile}: {plan.n_trials} trials",
-        f"  resources per trial: {plan.resources['cpu']:g} CPU, {plan.resources['gpu']:g} GPU"
-        f"  -> up to {plan.concurrent} at once on {cpus:g} local CPUs",
-        f"  data: {spec.data.dataset} at {spec.data.image_size} px, split by {spec.data.split.by}",
-        f"  model: {spec.model.arch} (weights {spec.model.weights}), {spec.train.epochs} epochs",
-        "  varies:",
-        *[f"    {key}: {values}" for key, values in plan.varying.items()],
-        f"  rough cost: {plan.rough_cost}",
-        f"  tracking: {spec.tracking.uri} (experiment {spec.tracking.experiment}); storage: {spec.storage.path}",
-        "Nothing was run (--dry-run).",
-    ]
-    return "\n".join(lines)
-
-
 @dataclass(frozen=True)
 class SweepPlan:
     """What one invocation runs, decided once. sweep: the validated spec; experiment: its
@@ -207,9 +184,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     the plan has one, then the sweep over every model."""
     tracker = tracker_for(spec)
     experiment = get_experiment(spec.experiment)
-    if experiment.evaluates_model:
-        check_source(spec, tracker)  # before Ray starts
-    prefetch_weights(spec)
+    for line in run_preflight(spec, tracker):  # before Ray starts, any MLflow run or Tune folder: bad input exits 2
+        print(f"pre-flight: {line}")
     _start_ray_and_tracking(tracker, address, num_cpus)
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
     check_storage_for_cluster(spec.storage.path, nodes)
@@ -448,10 +424,11 @@ def _close_open_runs(trials: list, tracker: Tracker, parent_id: str) -> set[str]
         return set()
     keys = children["tags.fer_ray.trial_key"]
     open_runs = children[children["status"] != "FINISHED"].set_index("tags.fer_ray.trial_key")["run_id"]
-    status_of = {trial_key(trial.config or {}): trial.status for trial in trials}
+    trial_of = {trial_key(trial.config or {}): trial for trial in trials}
     for key, run_id in open_runs.items():
-        status = status_of.get(key)
-        if status == "ERROR":
+        trial = trial_of.get(key)
+        status = trial.status if trial is not None else None
+        if status == "ERROR" or (trial is not None and TRIAL_INPUT_ERROR in (trial.last_result or {})):
             tracker.finish(run_id, "FAILED")
             continue
         if status == "TERMINATED":
@@ -467,7 +444,7 @@ def _row(trial, started: set[str]) -> dict[str, Any]:
     (its run in ``started``), else "not run"."""
     config = trial.config or {}
     metrics = dict(trial.last_result or {})
-    if trial.status == "ERROR":
+    if trial.status == "ERROR" or TRIAL_INPUT_ERROR in metrics:  # an exception, or bad input (never retried)
         status = "error"
     elif metrics.get(TRIAL_FINISHED):
         status = "done"

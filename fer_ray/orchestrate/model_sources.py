@@ -11,13 +11,14 @@ and then epsilon.yaml on the same model trains once in total; a second run of ei
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR
-from fer_ray.orchestrate.mlflow_model import resolve_registered
 from fer_ray.orchestrate.provenance import spec_hash
 from fer_ray.orchestrate.spec import SpecError, SweepSpec, validate_spec
-from fer_ray.orchestrate.tracking import Tracker
+
+if TYPE_CHECKING:  # MLflow is imported where a tracking server is asked: --dry-run hashes recipes without it
+    from fer_ray.orchestrate.tracking import Tracker
 
 TAG_TRAIN_HASH = "fer_ray.train_hash"
 
@@ -51,6 +52,8 @@ def check_source(spec: SweepSpec, tracker: Tracker | None = None) -> None:
     registry (``tracker``'s URI) (checked in the driver before Ray starts; SpecError otherwise)."""
     source = spec.source.model
     if source.startswith("models:/") and tracker is not None:
+        from fer_ray.orchestrate.mlflow_model import resolve_registered
+
         tracker.check()  # an unreachable server fails in seconds here, not after MLflow's minutes of retries
         resolve_registered(tracker, source)
     if source == "train" or source.startswith(("runs:/", "models:/")):
@@ -72,6 +75,8 @@ def model_sources(spec: SweepSpec, found: dict[int, str | None], tracker: Tracke
     version it names now, so every trial evaluates the same one) or a local file path.
     Raises RuntimeError naming the seeds with no model (their training failed)."""
     if spec.source.model.startswith("models:/"):
+        from fer_ray.orchestrate.mlflow_model import resolve_registered
+
         return [resolve_registered(tracker, spec.source.model).uri]
     if spec.source.model != "train":
         return [spec.source.model]

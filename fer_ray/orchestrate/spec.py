@@ -33,11 +33,12 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fer_ray.core.config import DataConfig, ModelConfig, Strict, TrainConfig
-from fer_ray.experiments import experiment_names, get_experiment
+from fer_ray.core.errors import InputError
+from fer_ray.experiments import evaluates_model, experiment_names, settings_model
 from fer_ray.experiments.base import Trial
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A sweep file or override that cannot run: the message names where and why."""
 
 
@@ -194,11 +195,11 @@ class SweepSpec(Strict):
     @property
     def evaluates_model(self) -> bool:
         """Whether the experiment evaluates a trained model (its Experiment says; see source.model)."""
-        return get_experiment(self.experiment).evaluates_model
+        return evaluates_model(self.experiment)
 
     def experiment_settings(self) -> BaseModel:
         """The ``settings`` section validated by the experiment's own settings model."""
-        return get_experiment(self.experiment).settings.model_validate(self.settings)
+        return settings_model(self.experiment).model_validate(self.settings)
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -255,7 +256,7 @@ def validate_spec(raw: dict[str, Any], source: str) -> SweepSpec:
         spec.experiment_settings()
     except ValidationError as err:
         prefix = f"{SETTINGS_SECTION}." if err.title != SweepSpec.__name__ else ""
-        model = get_experiment(raw.get("experiment", "")).settings if prefix else SweepSpec
+        model = settings_model(raw.get("experiment", "")) if prefix else SweepSpec
         raise SpecError(f"{source}: " + _explain(err, model, prefix)) from None
     return spec
 

@@ -7,6 +7,7 @@ A retried or resumed trial has the same trial key and so finds and reuses its ru
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import ray
 from mlflow.entities import Run
 from ray import tune
 
+from fer_ray.core.errors import InputError
 from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.mlflow_model import (
     MODEL_DIR,
@@ -47,6 +49,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 #: the key of a trial's last Tune report that says it ran to the end. Not Tune's own ``done``: Tune
 #: also sets that on the last result of a trial its scheduler (ASHA) stopped.
 TRIAL_FINISHED = "trial_finished"
+#: the key of the last Tune report of a trial stopped by bad input (core.errors.InputError: data,
+#: weights, model file, spec): its one-line message. Also the tag on its (FAILED) MLflow run.
+TRIAL_INPUT_ERROR = "input_error"
+TAG_INPUT_ERROR = "fer_ray.input_error"
 
 
 #: data sections that describe one dataset only: logged on runs of that dataset alone
@@ -179,6 +185,32 @@ def finished_run(tracker: Tracker, parent_id: str, key: str) -> Run | None:
     return runs[0] if runs else None
 
 
+def never_retried_on_bad_input(trainable):
+    """``trainable`` that, on an InputError, ends its trial instead of raising: Tune retries a trial
+    that raised (FailureConfig.max_failures, meant for lost workers and nodes), and bad input fails
+    the same way every time. The trial's MLflow run is closed FAILED with the message as a tag, and
+    its last Tune report carries TRIAL_INPUT_ERROR (the driver counts the trial as failed). Under
+    Optuna the report gives the searched metric its worst value (-inf when maximising), so the
+    searcher and ASHA rank the trial last and Tune's check that every report has the metric holds."""
+
+    @functools.wraps(trainable)
+    def stop_on_bad_input(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, parent_id: str) -> None:
+        try:
+            return trainable(config, spec=spec, tracker=tracker, parent_id=parent_id)
+        except InputError as error:
+            message = " ".join(f"{type(error).__name__}: {error}".split())
+        for run in tracker.find_runs(f"{tag_filter(TAG_PARENT, parent_id)} and {tag_filter(TAG_TRIAL_KEY, trial_key(dict(config)))}"):
+            tracker.set_tags(run.info.run_id, {TAG_INPUT_ERROR: message})
+            tracker.finish(run.info.run_id, "FAILED")
+        optuna = spec.search.optuna
+        worst = {optuna.metric: float("-inf") if optuna.mode == "max" else float("inf")} if optuna else {}
+        tune.report({**worst, TRIAL_INPUT_ERROR: message})
+        return None
+
+    return stop_on_bad_input
+
+
+@never_retried_on_bad_input
 def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, parent_id: str) -> None:
     """The Tune trainable: config = this trial's values (flat dotted keys, grid and Optuna alike);
     the sweep's validated spec arrives via the object store."""

@@ -1,11 +1,9 @@
 """Sweep spec -> Ray Tune ``Tuner``: search space, resources, search algorithm, scheduler, failures,
-storage. Also the trial plan that ``--dry-run`` prints."""
+storage. (The trial plan that ``--dry-run`` prints is in plan.py, which imports no Ray.)"""
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
@@ -13,24 +11,9 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from fer_ray.orchestrate.spec import Distribution, SweepSpec, grid_points
+from fer_ray.orchestrate.spec import Distribution, SweepSpec
 from fer_ray.orchestrate.tracking import Tracker
 from fer_ray.orchestrate.trial import run_trial
-
-# Forward+backward GFLOPs per image at 224 px (forward from torchvision's weight metadata, x3 for
-# the backward pass); scaled by (size/224)^2. Only for the rough cost line of --dry-run.
-_TRAIN_GFLOPS_224 = {"resnet18": 3 * 1.81, "resnet34": 3 * 3.66, "resnet50": 3 * 4.09, "resnet101": 3 * 7.80, "resnet152": 3 * 11.51}
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """What a sweep will run, for --dry-run and the start-up banner."""
-
-    n_trials: int
-    varying: dict[str, list[Any]]
-    resources: dict[str, float]
-    concurrent: int
-    rough_cost: str
 
 
 def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -144,53 +127,3 @@ def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
         max_report_frequency=15,
         max_progress_rows=30,
     )
-
-
-def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
-    """Number of trials, what varies, resources per trial and a rough compute cost."""
-    if spec.search.optuna is None and spec.evaluates_model:
-        n_models = len(spec.source.train_seeds) if spec.source.model == "train" else 1
-        n_trials = len(grid_points(spec)) * n_models
-        varying = {**spec.search.grid, "source.model": [f"{spec.source.model} (train seeds {spec.source.train_seeds})"]}
-    elif spec.search.optuna is None:
-        n_trials = len(grid_points(spec))
-        varying = {**spec.search.grid, "train.seed": spec.search.seeds}
-    else:
-        n_trials = spec.search.optuna.num_samples
-        varying = {k: [v.model_dump(exclude_none=True)] for k, v in spec.search.optuna.space.items()}
-    varying = {k: v for k, v in varying.items() if len(v) > 1 or spec.search.optuna}
-    concurrent = max(1, int(total_cpus // spec.resources.cpu))
-    if spec.search.max_concurrent:
-        concurrent = min(concurrent, spec.search.max_concurrent)
-    return TrialPlan(
-        n_trials=n_trials,
-        varying=varying,
-        resources={"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-        concurrent=concurrent,
-        rough_cost=_rough_cost(spec, n_trials),
-    )
-
-
-def _rough_cost(spec: SweepSpec, n_trials: int) -> str:
-    """Upper bound of training compute: trials x epochs x training images x GFLOPs per image."""
-    if spec.evaluates_model:
-        return "evaluation sweep: cost depends on the trained model(s)"
-    if spec.experiment != "finetune":
-        return f"{spec.experiment} trials train no network: seconds each"
-    n_images = _approx_training_images(spec)
-    archs = spec.search.grid.get("model.arch", [spec.model.arch])
-    gflops = sum(_TRAIN_GFLOPS_224[a] for a in archs) / len(archs) * (spec.data.image_size / 224) ** 2
-    total_pflop = n_trials * spec.train.epochs * (n_images or 0) * gflops / 1e6
-    images = f"~{n_images} training images per trial" if n_images else "training images: counted at run time"
-    return f"{images}; <= {total_pflop:.2f} PFLOP of training in all (epochs x images x {gflops:.2f} GFLOP)"
-
-
-def _approx_training_images(spec: SweepSpec) -> int | None:
-    if spec.data.dataset != "synthetic":
-        return None
-    synthetic = spec.data.synthetic
-    sessions = spec.data.sessions or synthetic.sessions
-    angles = spec.data.angles or synthetic.angles
-    total = 2 * synthetic.identities * len(sessions) * len(angles) * 7
-    fractions = spec.search.grid.get("data.train_fraction", [spec.data.train_fraction])
-    return math.ceil(total * (1 - spec.data.split.val - spec.data.split.test) * max(fractions))

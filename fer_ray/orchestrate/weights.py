@@ -9,16 +9,29 @@ file's setup_commands (README: "ImageNet weights on a cluster").
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from fer_ray.core.models import WeightsError, ensure_imagenet_weights
-from fer_ray.experiments import get_experiment
 from fer_ray.orchestrate.spec import SpecError, SweepSpec
+
+#: torchvision's DEFAULT ImageNet weights file of each architecture (tests/test_weights.py checks them
+#: against torchvision), so --dry-run can look for them without importing torch
+IMAGENET_FILES = {
+    "resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth", "resnet50": "resnet50-11ad3fa6.pth",
+    "resnet101": "resnet101-cd907fc2.pth", "resnet152": "resnet152-f82ba261.pth",
+}
+
+
+def hub_checkpoints() -> Path:
+    """torch.hub's checkpoint folder, as torch.hub.get_dir() finds it without a set_dir():
+    $TORCH_HOME/hub/checkpoints, else $XDG_CACHE_HOME/torch/..., else ~/.cache/torch/... ."""
+    torch_home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(torch_home).expanduser() / "hub" / "checkpoints"
 
 
 def imagenet_archs(spec: SweepSpec) -> list[str]:
     """The architectures whose ImageNet weights the sweep's trials (or its training stage) build."""
-    if get_experiment(spec.experiment).evaluates_model and spec.source.model != "train":
+    if spec.evaluates_model and spec.source.model != "train":
         return []  # it evaluates a trained model: no backbone is built from ImageNet weights
     def values(key: str, default: str) -> list[str]:  # what a grid or an Optuna choice can give ``key``
         space = spec.search.optuna.space if spec.search.optuna else {}
@@ -32,6 +45,8 @@ def imagenet_archs(spec: SweepSpec) -> list[str]:
 
 def prefetch_weights(spec: SweepSpec, progress: bool = True) -> list[Path]:
     """The cached ImageNet weight files of the sweep, fetched when missing; SpecError when that fails."""
+    from fer_ray.core.models import WeightsError, ensure_imagenet_weights  # torch: only when a sweep runs
+
     try:
         return [ensure_imagenet_weights(arch, progress) for arch in imagenet_archs(spec)]
     except WeightsError as error:

@@ -11,10 +11,9 @@ the sorted folder names are the classes. Identity is optional: a regex with a na
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from fer_ray.core.data.records import EXPRESSIONS, DataError, FaceDataset, FaceImage
 
@@ -30,6 +29,9 @@ EXPRESSION_ALIASES: dict[str, str] = {
 }
 #: How many offending files an error spells out before it only counts the rest.
 LISTED_FILES = 20
+#: The image extensions torchvision's ImageFolder reads (torchvision.datasets.folder.IMG_EXTENSIONS;
+#: tests/test_folder.py checks they agree).
+IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def read_image_folder(root: Path, identity_pattern: str | None = None) -> FaceDataset:
@@ -49,7 +51,7 @@ def read_image_folder(root: Path, identity_pattern: str | None = None) -> FaceDa
 
     class_index = {name: i for i, name in enumerate(classes)}
     folder_to_index = {folder: class_index[name] for folder, name in folder_to_class.items()}
-    samples = make_dataset(str(root), folder_to_index, extensions=IMG_EXTENSIONS, allow_empty=True)
+    samples = list_images(root, folder_to_index)
     _require_images_in_every_folder(root, folder_to_class, samples)
 
     images = tuple(
@@ -63,6 +65,21 @@ def read_image_folder(root: Path, identity_pattern: str | None = None) -> FaceDa
     if identity_regex is not None:
         _require_identities(root, identity_pattern, images)
     return FaceDataset(name="folder", images=images, classes=classes)
+
+
+def list_images(root: Path, folder_to_index: dict[str, int]) -> list[tuple[str, int]]:
+    """(path, class index) of every image file under root/<folder>/ (nested folders and links
+    followed), folders in sorted order, files sorted within each folder.
+
+    The same listing as torchvision.datasets.folder.make_dataset(..., extensions=IMG_EXTENSIONS,
+    allow_empty=True) (tests/test_folder.py compares them), written out here because importing
+    torchvision imports torch (~2 s): the driver's pre-flight and --dry-run read datasets without it.
+    """
+    samples = []
+    for folder in sorted(folder_to_index):
+        for where, _, names in sorted(os.walk(root / folder, followlinks=True)):
+            samples += [(os.path.join(where, name), folder_to_index[folder]) for name in sorted(names) if name.lower().endswith(IMG_EXTENSIONS)]
+    return samples
 
 
 def _compiled_identity_pattern(pattern: str | None) -> re.Pattern | None:

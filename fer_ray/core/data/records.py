@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from fer_ray.core.errors import InputError
+
+if TYPE_CHECKING:  # only TensorSplit's annotations name torch: reading a dataset's records needs no torch
+    import torch
 
 #: The 7 KDEF expression classes, in label order (label i <-> EXPRESSIONS[i]).
 EXPRESSIONS: tuple[str, ...] = (
@@ -24,7 +29,7 @@ EXPRESSIONS: tuple[str, ...] = (
 )
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad dataset input: the message names the file, folder, key or value at fault."""
 
 
