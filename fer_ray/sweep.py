@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     from fer_ray.orchestrate.driver import SweepFailed, dry_run, run_sweep
     from fer_ray.orchestrate.tracking import TrackingError
 
-    if args.dry_run:
-        print(dry_run(spec, num_cpus=args.num_cpus))
-        return EXIT_OK
     try:
+        if args.dry_run:
+            print(dry_run(spec, num_cpus=args.num_cpus))
+            return EXIT_OK
         outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -43,6 +43,15 @@ from fer_ray.orchestrate.model_sources import (
     model_sources,
     training_spec,
 )
+from fer_ray.orchestrate.resources import (
+    TAG_RESOURCES,
+    ClusterCapacity,
+    local_capacity,
+    ray_capacity,
+    resolve_resources,
+    resolved_spec,
+    resources_tag,
+)
 from fer_ray.orchestrate.spec import SweepSpec, rename_old_keys
 from fer_ray.orchestrate.tracking import (
     ROLE_PARENT,
@@ -160,11 +169,12 @@ def dry_run(spec: SweepSpec, num_cpus: int | None = None) -> str:
     """The trial plan as text; starts nothing (concurrency is counted on this machine's CPUs, or
     ``num_cpus``)."""
     cpus = float(num_cpus or os.cpu_count() or 1)
-    plan = trial_plan(spec, cpus)
+    capacity = local_capacity(num_cpus)
+    resources = resolve_resources(spec, capacity)  # ResourcesUnavailable (a SpecError) when none fit
+    plan = trial_plan(resolved_spec(spec, resources), cpus, capacity)
     lines = [
         f"Sweep {spec.name} ({spec.experiment}), profile {spec.profile}: {plan.n_trials} trials",
-        f"  resources per trial: {plan.resources['cpu']:g} CPU, {plan.resources['gpu']:g} GPU"
-        f"  -> up to {plan.concurrent} at once on {cpus:g} local CPUs",
+        f"  resources: {resources.describe()}  -> up to {plan.concurrent} at once on {capacity.node_list()}",
         f"  data: {spec.data.dataset} at {spec.data.image_size} px, split by {spec.data.split.by}",
         f"  model: {spec.model.arch} (weights {spec.model.weights}), {spec.train.epochs} epochs",
         "  varies:",
@@ -210,8 +220,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
     check_storage_for_cluster(spec.storage.path, nodes)
     check_tracking_for_cluster(tracker.uri, nodes)
+    capacity = ray_capacity()  # gpu: auto resolved, a request no node can meet refused: before any trial
     if resume:
-        return run_stage(*_find_resumable(spec, tracker), tracker)
+        stored, parent_id, tune_path = _find_resumable(spec, tracker)
+        return run_stage(_with_cluster_resources(stored, capacity), parent_id, tune_path, tracker)
+    spec = _with_cluster_resources(spec, capacity)
     plan = plan_sweep(spec, experiment, tracker)
     sweep = plan.sweep
     if plan.training is not None:
@@ -225,6 +238,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         grid = {"source.model": model_sources(spec, found, tracker), **spec.search.grid}
         sweep = spec.model_copy(update={"search": spec.search.model_copy(update={"grid": grid})})
     return run_stage(sweep, None, None, tracker)
+
+
+def _with_cluster_resources(spec: SweepSpec, capacity: ClusterCapacity) -> SweepSpec:
+    """``spec`` with the resources its trials get on ``capacity`` (printed); ResourcesUnavailable if none fit."""
+    resources = resolve_resources(spec, capacity)
+    print(f"Resources: {resources.describe()}")
+    return resolved_spec(spec, resources)
 
 
 def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tracker: Tracker) -> SweepOutcome:
@@ -296,6 +316,7 @@ def _open_parent(spec: SweepSpec, tracker: Tracker, run_name: str, tune_path: st
             "fer_ray.experiment": spec.experiment,
             "fer_ray.profile": spec.profile,
             "fer_ray.protocol": spec.data.split.protocol,
+            TAG_RESOURCES: resources_tag(spec),
             TAG_NOTE: spec.description.strip(),
         },
         params=varied_params(spec),

@@ -30,6 +30,7 @@ from fer_ray.orchestrate.mlflow_model import (
     weights_file,
 )
 from fer_ray.orchestrate.model_sources import TAG_TRAIN_HASH, training_hash
+from fer_ray.orchestrate.resources import TAG_RESOURCES, resources_tag
 from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.tracking import (
     TAG_SOURCE_MODEL,
@@ -180,6 +181,7 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
         params=applicable_params(spec),
         tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.profile": spec.profile, "fer_ray.trial_id": tune.get_context().get_trial_id(),
               "fer_ray.node_id": ray.get_runtime_context().get_node_id(), "fer_ray.gpu_ids": gpu_ids(),
+              TAG_RESOURCES: resources_tag(spec),
               TAG_TRIAL_VALUES: json.dumps(overrides, sort_keys=True, default=str)},
     )
     experiment = get_experiment(spec.experiment)

@@ -13,13 +13,20 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from fer_ray.orchestrate.resources import (
+    AUTO,
+    FORWARD_GFLOPS_224,
+    ClusterCapacity,
+    Resources,
+    concurrent_trials,
+)
 from fer_ray.orchestrate.spec import Distribution, SweepSpec, grid_points
 from fer_ray.orchestrate.tracking import Tracker
 from fer_ray.orchestrate.trial import run_trial
 
-# Forward+backward GFLOPs per image at 224 px (forward from torchvision's weight metadata, x3 for
-# the backward pass); scaled by (size/224)^2. Only for the rough cost line of --dry-run.
-_TRAIN_GFLOPS_224 = {"resnet18": 3 * 1.81, "resnet34": 3 * 3.66, "resnet50": 3 * 4.09, "resnet101": 3 * 7.80, "resnet152": 3 * 11.51}
+# Forward+backward GFLOPs per image at 224 px (forward x3 for the backward pass); scaled by
+# (size/224)^2. Only for the rough cost line of --dry-run.
+_TRAIN_GFLOPS_224 = {arch: 3 * gflops for arch, gflops in FORWARD_GFLOPS_224.items()}
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ def build_tuner(spec: SweepSpec, tracker: Tracker, parent_id: str, storage_path:
 
 def trainable(spec: SweepSpec, tracker: Tracker, parent_id: str):
     """run_trial with the sweep's shared inputs bound (tune.with_parameters) and resources attached."""
+    if spec.resources.gpu == AUTO:
+        raise ValueError("resources.gpu is 'auto': resolve it first (resources.resolve_resources / resolved_spec)")
     bound = tune.with_parameters(run_trial, spec=spec, tracker=tracker, parent_id=parent_id)
     return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
@@ -146,8 +155,9 @@ def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
     )
 
 
-def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
-    """Number of trials, what varies, resources per trial and a rough compute cost."""
+def trial_plan(spec: SweepSpec, total_cpus: float, capacity: ClusterCapacity | None = None) -> TrialPlan:
+    """Number of trials, what varies, resources per trial (resolved: no 'auto') and a rough compute
+    cost. Trials at once: on ``capacity`` when given (CPUs and GPUs per node), else on ``total_cpus``."""
     if spec.search.optuna is None and spec.evaluates_model:
         n_models = len(spec.source.train_seeds) if spec.source.model == "train" else 1
         n_trials = len(grid_points(spec)) * n_models
@@ -160,6 +170,8 @@ def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
         varying = {k: [v.model_dump(exclude_none=True)] for k, v in spec.search.optuna.space.items()}
     varying = {k: v for k, v in varying.items() if len(v) > 1 or spec.search.optuna}
     concurrent = max(1, int(total_cpus // spec.resources.cpu))
+    if capacity is not None:
+        concurrent = concurrent_trials(Resources(spec.resources.cpu, spec.resources.gpu, ""), capacity)
     if spec.search.max_concurrent:
         concurrent = min(concurrent, spec.search.max_concurrent)
     return TrialPlan(
