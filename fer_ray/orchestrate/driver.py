@@ -62,7 +62,7 @@ from fer_ray.orchestrate.tracking import (
     Tracker,
     tag_filter,
 )
-from fer_ray.orchestrate.trial import TRIAL_FINISHED, run_name, trial_key
+from fer_ray.orchestrate.trial import TRIAL_FINISHED, drop_fit_checkpoint, run_name, trial_key
 from fer_ray.orchestrate.tune import (
     build_tuner,
     set_tune_environment,
@@ -394,6 +394,7 @@ def _close_open_runs(results, tracker: Tracker, parent_id: str) -> None:
         else:
             tracker.set_tags(run_id, {TAG_STOPPED_EARLY: "true"})
             tracker.finish(run_id, "KILLED")
+            drop_fit_checkpoint(result)  # it never runs again: its weights and optimizer state go
 
 
 def _row(result) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.artifacts
+import pyarrow.fs
 import ray
 from ray import tune
 
@@ -153,6 +154,18 @@ def report_finished(metrics: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / FINISHED_FILE).write_text(json.dumps(metrics, default=str))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def drop_fit_checkpoint(result) -> None:
+    """Delete the weights and optimizer state Tune kept for a trial that will not run again (``result``:
+    a ray.tune.Result of a trial the scheduler stopped early; a finished trial's checkpoint is already
+    FINISHED_FILE alone). Storage may be local or remote: Tune's own filesystem handle deletes it."""
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        return
+    content = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{CHECKPOINT_FILE}")
+    if content.type != pyarrow.fs.FileType.NotFound:
+        checkpoint.filesystem.delete_dir(checkpoint.path)
 
 
 def finished_before() -> dict[str, Any] | None:
