@@ -52,3 +52,49 @@ def test_finished_trials_keep_their_model_once(tmp_path, monkeypatch):
         assert json.loads((checkpoints[0] / FINISHED_FILE).read_text())[TRIAL_FINISHED] is True
     assert not list((tmp_path / "ray_results").rglob(CHECKPOINT_FILE))
     assert sizes["ray_results"] < weights / 10, "Tune's folder holds results, not models"
+
+
+@pytest.mark.slow
+def test_a_trial_restored_from_its_finished_checkpoint_is_not_run_again(tmp_path, monkeypatch):
+    """A trial lost after its final report (here: it raises once, after run_trial returned) is retried
+    by Tune from its latest checkpoint, the finished.json: it reports the same final metrics again
+    and trains nothing (one MLflow run, every epoch logged once)."""
+    import ray
+    from ray import tune
+
+    from fer_ray.orchestrate.resources import local_capacity, resolve_resources, resolved_spec
+    from fer_ray.orchestrate.spec import resolve_spec
+    from fer_ray.orchestrate.tracking import Tracker
+    from fer_ray.orchestrate.trial import run_trial
+
+    monkeypatch.setenv("FER_RAY_CACHE", str(tmp_path / ".cache"))
+    spec = resolve_spec({"name": "lost", "experiment": "finetune"}, [*TINY, "train.epochs=2"])
+    spec = resolved_spec(spec, resolve_resources(spec, local_capacity(1)))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "lost")
+    parent_id = tracker.parent_run("lost", sweep_id="lost-1")
+    lost_once = tmp_path / "lost_once"
+
+    def lost_after_final_report(config, **bound):
+        run_trial(config, **bound)
+        if not lost_once.exists():
+            lost_once.touch()
+            raise RuntimeError("node lost after the final report")
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        results = tune.Tuner(
+            tune.with_resources(tune.with_parameters(lost_after_final_report, spec=spec, tracker=tracker, parent_id=parent_id), {"cpu": 1}),
+            param_space={"train.lr": 0.001},
+            run_config=tune.RunConfig(name="lost-1", storage_path=str(tmp_path / "ray_results"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        ).fit()
+    finally:
+        ray.shutdown()
+    (result,) = list(results)
+    assert result.error is None and lost_once.exists(), "the trial failed once and was retried"
+    assert result.metrics[TRIAL_FINISHED] is True and 0 <= result.metrics["test_acc"] <= 1
+    (child,) = tracker.child_runs(parent_id)
+    assert child.info.status == "FINISHED" and result.metrics["mlflow_run_id"] == child.info.run_id
+    steps = [m.step for m in tracker.client.get_metric_history(child.info.run_id, "train_loss")]
+    assert sorted(steps) == [1, 2], f"the retry trained again: steps {steps}"

@@ -146,7 +146,7 @@ def fresh_ray():
 
 @pytest.mark.slow
 def test_plain_cpu_ray_gets_gpu_0(fresh_ray, tmp_path):
-    fresh_ray.init(num_cpus=2, include_dashboard=False)
+    fresh_ray.init(address="local", num_cpus=2, include_dashboard=False)
     capacity = ray_capacity(bootstrap_config=tmp_path / "absent.yaml")
     resolved = resolve_resources(load_spec(QUICKSTART), capacity)
     assert (resolved.cpu, resolved.gpu) == (1.0, 0.0) and concurrent_trials(resolved, capacity) == 2
