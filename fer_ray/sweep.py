@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     from fer_ray.orchestrate.tracking import TrackingError
 
     try:
+        if args.dry_run:
+            print(dry_run(spec, num_cpus=args.num_cpus))
+            return EXIT_OK
         outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -55,7 +55,7 @@ def test_time_estimate_comes_from_earlier_trials_or_is_not_given(workdir, capsys
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "time: no estimate (no finished trial of sweep quickstart" in out and "PFLOP" not in out
-    assert "4 trials" in out and "up to 2 at once on 2 local CPUs" in out
+    assert "4 trials" in out and "up to 2 at once on this machine: 2 CPU, 0 GPU" in out
 
     client = _client(workdir)
     experiment = client.create_experiment("fer_ray")

@@ -268,6 +268,8 @@ def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray, capsys):
     assert min(epochs_run) < 3, f"ASHA stopped no trial early: {epochs_run}"
     stopped = children[children["status"] != "FINISHED"]
     assert (stopped["tags.fer_ray.stopped_early"] == "true").all()
+    # no trial, finished or stopped, leaves weights or optimizer state in Tune's folder
+    assert not list((workdir / "ray_results").rglob("checkpoint.pt"))
     # the end-of-sweep summary says which trials ASHA stopped (Tune's own "done" is set on them too)
     summary = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("lr=")]
     statuses = sorted(fields[1] for fields in summary)

@@ -239,3 +239,26 @@ def test_optimizers_follow_the_config():
 
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr"] == 0.01
+
+
+def test_checkpoint_stores_the_weights_once_and_reads_the_best_back(tmp_path):
+    """An epoch that is the best so far is stored once (model_state), not again as best_model_state;
+    a later worse epoch keeps the best weights beside the current ones."""
+    train, val = _random_split(16, seed=7), _random_split(8, seed=8)
+    checkpoint = tmp_path / "checkpoint.pt"
+    stored = {}
+
+    def keep(result: EpochResult, path):
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        stored[result.epoch] = (raw["best_epoch"], raw["best_model_state"] is None, path.stat().st_size, load_checkpoint(path))
+
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, patience=None)
+    fit(_seeded_model(), train, val, cfg, device=CPU, checkpoint_path=checkpoint, on_epoch=keep)
+    weights = sum(t.numel() * t.element_size() for t in _seeded_model().state_dict().values())
+    for epoch, (best_epoch, stored_once, size, loaded) in stored.items():
+        assert stored_once == (best_epoch == epoch)
+        assert loaded["best_model_state"] is not None
+        if stored_once:
+            assert loaded["best_model_state"] is loaded["model_state"]
+            assert size < 3.3 * weights, "weights + AdamW's two moments, no second copy of the weights"
+    assert stored[1][0] == 1 and stored[1][1], "the first epoch is always the best so far"

@@ -290,6 +290,8 @@ def _record_best(progress: _Progress, model: nn.Module, epoch: int, val_acc: flo
 
 
 def _save_checkpoint(path, model, optimizer, scheduler, progress: _Progress, cfg, model_config, epoch) -> None:
+    """The weights are stored once: when this epoch is the best, best_model_state is None (and
+    best_epoch == epoch) and load_checkpoint reads model_state as the best weights."""
     save_torch_file(
         {
             "format": CHECKPOINT_FORMAT,
@@ -299,7 +301,7 @@ def _save_checkpoint(path, model, optimizer, scheduler, progress: _Progress, cfg
             "scheduler_state": scheduler.state_dict(),
             "best_val_acc": progress.best_val_acc,
             "best_epoch": progress.best_epoch,
-            "best_model_state": progress.best_model_state,
+            "best_model_state": None if progress.best_epoch == epoch else progress.best_model_state,
             "epochs_without_improvement": progress.epochs_without_improvement,
             "stopped_early": progress.stopped_early,
             "train_config": cfg.model_dump(mode="json"),
@@ -332,8 +334,11 @@ def load_checkpoint(path: Path) -> dict:
 
     Keys: format, epoch (last completed, 1-based), model_state, optimizer_state, scheduler_state,
     best_val_acc, best_epoch, best_model_state, epochs_without_improvement, stopped_early,
-    train_config, model_config. Raises CheckpointError naming the file when it is not one.
+    train_config, model_config. best_model_state is the model_state when the last epoch was the best
+    (the file holds those weights once). Raises CheckpointError naming the file when it is not one.
     """
     checkpoint = load_torch_file(Path(path), CHECKPOINT_FORMAT, "fit checkpoint")
     checkpoint["path"] = str(path)
+    if checkpoint["best_model_state"] is None and checkpoint["best_epoch"] == checkpoint["epoch"]:
+        checkpoint["best_model_state"] = checkpoint["model_state"]
     return checkpoint

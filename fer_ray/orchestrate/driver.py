@@ -43,6 +43,14 @@ from fer_ray.orchestrate.model_sources import (
     training_spec,
 )
 from fer_ray.orchestrate.preflight import run_preflight
+from fer_ray.orchestrate.resources import (
+    TAG_RESOURCES,
+    ClusterCapacity,
+    ray_capacity,
+    resolve_resources,
+    resolved_spec,
+    resources_tag,
+)
 from fer_ray.orchestrate.spec import SpecError, SweepSpec, grid_points, rename_old_keys
 from fer_ray.orchestrate.tracking import (
     ROLE_PARENT,
@@ -54,7 +62,7 @@ from fer_ray.orchestrate.tracking import (
     flatten,
     tag_filter,
 )
-from fer_ray.orchestrate.trial import TRIAL_FINISHED, TRIAL_INPUT_ERROR, run_name, trial_key
+from fer_ray.orchestrate.trial import TRIAL_FINISHED, TRIAL_INPUT_ERROR, drop_fit_checkpoint, run_name, trial_key
 from fer_ray.orchestrate.tune import (
     build_tuner,
     set_tune_environment,
@@ -190,8 +198,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     nodes = ray.nodes()  # a multi-machine cluster needs storage and tracking every node can reach
     check_storage_for_cluster(spec.storage.path, nodes)
     check_tracking_for_cluster(tracker.uri, nodes)
+    capacity = ray_capacity()  # gpu: auto resolved, a request no node can meet refused: before any trial
     if resume:
-        return run_stage(*_find_resumable(spec, tracker), tracker)
+        stored, parent_id, tune_path = _find_resumable(spec, tracker)
+        return run_stage(_with_cluster_resources(stored, capacity), parent_id, tune_path, tracker)
+    spec = _with_cluster_resources(spec, capacity)
     plan = plan_sweep(spec, experiment, tracker)
     sweep = plan.sweep
     if plan.training is not None:
@@ -207,6 +218,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         grid = {"source.model": model_sources(spec, found, tracker), **spec.search.grid}
         sweep = spec.model_copy(update={"search": spec.search.model_copy(update={"grid": grid})})
     return run_stage(sweep, None, None, tracker)
+
+
+def _with_cluster_resources(spec: SweepSpec, capacity: ClusterCapacity) -> SweepSpec:
+    """``spec`` with the resources its trials get on ``capacity`` (printed); ResourcesUnavailable if none fit."""
+    resources = resolve_resources(spec, capacity)
+    print(f"Resources: {resources.describe()}")
+    return resolved_spec(spec, resources)
 
 
 def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tracker: Tracker) -> SweepOutcome:
@@ -289,6 +307,7 @@ def _open_parent(spec: SweepSpec, tracker: Tracker, run_name: str, tune_path: st
             "fer_ray.experiment": spec.experiment,
             "fer_ray.profile": spec.profile,
             "fer_ray.protocol": spec.data.split.protocol,
+            TAG_RESOURCES: resources_tag(spec),
             TAG_NOTE: spec.description.strip(),
         },
         params=varied_params(spec),
@@ -364,13 +383,15 @@ def changed_on_resume(given: SweepSpec, stored: SweepSpec) -> list[str]:
     """Where ``given`` (this command's spec) differs from ``stored`` (the resumed run's), as
     ``key: started with A, now B`` lines. Not compared: tracking and storage (where the sweep is found;
     the same places may be written differently) and keys only the stored spec has (the driver adds an
-    evaluation sweep's models to its grid as ``source.model``)."""
+    evaluation sweep's models to its grid as ``source.model``), nor ``resources.gpu: auto`` against the
+    share it was resolved to at start."""
     now = flatten(given.model_dump(mode="json"))
     before = flatten(stored.model_dump(mode="json"))
     return [
         f"{key}: started with {before.get(key)!r}, now {value!r}"
         for key, value in now.items()
         if not key.startswith(("tracking.", "storage.")) and before.get(key) != value
+        and not (key == "resources.gpu" and value == "auto")
     ]
 
 
@@ -433,6 +454,7 @@ def _close_open_runs(trials: list, tracker: Tracker, parent_id: str) -> set[str]
             continue
         if status == "TERMINATED":
             tracker.set_tags(run_id, {TAG_STOPPED_EARLY: "true"})
+            drop_fit_checkpoint(trial)  # it never runs again: its weights and optimizer state go
         tracker.finish(run_id, "KILLED")
     return set(keys.dropna())
 

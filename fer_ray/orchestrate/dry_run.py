@@ -16,6 +16,7 @@ import os
 from fer_ray.orchestrate.model_sources import TAG_TRAIN_HASH, training_hash
 from fer_ray.orchestrate.plan import TrialPlan, trial_plan
 from fer_ray.orchestrate.preflight import run_preflight
+from fer_ray.orchestrate.resources import local_capacity, resolve_resources, resolved_spec
 from fer_ray.orchestrate.spec import SweepSpec
 from fer_ray.orchestrate.sqlite_store import finished_run_with_tag, median_trial_seconds, sqlite_path
 
@@ -24,13 +25,15 @@ def dry_run(spec: SweepSpec, num_cpus: int | None = None) -> str:
     """The plan and the pre-flight results as text (concurrency is counted on this machine's CPUs, or
     ``num_cpus``). Raises PreflightError (exit 2) as the sweep itself would."""
     cpus = float(num_cpus or os.cpu_count() or 1)
-    plan = trial_plan(spec, cpus)
+    capacity = local_capacity(num_cpus)
+    resources = resolve_resources(spec, capacity)  # ResourcesUnavailable (a SpecError, exit 2) when none fit
+    plan = trial_plan(resolved_spec(spec, resources), cpus, capacity)
     checks = run_preflight(spec, None, prepare=False)
     training = training_stage_lines(spec)
     lines = [
         f"Sweep {spec.name} ({spec.experiment}), profile {spec.profile}: {plan.n_trials} trials",
-        f"  resources per trial: {plan.resources['cpu']:g} CPU, {plan.resources['gpu']:g} GPU"
-        f"  -> up to {plan.concurrent} at once on {cpus:g} local CPUs{_gpu_note(plan)}",
+        f"  resources: {resources.describe()}  -> up to {plan.concurrent} at once on {capacity.node_list()}"
+        " (a local Ray on this machine; --address counts the cluster's at start)",
         f"  data: {spec.data.dataset} at {spec.data.image_size} px, split by {spec.data.split.by}",
         f"  model: {spec.model.arch} (weights {spec.model.weights}), {spec.train.epochs} epochs",
         "  varies:" if plan.varying else "  varies: nothing (one trial per seed)",
@@ -81,12 +84,6 @@ def time_estimate(spec: SweepSpec, plan: TrialPlan) -> str:
             f"x median {_duration(median)} per trial, measured over {count} earlier finished trial(s) of {spec.name} in "
             f"{spec.tracking.uri} on whatever machine ran them (their settings may differ); the training stage, "
             f"if any, and start-up come on top")
-
-
-def _gpu_note(plan: TrialPlan) -> str:
-    if not plan.resources["gpu"]:
-        return ""
-    return "; GPUs: the cluster's are counted at start (a dry run starts no Ray)"
 
 
 def _duration(seconds: float) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fer_ray.orchestrate.resources import ClusterCapacity, Resources, concurrent_trials
 from fer_ray.orchestrate.spec import SweepSpec, grid_points
 
 
@@ -14,7 +15,7 @@ from fer_ray.orchestrate.spec import SweepSpec, grid_points
 class TrialPlan:
     """n_trials: trials of the sweep itself (a training stage it needs first is not counted);
     varying: key -> the values it takes (Optuna: its distribution); resources: cpu and gpu per trial;
-    concurrent: trials at once on ``total_cpus`` CPUs (and search.max_concurrent)."""
+    concurrent: trials at once on ``total_cpus`` CPUs, or on ``capacity`` when given (and search.max_concurrent)."""
 
     n_trials: int
     varying: dict[str, list[Any]]
@@ -22,8 +23,9 @@ class TrialPlan:
     concurrent: int
 
 
-def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
-    """Number of trials, what varies, resources per trial and how many run at once on ``total_cpus``."""
+def trial_plan(spec: SweepSpec, total_cpus: float, capacity: ClusterCapacity | None = None) -> TrialPlan:
+    """Number of trials, what varies, resources per trial (resolved: no 'auto') and how many run at once:
+    on ``capacity`` when given (CPUs and GPUs per node), else on ``total_cpus``."""
     if spec.search.optuna is None and spec.evaluates_model:
         n_models = len(spec.source.train_seeds) if spec.source.model == "train" else 1
         n_trials = len(grid_points(spec)) * n_models
@@ -36,6 +38,8 @@ def trial_plan(spec: SweepSpec, total_cpus: float) -> TrialPlan:
         varying = {k: [v.model_dump(exclude_none=True)] for k, v in spec.search.optuna.space.items()}
     varying = {k: v for k, v in varying.items() if len(v) > 1 or spec.search.optuna}
     concurrent = max(1, int(total_cpus // spec.resources.cpu))
+    if capacity is not None:
+        concurrent = concurrent_trials(Resources(spec.resources.cpu, float(spec.resources.gpu), ""), capacity)
     if spec.search.max_concurrent:
         concurrent = min(concurrent, spec.search.max_concurrent)
     return TrialPlan(n_trials=n_trials, varying=varying, resources={"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},

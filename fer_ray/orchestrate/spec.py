@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
+import math
 import types
 import typing
 import warnings
@@ -107,12 +108,32 @@ class SearchConfig(Strict):
 
 
 class ResourcesConfig(Strict):
+    """What each trial asks Ray for. ``gpu: auto`` (the default) becomes a share of a GPU sized by the
+    model and image size where the cluster has GPUs, else 0 (rule: fer_ray/orchestrate/resources.py)."""
+
     cpu: float = Field(1.0, gt=0.0, description="CPUs per trial")
-    gpu: float = Field(0.0, ge=0.0, description="GPUs per trial; 0.25 = four trials share one GPU")
+    gpu: float | Literal["auto"] = Field(
+        "auto", description="GPUs per trial; 0.25 = four trials share one GPU; 'auto' = a share sized by the "
+        "model where the cluster has GPUs, else 0"
+    )
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        """One message for both alternatives (pydantic would list one per member of the union)."""
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not number >= 0.0 or isinstance(value, bool):
+            raise ValueError(f"must be 'auto' or a number >= 0, got {value!r}")
+        return number
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> ResourcesConfig:
-        if self.gpu > 1 and self.gpu != int(self.gpu):
+        if self.gpu != "auto" and self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"resources.gpu above 1 must be a whole number, got {self.gpu}")
         return self
 

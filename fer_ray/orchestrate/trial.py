@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.artifacts
+import pyarrow.fs
 import ray
 from mlflow.entities import Run
 from ray import tune
@@ -33,6 +34,7 @@ from fer_ray.orchestrate.mlflow_model import (
     weights_file,
 )
 from fer_ray.orchestrate.model_sources import TAG_TRAIN_HASH, training_hash
+from fer_ray.orchestrate.resources import TAG_RESOURCES, resources_tag
 from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.tracking import (
     TAG_PARENT,
@@ -46,6 +48,11 @@ from fer_ray.orchestrate.tracking import (
 )
 
 CHECKPOINT_FILE = "checkpoint.pt"
+#: The file of a finished trial's last Tune checkpoint: its final report. By then the trained model is
+#: in MLflow, so this small file replaces the fit checkpoint Tune kept while the trial ran (weights
+#: and optimizer state; CheckpointConfig(num_to_keep=1) deletes it), and a trial Tune restores from
+#: it (a driver lost between the report and Tune's record of it) reports again without rerunning.
+FINISHED_FILE = "finished.json"
 #: the key of a trial's last Tune report that says it ran to the end. Not Tune's own ``done``: Tune
 #: also sets that on the last result of a trial its scheduler (ASHA) stopped.
 TRIAL_FINISHED = "trial_finished"
@@ -116,7 +123,7 @@ class TuneMlflowReporter:
             tune.report(self.last_epoch_metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            shutil.copy2(checkpoint, Path(folder) / CHECKPOINT_FILE)
+            _link_or_copy(checkpoint, Path(folder) / CHECKPOINT_FILE)
             tune.report(self.last_epoch_metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     def figure(self, figure, name: str) -> None:
@@ -136,10 +143,49 @@ class TuneMlflowReporter:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
+            if not (Path(folder) / CHECKPOINT_FILE).is_file():
+                return None
             target = self.work_dir / "resume" / CHECKPOINT_FILE
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(folder) / CHECKPOINT_FILE, target)
         return target
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where both lie on one filesystem (no second copy of a checkpoint on disk), else a copy."""
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def report_finished(metrics: dict[str, Any]) -> None:
+    """The trial's last Tune report, with a checkpoint holding only FINISHED_FILE (the metrics as JSON)."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / FINISHED_FILE).write_text(json.dumps(metrics, default=str))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def drop_fit_checkpoint(result) -> None:
+    """Delete the weights and optimizer state Tune kept for a trial that will not run again (``result``:
+    a ray.tune.Result or a saved Tune Trial, of a trial the scheduler stopped early; a finished trial's checkpoint is already
+    FINISHED_FILE alone). Storage may be local or remote: Tune's own filesystem handle deletes it."""
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        return
+    content = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{CHECKPOINT_FILE}")
+    if content.type != pyarrow.fs.FileType.NotFound:
+        checkpoint.filesystem.delete_dir(checkpoint.path)
+
+
+def finished_before() -> dict[str, Any] | None:
+    """The final report of this trial when Tune restored it from its FINISHED_FILE checkpoint, else None."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        marker = Path(folder) / FINISHED_FILE
+        return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 def fetch_model(tracker: Tracker, source: str, folder: Path) -> Path:
@@ -216,6 +262,10 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
     the sweep's validated spec arrives via the object store."""
     # Ray logs every per-epoch checkpoint at INFO from the trial process: noise between the progress tables
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    finished = finished_before()
+    if finished is not None:  # it ran to the end before: its MLflow run is FINISHED, its model logged
+        tune.report(finished)
+        return
     overrides = dict(config)
     spec = trial_spec(spec, overrides)
     key = trial_key(overrides)
@@ -230,6 +280,7 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
         params=applicable_params(spec),
         tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.profile": spec.profile, "fer_ray.trial_id": tune.get_context().get_trial_id(),
               "fer_ray.node_id": ray.get_runtime_context().get_node_id(), "fer_ray.gpu_ids": gpu_ids(),
+              TAG_RESOURCES: resources_tag(spec),
               TAG_TRIAL_VALUES: json.dumps(overrides, sort_keys=True, default=str)},
     )
     experiment = get_experiment(spec.experiment)
@@ -246,4 +297,4 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
         final_metrics = experiment.run(trial, reporter)
     tracker.log_metrics(run_id, final_metrics)
     tracker.finish(run_id, "FINISHED")
-    tune.report({**reporter.last_epoch_metrics, **final_metrics, TRIAL_FINISHED: True, "mlflow_run_id": run_id})
+    report_finished({**reporter.last_epoch_metrics, **final_metrics, TRIAL_FINISHED: True, "mlflow_run_id": run_id})

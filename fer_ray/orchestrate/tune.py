@@ -11,6 +11,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from fer_ray.orchestrate.resources import AUTO
 from fer_ray.orchestrate.spec import Distribution, SweepSpec
 from fer_ray.orchestrate.tracking import Tracker
 from fer_ray.orchestrate.trial import run_trial
@@ -53,6 +54,8 @@ def build_tuner(spec: SweepSpec, tracker: Tracker, parent_id: str, storage_path:
 
 def trainable(spec: SweepSpec, tracker: Tracker, parent_id: str):
     """run_trial with the sweep's shared inputs bound (tune.with_parameters) and resources attached."""
+    if spec.resources.gpu == AUTO:
+        raise ValueError("resources.gpu is 'auto': resolve it first (resources.resolve_resources / resolved_spec)")
     bound = tune.with_parameters(run_trial, spec=spec, tracker=tracker, parent_id=parent_id)
     return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
