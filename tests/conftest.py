@@ -149,3 +149,15 @@ def _wait_healthy(server: MlflowServer, timeout_s: float) -> None:
         except OSError:
             time.sleep(0.25)
     raise AssertionError(f"mlflow server at {server.uri} not healthy after {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny-tensor tests (faster than two on a busy 2-core
+    machine); the previous count is restored after the module. Use: pytestmark = pytest.mark.usefixtures("one_torch_thread")."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,14 +25,7 @@ from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
 from fer_ray.orchestrate.spec import SpecError, resolve_spec
 from figure_texts import expected_labels, prediction_texts
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny tensors run faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ MLflow on sqlite) with runs, metrics and the report read back."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import TINY
 from e2e import run_sweep
@@ -16,12 +15,7 @@ from fer_ray.orchestrate.spec import resolve_spec
 FAST = ["settings.width=8", "settings.epochs=2", "settings.val_pairs=16", "settings.n_boot=100", "settings.panel_people=2", "settings.critic_epochs=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny tensors run faster on one thread
 
 
 def test_trial_logs_losses_metrics_panel_and_generator(tiny_trained_model, tmp_path):

@@ -32,13 +32,7 @@ from fer_ray.core.robustness import (
 EPSILONS = [0.0, 0.001, 0.01, 0.05, 0.3]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny tensors run faster on one thread
 
 
 @pytest.fixture(scope="module")
