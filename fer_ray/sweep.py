@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the trial plan and run nothing")
     parser.add_argument("--resume", action="store_true", help="continue the latest interrupted run of this sweep")
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="also print Ray Tune's status tables and the INFO logs of Ray and MLflow",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the spec's tracking.uri)")
     parser.add_argument("--storage", default=None, help="Tune storage path or URI (default: the spec's storage.path)")
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(dry_run(spec, num_cpus=args.num_cpus))
         return EXIT_OK
     try:
-        outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+        outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus, verbose=args.verbose)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
