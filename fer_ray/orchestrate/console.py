@@ -16,7 +16,8 @@ Ray Tune pickles its callbacks and reporter with the experiment's state (``Tuner
 back), so both keep only the sweep's spec and decide how to show things when a run starts:
 ``--verbose`` reaches them through the environment (:func:`set_verbose`).
 
-rich is imported here only: trial processes never import this module (tests/test_import_weight.py).
+fer_ray imports rich here only, inside the live view's functions (tests/test_import_weight.py); trial
+processes never import this module.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from fer_ray.experiments import get_experiment
 from fer_ray.experiments.contract import Experiment, metric_pattern
 from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.trial import QUIET_MLFLOW, TRIAL_FINISHED, VERBOSE_ENV, is_verbose, run_name
-
-#: settings read from the environment by the driver and (inherited) by local trial processes
-QUIET_ENVIRONMENT = {**QUIET_MLFLOW}
 
 #: loggers whose INFO (or WARNING) lines are chatter unless --verbose: logger name -> level kept
 QUIET_LOGGERS = {
@@ -57,13 +55,13 @@ def set_verbose(verbose: bool) -> None:
 
 
 def quiet_console() -> None:
-    """Apply QUIET_ENVIRONMENT (a value the user exported wins) and, unless verbose, QUIET_LOGGERS.
-    Call before Ray starts (its processes inherit the environment)."""
-    for name, value in QUIET_ENVIRONMENT.items():
+    """Turn MLflow's progress bars off (trial.QUIET_MLFLOW; a value the user exported wins) and set
+    QUIET_LOGGERS' levels (INFO with --verbose). Call before Ray starts: its processes inherit the
+    environment."""
+    for name, value in QUIET_MLFLOW.items():
         os.environ.setdefault(name, value)
-    if not is_verbose():
-        for name, level in QUIET_LOGGERS.items():
-            logging.getLogger(name).setLevel(level)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.INFO if is_verbose() else level)
 
 
 def ray_logging_level() -> int:
