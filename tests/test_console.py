@@ -24,6 +24,7 @@ from fer_ray.orchestrate.console import (
     DONE,
     PENDING,
     RUNNING,
+    SweepConsole,
     SweepProgress,
     TrialLine,
     clock,
@@ -96,6 +97,25 @@ def test_clock_and_eta_before_anything_is_done():
     progress = SweepProgress(total=2, started=100.0)
     progress.lines["a"] = TrialLine("x", RUNNING)
     assert progress.eta(now=150.0) is None
+
+
+def test_plain_view_writes_an_epoch_line_per_quarter_of_a_trial_not_per_epoch():
+    spec = resolve_spec({"name": "q", "experiment": "finetune"}, [])
+
+    def printed_epochs(console: SweepConsole, epochs: int | None) -> list[int]:
+        line = TrialLine("lr=0.001,seed=0", RUNNING, epochs=epochs, last_printed=time.monotonic())
+        printed = []
+        for epoch in range(1, 9):
+            line.epoch = epoch
+            if console._epoch_line_due(line):
+                printed.append(epoch)
+                line.last_printed = time.monotonic()
+        return printed
+
+    assert printed_epochs(SweepConsole(spec, min_interval_s=0.0), epochs=8) == [2, 4, 6], "the last one: the end line says it"
+    assert printed_epochs(SweepConsole(spec, min_interval_s=0.0, heartbeat_s=0.0), epochs=8) == [1, 2, 3, 4, 5, 6, 7]
+    assert printed_epochs(SweepConsole(spec, min_interval_s=60.0, heartbeat_s=0.0), epochs=8) == [], "never two within min_interval_s"
+    assert printed_epochs(SweepConsole(spec, min_interval_s=0.0), epochs=None) == [], "no count: only the heartbeat"
 
 
 def test_evaluation_summary_shows_the_experiments_metric_per_varied_value():
