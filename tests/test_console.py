@@ -150,6 +150,32 @@ def _sweep(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Compl
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
+@pytest.mark.parametrize(("quiet", "bar"), [
+    ("", True),  # MLflow's default: a tqdm bar on stderr for every artifact folder downloaded
+    ("from fer_ray.orchestrate.console import quiet_console; quiet_console()", False),  # the driver
+    ("from fer_ray.orchestrate.trial import quiet_trial_logs; quiet_trial_logs()", False),  # a trial, on any node
+], ids=["mlflow-default", "driver", "trial"])
+def test_mlflow_download_bars_stay_off_the_console(quiet, bar, tmp_path):
+    """A real download from a real (sqlite) tracking store, in a fresh process as the driver and the
+    trials run it."""
+    code = (
+        "import pathlib, sys, mlflow\n"
+        f"{quiet}\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "path = pathlib.Path(sys.argv[2]) / 'counts.json'\n"
+        "path.write_text('{}')\n"
+        "with mlflow.start_run() as run:\n"
+        "    mlflow.log_artifact(str(path), 'test_confusion')\n"
+        "mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path='test_confusion', dst_path=sys.argv[2] + '/down')\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    done = subprocess.run([sys.executable, "-c", code, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path)], cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "down" / "test_confusion" / "counts.json").exists()
+    assert ("Downloading artifacts" in done.stderr) is bar, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_plain_console_of_a_sweep_names_trials_as_mlflow_does(tmp_path):
     import mlflow
