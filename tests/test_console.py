@@ -61,6 +61,7 @@ def test_trial_names_of_other_model_sources_and_sampled_values():
     hpo = resolve_spec({"name": "h", "experiment": "finetune", "search": {
         "optuna": {"metric": "val_acc", "mode": "max", "num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}}}, [])
     assert run_name({"train.lr": 0.0021503467431, "train.seed": 0}, hpo) == "lr=0.00215,seed=0"
+    assert run_name({"train.lr": 0.001, "model.head": [512, 128]}, hpo) == "lr=0.001,head=[512,128]", "no blank in a name"
     assert run_name({}, hpo) == "trial"
 
 

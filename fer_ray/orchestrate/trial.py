@@ -106,7 +106,8 @@ def trial_key(overrides: dict[str, Any]) -> str:
 
 def run_name(values: dict[str, Any], spec: SweepSpec | None = None) -> str:
     """A trial's name, the same in MLflow, the live console and the end summary: ``key=value`` for
-    each of its values (the key's last part), "trial" when it has none.
+    each of its values (the key's last part; lists without blanks: ``head=[512,128]``), "trial" when
+    it has none.
 
     Given the sweep's ``spec``: the keys that vary across the sweep come first (then those with a
     single value), sampled (Optuna) numbers have 4 significant digits, and an evaluation sweep's
@@ -115,15 +116,19 @@ def run_name(values: dict[str, Any], spec: SweepSpec | None = None) -> str:
     items = [(key, value, model_label(value, spec) if key == SOURCE_MODEL_KEY else None) for key, value in values.items()]
     if spec is not None:
         items.sort(key=lambda item: item[0] not in varying_keys(spec))  # stable: the sweep's own order within each
-    parts = []
-    for key, value, label in items:
-        if label is not None:
-            parts.append(label)
-        elif isinstance(value, float) and spec is not None and key not in spec.search.grid:
-            parts.append(f"{key.split('.')[-1]}={value:.4g}")
-        else:
-            parts.append(f"{key.split('.')[-1]}={value}")
+    sampled = set() if spec is None else set(values) - set(spec.search.grid)
+    parts = [label or f"{key.split('.')[-1]}={_value_text(value, key in sampled)}" for key, value, label in items]
     return ",".join(parts) or "trial"
+
+
+def _value_text(value: Any, sampled: bool) -> str:
+    """A value in a trial name: lists without spaces (``[512,128]``: a name holds no blank), sampled
+    numbers to 4 significant digits."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value_text(item, sampled) for item in value) + "]"
+    if isinstance(value, float) and sampled:
+        return f"{value:.4g}"
+    return str(value)
 
 
 #: the trial key of an evaluation sweep's model (one grid value per model it evaluates)
