@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the latest interrupted run of this sweep, with the spec it started with (a --set or sweep "
         "file that now says otherwise is refused) and Tune state only from inside the configured storage",
     )
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="also print Ray Tune's status tables and the INFO logs of Ray and MLflow",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the spec's tracking.uri)")
     parser.add_argument("--storage", default=None, help="Tune storage path or URI (default: the spec's storage.path)")
@@ -83,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_ray.orchestrate.tracking import TrackingError
 
     try:
-        if args.dry_run:
-            print(dry_run(spec, num_cpus=args.num_cpus))
-            return EXIT_OK
-        outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+        outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus, verbose=args.verbose)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,20 @@ def test_registered_experiment_describes_itself(name):
         assert annotation in (TrialTable, "TrialTable") and report.return_annotation in (Report, "Report")
     for path in experiment.report_artifacts:
         assert "/" in path and not path.startswith("/"), f"{name}: artifact paths are folder/file, got {path!r}"
+    # what the console and the end summary show: metric names (or patterns) MLflow accepts
+    assert experiment.summary_metrics, f"{name}: no summary metrics"
+    for pattern in experiment.summary_metrics:
+        assert re.fullmatch(r"[A-Za-z0-9_\-./: *]+", pattern), f"{name}: summary metric {pattern!r}"
+    if experiment.epochs is not None:  # the console's "epoch n/N"
+        epochs = experiment.epochs(trial_of(resolve_spec({"name": "t", "experiment": name}, [])))
+        assert isinstance(epochs, int) and epochs >= 1, f"{name}: epochs {epochs!r}"
+
+
+def test_summary_patterns_select_metric_names_by_number_and_stop_at_slashes():
+    experiment = get_experiment("fgsm")
+    names = ["acc_eps_0.1", "acc_eps_0.01", "acc_eps_0.005", "acc_eps_0", "acc_eps_0.01/subject_ci_low", "test_acc"]
+    assert experiment.summary_columns(names) == ["acc_eps_0", "acc_eps_0.005", "acc_eps_0.01", "acc_eps_0.1"]
+    assert get_experiment("finetune").summary_columns(["test_macro_f1", "val_acc", "train_loss"]) == ["val_acc", "test_macro_f1"]
 
 
 @pytest.mark.parametrize("name", experiment_names())

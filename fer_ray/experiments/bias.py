@@ -316,4 +316,6 @@ def _merged_json(tags: Sequence[dict[str, str]], key: str) -> dict[str, str]:
     return merged
 
 
-EXPERIMENT = Experiment(name="bias", settings=Settings, evaluates_model=True, run=run, report=report)
+EXPERIMENT = Experiment(
+    name="bias", settings=Settings, evaluates_model=True, run=run, report=report, summary_metrics=("test_acc", "acc_diff/*/*"),
+)

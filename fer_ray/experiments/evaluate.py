@@ -28,4 +28,4 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k not in ("best_val_acc", "epochs_run")}
 
 
-EXPERIMENT = Experiment(name="evaluate", settings=Settings, evaluates_model=True, run=run)
+EXPERIMENT = Experiment(name="evaluate", settings=Settings, evaluates_model=True, run=run, summary_metrics=("test_acc", "test_macro_f1"))

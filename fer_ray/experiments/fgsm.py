@@ -167,4 +167,4 @@ def report(table: TrialTable) -> Report:
     return Report("\n".join(lines) + "\n", figures, parent_metrics)
 
 
-EXPERIMENT = Experiment(name="fgsm", settings=Settings, evaluates_model=True, run=run, report=report)
+EXPERIMENT = Experiment(name="fgsm", settings=Settings, evaluates_model=True, run=run, report=report, summary_metrics=("acc_eps_*",))

@@ -109,5 +109,5 @@ def final_metrics(evaluation: dict, best_val_acc: float, epochs_run: int, n_para
 
 EXPERIMENT = Experiment(
     name="finetune", settings=Settings, evaluates_model=False, run=run, report=report,
-    report_artifacts=(CONFUSION_ARTIFACT,), history_metrics=(CURVE_METRIC,),
+    report_artifacts=(CONFUSION_ARTIFACT,), history_metrics=(CURVE_METRIC,), epochs=lambda trial: trial.train.epochs,
 )

@@ -297,4 +297,6 @@ def _interval(summary: dict) -> str:
     return interval_text(summary["low"], summary["high"])
 
 
-EXPERIMENT = Experiment(name="noise", settings=Settings, evaluates_model=True, run=run, report=report)
+EXPERIMENT = Experiment(
+    name="noise", settings=Settings, evaluates_model=True, run=run, report=report, summary_metrics=("acc_var_*", "test_acc"),
+)

@@ -30,4 +30,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     return {"value": trial.settings.value, "test_acc": 1.0, "cuda_devices": float(torch.cuda.device_count())}
 
 
-EXPERIMENT = Experiment(name="probe", settings=Settings, evaluates_model=False, run=run)
+EXPERIMENT = Experiment(
+    name="probe", settings=Settings, evaluates_model=False, run=run, summary_metrics=("val_acc", "value"),
+    epochs=lambda trial: trial.settings.steps,
+)

@@ -249,4 +249,7 @@ def _withheld_lines(table: TrialTable) -> list[str]:
     return [f"Central mass not reported: {reason}." for reason in reasons] + ([""] if reasons else [])
 
 
-EXPERIMENT = Experiment(name="saliency", settings=Settings, evaluates_model=True, run=run, report=report)
+EXPERIMENT = Experiment(
+    name="saliency", settings=Settings, evaluates_model=True, run=run, report=report,
+    summary_metrics=("center_mass_*", "selected_acc"),
+)

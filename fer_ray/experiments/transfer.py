@@ -163,4 +163,6 @@ def _goals(record) -> list[str]:
 EXPERIMENT = Experiment(
     name="transfer", settings=Settings, evaluates_model=True, run=run, report=report,
     history_metrics=("gen_train_loss", "gen_val_l1"),
+    summary_metrics=("gen_val_l1", "transfer_target_acc", "transfer_identity_top1", "transfer_l1_gain_copy"),
+    epochs=lambda trial: trial.settings.epochs,
 )

@@ -230,5 +230,6 @@ def _side_by_side(table: TrialTable, marker_by: str) -> tuple[dict, int]:
 
 
 EXPERIMENT = Experiment(
-    name="tsne", settings=Settings, evaluates_model=True, run=run, report=report, report_artifacts=(EMBEDDING_ARTIFACT,)
+    name="tsne", settings=Settings, evaluates_model=True, run=run, report=report, report_artifacts=(EMBEDDING_ARTIFACT,),
+    summary_metrics=("trustworthiness_*", "knn_acc_*", "test_acc"),
 )

@@ -36,6 +36,7 @@ from fer_ray.orchestrate.cluster import (
     check_storage_for_cluster,
     check_tracking_for_cluster,
 )
+from fer_ray.orchestrate.console import quiet_console, ray_logging_level, set_verbose, summary_table
 from fer_ray.orchestrate.mlflow_model import register_best
 from fer_ray.orchestrate.model_sources import (
     find_models,
@@ -88,19 +89,17 @@ class SweepOutcome:
     rows: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     experiment_id: str | None = None
+    #: the experiment kind: its summary metrics are the table's columns
+    experiment: str = "finetune"
 
     @property
     def all_succeeded(self) -> bool:
         return not self.interrupted and all(row["status"] != "error" for row in self.rows)
 
     def summary(self) -> str:
-        """The end-of-sweep table and where everything is."""
-        metric_names = ["val_acc", "test_acc", "test_macro_f1"]
-        header = f"{'trial':<40} {'status':<8} " + " ".join(f"{m:>13}" for m in metric_names)
-        lines = [f"\nSweep {self.name}: {len(self.rows)} trials", header, "-" * len(header)]
-        for row in self.rows:
-            values = " ".join(_fmt(row["metrics"].get(m)) for m in metric_names)
-            lines.append(f"{row['name'][:40]:<40} {row['status']:<8} {values}")
+        """The end-of-sweep table (each trial by its MLflow run name, with the experiment's summary
+        metrics: console.summary_table) and where everything is."""
+        lines = [f"\nSweep {self.name}: {len(self.rows)} trials", *summary_table(self.rows, get_experiment(self.experiment))]
         lines += [
             "",
             f"MLflow parent run: {self.parent_run_id}  ({self.tracking_uri})",
@@ -140,10 +139,6 @@ def _relative(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:>13.4f}" if isinstance(value, (int, float)) else f"{'-':>13}"
 
 
 def absolute_storage(path: str) -> str:
@@ -187,9 +182,13 @@ def plan_sweep(spec: SweepSpec, experiment: Experiment, tracker: Tracker) -> Swe
     return SweepPlan(spec, experiment, training_spec(spec, missing) if missing else None, models)
 
 
-def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None) -> SweepOutcome:
+def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None,
+              verbose: bool = False) -> SweepOutcome:
     """Run (or resume) the sweep end to end and write its report: the training stage first when
-    the plan has one, then the sweep over every model."""
+    the plan has one, then the sweep over every model. verbose: Ray Tune's status tables and the INFO
+    logs of Ray and MLflow beside the sweep's console (fer_ray.orchestrate.console)."""
+    set_verbose(verbose)
+    quiet_console()  # before anything logs (MLflow's schema migration, Ray's start)
     tracker = tracker_for(spec)
     experiment = get_experiment(spec.experiment)
     for line in run_preflight(spec, tracker):  # before Ray starts, any MLflow run or Tune folder: bad input exits 2
@@ -242,17 +241,19 @@ def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tra
     tuner.fit()
     trials = saved_trials(tune_path)
     started = _close_open_runs(trials, tracker, parent_id)
-    rows = [_row(trial, started) for trial in trials] + _unscheduled_rows(spec, trials)
+    rows = [_row(trial, started, spec) for trial in trials] + _unscheduled_rows(spec, trials)
     if was_interrupted(trials):
         tracker.finish(parent_id, "KILLED")
-        return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, None, rows, interrupted=True, experiment_id=tracker.experiment_id())
+        return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, None, rows, interrupted=True, experiment_id=tracker.experiment_id(),
+                            experiment=spec.experiment)
     from fer_ray.orchestrate.report import write_report
 
     report_dir = write_report(spec, tracker, parent_id, _emptied(Path("reports") / spec.name))
     if spec.register:
         print(register_best(tracker, parent_id, spec.register))
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
-    return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows, experiment_id=tracker.experiment_id())
+    return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows, experiment_id=tracker.experiment_id(),
+                        experiment=spec.experiment)
 
 
 def _emptied(folder: Path) -> Path:
@@ -284,10 +285,10 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=ray_logging_level())
     else:
         # address="local": always a new local Ray, never one another process happens to run here
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=ray_logging_level())
 
 
 def _import_in_background(module: str) -> None:
@@ -459,7 +460,7 @@ def _close_open_runs(trials: list, tracker: Tracker, parent_id: str) -> set[str]
     return set(keys.dropna())
 
 
-def _row(trial, started: set[str]) -> dict[str, Any]:
+def _row(trial, started: set[str], spec: SweepSpec) -> dict[str, Any]:
     """A trial's line in the end-of-sweep summary, named like its MLflow run. "done": the trial reported
     TRIAL_FINISHED (Tune's own ``done`` is also set on a trial the scheduler stopped, so it cannot tell
     them apart); "stopped": the scheduler stopped it; after an interrupt "killed" when it had started
@@ -474,7 +475,7 @@ def _row(trial, started: set[str]) -> dict[str, Any]:
         status = "stopped"
     else:
         status = "killed" if trial_key(config) in started else "not run"
-    return {"name": run_name(config), "status": status, "metrics": metrics}
+    return {"name": run_name(config, spec), "status": status, "metrics": metrics}
 
 
 def _unscheduled_rows(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:
@@ -484,4 +485,4 @@ def _unscheduled_rows(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:
         missing = spec.search.optuna.num_samples - len(trials)
         return [{"name": "(not sampled yet)", "status": "not run", "metrics": {}}] * max(missing, 0)
     created = {trial_key(trial.config or {}) for trial in trials}
-    return [{"name": run_name(point), "status": "not run", "metrics": {}} for point in grid_points(spec) if trial_key(point) not in created]
+    return [{"name": run_name(point, spec), "status": "not run", "metrics": {}} for point in grid_points(spec) if trial_key(point) not in created]

@@ -30,6 +30,7 @@ from fer_ray.experiments.finetune_report import (
     table_markdown,
 )
 from fer_ray.experiments.results import Report, TrialRecord, TrialStatus, TrialTable
+from fer_ray.orchestrate.console import report_answer
 from fer_ray.orchestrate.search_report import search_report
 from fer_ray.orchestrate.spec import SETTINGS_SECTION, SweepSpec, trial_of, trial_spec
 from fer_ray.orchestrate.tracking import (
@@ -70,7 +71,9 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     for name, figure in report.figures.items():
         figure.savefig(out_dir / name, dpi=120, bbox_inches="tight")
     (out_dir / "report.md").write_text(markdown)
-    print(markdown)
+    answer = report_answer(markdown)  # the whole report with --verbose
+    if answer:
+        print(answer)
     for path in sorted(out_dir.iterdir()):
         tracker.log_artifact(parent_id, path, "report")
     return out_dir

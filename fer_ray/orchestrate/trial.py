@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -62,6 +63,29 @@ TRIAL_INPUT_ERROR = "input_error"
 TAG_INPUT_ERROR = "fer_ray.input_error"
 
 
+#: MLflow's tqdm bars ("Downloading artifacts: 100%|...|") stay off the console: set in the driver before
+#: Ray starts (console.quiet_console) and in every trial (a cluster node's process does not inherit it)
+QUIET_MLFLOW = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+#: "1" while a sweep runs with --verbose (console.set_verbose); trial processes of a local Ray inherit it
+VERBOSE_ENV = "FER_RAY_VERBOSE"
+
+
+def quiet_trial_logs() -> None:
+    """Keep a trial's chatter off the sweep's console: MLflow's progress bars always; unless --verbose,
+    the INFO lines of MLflow ("Validating input example against model signature") and Ray's note on
+    every per-epoch checkpoint."""
+    for name, value in QUIET_MLFLOW.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    if not is_verbose():
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def is_verbose() -> bool:
+    """Whether the sweep runs with --verbose (VERBOSE_ENV)."""
+    return os.environ.get(VERBOSE_ENV, "0") == "1"
+
+
 #: data sections that describe one dataset only: logged on runs of that dataset alone
 DATASET_SECTIONS = ("synthetic", "radiate")
 
@@ -97,10 +121,60 @@ def trial_key(overrides: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def run_name(values: dict[str, Any]) -> str:
-    """A trial's name, the same in MLflow and in the console summary: its values, last key part
-    first (``arch=resnet18,seed=0``); "trial" when nothing varies."""
-    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()) or "trial"
+def run_name(values: dict[str, Any], spec: SweepSpec | None = None) -> str:
+    """A trial's name, the same in MLflow, the live console and the end summary: ``key=value`` for
+    each of its values (the key's last part; lists without blanks: ``head=[512,128]``), "trial" when
+    it has none.
+
+    Given the sweep's ``spec``: the keys that vary across the sweep come first (then those with a
+    single value), sampled (Optuna) numbers have 4 significant digits, and an evaluation sweep's
+    model is named for what it is (``train_seed=0``: the model of training seed 0; else
+    ``model=<registered name/version, run id or file name>``) instead of its URI."""
+    items = [(key, value, model_label(value, spec) if key == SOURCE_MODEL_KEY else None) for key, value in values.items()]
+    if spec is not None:
+        items.sort(key=lambda item: item[0] not in varying_keys(spec))  # stable: the sweep's own order within each
+    sampled = set() if spec is None else set(values) - set(spec.search.grid)
+    parts = [label or f"{key.split('.')[-1]}={_value_text(value, key in sampled)}" for key, value, label in items]
+    return ",".join(parts) or "trial"
+
+
+def _value_text(value: Any, sampled: bool) -> str:
+    """A value in a trial name: lists without spaces (``[512,128]``: a name holds no blank), sampled
+    numbers to 4 significant digits."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value_text(item, sampled) for item in value) + "]"
+    if isinstance(value, float) and sampled:
+        return f"{value:.4g}"
+    return str(value)
+
+
+#: the trial key of an evaluation sweep's model (one grid value per model it evaluates)
+SOURCE_MODEL_KEY = "source.model"
+
+
+def varying_keys(spec: SweepSpec) -> set[str]:
+    """The trial keys whose value differs between the sweep's trials."""
+    keys = {key for key, values in spec.search.grid.items() if len(values) > 1}
+    if spec.search.optuna is not None:
+        keys.update(spec.search.optuna.space)
+    elif not spec.evaluates_model and len(spec.search.seeds) > 1:
+        keys.add("train.seed")
+    return keys
+
+
+def model_label(source: str, spec: SweepSpec | None) -> str:
+    """``key=value`` naming the model an evaluation trial evaluates: ``train_seed=<seed>`` for a model
+    the sweep's own training made (``source.model: train``: the sweep's models follow
+    ``source.train_seeds``), ``model=<name/version>`` for a registered one, ``model=run <id>`` for a
+    run's model, ``model=<file name>`` for a file."""
+    models = spec.search.grid.get(SOURCE_MODEL_KEY, []) if spec is not None else []
+    if spec is not None and spec.source.model == "train" and source in models:
+        return f"train_seed={spec.source.train_seeds[models.index(source)]}"
+    if source.startswith("models:/"):
+        return f"model={source.removeprefix('models:/')}"
+    if source.startswith("runs:/"):
+        return f"model=run {source.split('/')[1][:8]}"
+    return f"model={Path(source).name}"
 
 
 class TuneMlflowReporter:
@@ -260,14 +334,13 @@ def never_retried_on_bad_input(trainable):
 def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, parent_id: str) -> None:
     """The Tune trainable: config = this trial's values (flat dotted keys, grid and Optuna alike);
     the sweep's validated spec arrives via the object store."""
-    # Ray logs every per-epoch checkpoint at INFO from the trial process: noise between the progress tables
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    quiet_trial_logs()
     finished = finished_before()
     if finished is not None:  # it ran to the end before: its MLflow run is FINISHED, its model logged
         tune.report(finished)
         return
     overrides = dict(config)
-    spec = trial_spec(spec, overrides)
+    sweep, spec = spec, trial_spec(spec, overrides)
     key = trial_key(overrides)
     finished = finished_run(tracker, parent_id, key)
     if finished is not None:  # ran to the end before the driver died: report it, never run it again
@@ -276,7 +349,7 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
     run_id = tracker.child_run(
         parent_id,
         key,
-        run_name=run_name(overrides),
+        run_name=run_name(overrides, sweep),
         params=applicable_params(spec),
         tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.profile": spec.profile, "fer_ray.trial_id": tune.get_context().get_trial_id(),
               "fer_ray.node_id": ray.get_runtime_context().get_node_id(), "fer_ray.gpu_ids": gpu_ids(),

@@ -11,6 +11,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from fer_ray.orchestrate.console import SweepConsole, tune_reporter
 from fer_ray.orchestrate.resources import AUTO
 from fer_ray.orchestrate.spec import Distribution, SweepSpec
 from fer_ray.orchestrate.tracking import Tracker
@@ -93,8 +94,9 @@ def run_config(spec: SweepSpec, storage_path: str, run_name: str) -> tune.RunCon
         storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        progress_reporter=progress_reporter(spec),
-        callbacks=result_loggers(),
+        # the sweep's console (console.SweepConsole); Tune's own table only with --verbose
+        progress_reporter=tune_reporter(spec),
+        callbacks=[*result_loggers(), SweepConsole(spec)],
         verbose=1,
     )
 
@@ -108,7 +110,7 @@ def result_loggers() -> list:
 
 #: Tune settings read from the environment (a value the user exported wins).
 TUNE_ENVIRONMENT = {
-    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy output engine honours progress_reporter (the compact table)
+    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy output engine honours progress_reporter (--verbose's table)
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # only result_loggers(): no TensorBoard logger
     # per-epoch checkpoints of short trials trip Tune's "snapshotting too often" warning: noise here
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -121,12 +123,3 @@ def set_tune_environment() -> None:
         os.environ.setdefault(name, value)
 
 
-def progress_reporter(spec: SweepSpec) -> tune.CLIReporter:
-    """A compact live table: status, epoch and the key metrics of every trial."""
-    varying = list(spec.search.grid) or list(spec.search.optuna.space if spec.search.optuna else {})
-    return tune.CLIReporter(
-        metric_columns={"epoch": "epoch", "train_loss": "loss", "val_acc": "val_acc", "test_acc": "test_acc"},
-        parameter_columns={k: k.split(".")[-1] for k in varying},
-        max_report_frequency=15,
-        max_progress_rows=30,
-    )

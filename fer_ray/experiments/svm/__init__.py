@@ -30,4 +30,7 @@ from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.svm import report, trial
 from fer_ray.experiments.svm.settings import Settings
 
-EXPERIMENT = Experiment(name="svm", settings=Settings, evaluates_model=True, run=trial.run, report=report.report)
+EXPERIMENT = Experiment(
+    name="svm", settings=Settings, evaluates_model=True, run=trial.run, report=report.report,
+    summary_metrics=("cv_acc_mean", "test_acc", "cnn_test_acc"),
+)
