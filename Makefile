@@ -11,7 +11,7 @@ endif
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test test-fast install
+.PHONY: quickstart test test-fast format install
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "no python3.13, python3.12 or python3.11 runs here: install one, or set PYTHON=/path/to/python3.1x" >&2; exit 1; }
@@ -34,3 +34,8 @@ test: install
 ## the unit tests without Ray/MLflow end-to-end runs (marker `slow`), for iteration: under 2 minutes
 test-fast: install
 	$(PY) -m pytest -m "not slow" -q
+
+## tidy the code as tests/test_lint.py checks it: ruff's lint fixes, then its formatter
+format: install
+	$(VENV)/bin/ruff check --fix fer_ray tests benchmarks
+	$(VENV)/bin/ruff format fer_ray tests benchmarks

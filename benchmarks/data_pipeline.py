@@ -54,8 +54,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where fer_ray augments (cpu, cuda, ...)")
     args = parser.parse_args()
     augment = AugmentConfig(rotation_deg=10.0, hflip=True, brightness=0.2, contrast=0.2, saturation=0.2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; {args.images} JPEGs "
-          f"{KDEF_WIDTH}x{KDEF_HEIGHT} -> {args.size}px, batch {args.batch_size}, fer_ray on {args.device}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; {args.images} JPEGs "
+        f"{KDEF_WIDTH}x{KDEF_HEIGHT} -> {args.size}px, batch {args.batch_size}, fer_ray on {args.device}"
+    )
 
     with tempfile.TemporaryDirectory(prefix="fer_ray_bench_") as scratch:
         started = time.perf_counter()
@@ -76,11 +78,15 @@ def main() -> None:
             fer_ray_s.append(time_fer_ray_epoch(dataset, Path(scratch) / "cache", args, augment))
             baseline_s.append(time_epoch(baseline_loader))
         fer_ray_epoch, baseline_epoch = statistics.median(fer_ray_s), statistics.median(baseline_s)
-        print(f"fer_ray  epoch (median of {args.repeats}): {fer_ray_epoch:.2f} s -> "
-              f"{args.images / fer_ray_epoch:.0f} images/s  [{spread(fer_ray_s, args.images)}]")
-        print(f"baseline epoch (ImageFolder + PIL transforms, {args.workers} workers, median of "
-              f"{args.repeats}): {baseline_epoch:.2f} s -> {args.images / baseline_epoch:.0f} images/s  "
-              f"[{spread(baseline_s, args.images)}]")
+        print(
+            f"fer_ray  epoch (median of {args.repeats}): {fer_ray_epoch:.2f} s -> "
+            f"{args.images / fer_ray_epoch:.0f} images/s  [{spread(fer_ray_s, args.images)}]"
+        )
+        print(
+            f"baseline epoch (ImageFolder + PIL transforms, {args.workers} workers, median of "
+            f"{args.repeats}): {baseline_epoch:.2f} s -> {args.images / baseline_epoch:.0f} images/s  "
+            f"[{spread(baseline_s, args.images)}]"
+        )
     print(f"ratio fer_ray/baseline: {baseline_epoch / fer_ray_epoch:.1f}x")
 
 

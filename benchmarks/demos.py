@@ -38,8 +38,19 @@ from scipy import stats
 REPO = Path(__file__).resolve().parent.parent
 #: Training sweeps first, then the evaluation sweeps (the first of them trains the shared recipe).
 SWEEPS = (
-    "quickstart", "dataset_fraction", "model_size", "hpo",
-    "evaluate", "noise", "noise_sig", "epsilon", "svm", "tsne", "saliency", "bias", "probe",
+    "quickstart",
+    "dataset_fraction",
+    "model_size",
+    "hpo",
+    "evaluate",
+    "noise",
+    "noise_sig",
+    "epsilon",
+    "svm",
+    "tsne",
+    "saliency",
+    "bias",
+    "probe",
 )
 GOAL_PER_SWEEP_S = 180.0
 GOAL_TOTAL_S = 900.0
@@ -102,8 +113,7 @@ def run_sweep(name: str, workdir: Path, num_cpus: int, log_dir: Path) -> dict:
         rc = subprocess.run(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - started
     lingering = reap_orphans(deadline_s=15.0)
-    return {"rc": rc, "wall_s": wall, "cpu_s": children_cpu_s() - cpu_before, "load1": os.getloadavg()[0],
-            "lingering": lingering}
+    return {"rc": rc, "wall_s": wall, "cpu_s": children_cpu_s() - cpu_before, "load1": os.getloadavg()[0], "lingering": lingering}
 
 
 # --- headline numbers from MLflow ---------------------------------------------------------------
@@ -174,25 +184,30 @@ def headline_hpo(runs: pd.DataFrame, tracking_uri: str) -> str:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
-    best = [max((m.value for m in client.get_metric_history(run_id, "val_acc")), default=math.nan)
-            for run_id in runs["run_id"]]
+    best = [max((m.value for m in client.get_metric_history(run_id, "val_acc")), default=math.nan) for run_id in runs["run_id"]]
     if not best:
         return "no trials"
-    return (f"best val_acc {np.nanmax(best):.3f} (first trial {best[0]:.3f}; "
-            f"{len(best)} trials; best so far: {' '.join(f'{v:.2f}' for v in np.fmax.accumulate(best))})")
+    return (
+        f"best val_acc {np.nanmax(best):.3f} (first trial {best[0]:.3f}; "
+        f"{len(best)} trials; best so far: {' '.join(f'{v:.2f}' for v in np.fmax.accumulate(best))})"
+    )
 
 
 def headline_metrics(*metrics: str) -> Callable[[pd.DataFrame], str]:
     """Mean over the sweep's trials of each named metric."""
+
     def headline(runs: pd.DataFrame) -> str:
         return ", ".join(f"{m} {_column(runs, m).mean():.3f}" for m in metrics if f"metrics.{m}" in runs)
+
     return headline
 
 
 def headline_noise_sig(runs: pd.DataFrame) -> str:
     values = _column(runs, "acc_var_0.1").dropna()
-    return (f"acc_var_0.1 median {values.median():.3f} min {values.min():.3f} max {values.max():.3f} "
-            f"over {len(values)} repeats; clean {_column(runs, 'test_acc').mean():.3f}")
+    return (
+        f"acc_var_0.1 median {values.median():.3f} min {values.min():.3f} max {values.max():.3f} "
+        f"over {len(values)} repeats; clean {_column(runs, 'test_acc').mean():.3f}"
+    )
 
 
 def headline_tsne(runs: pd.DataFrame) -> str:
@@ -209,8 +224,10 @@ HEADLINES: dict[str, Callable[[pd.DataFrame], str]] = {
     "noise": headline_metrics("acc_var_0", "acc_var_0.01", "acc_var_0.1", "acc_var_0.3"),
     "noise_sig": headline_noise_sig,
     "epsilon": headline_metrics("acc_eps_0", "acc_eps_0.005", "acc_eps_0.01", "acc_eps_0.1"),
-    "svm": lambda runs: (f"best cv_acc_mean {_column(runs, 'cv_acc_mean').max():.3f} over {len(runs)} grid points; "
-                         f"CNN test_acc {_column(runs, 'cnn_test_acc').mean():.3f}"),
+    "svm": lambda runs: (
+        f"best cv_acc_mean {_column(runs, 'cv_acc_mean').max():.3f} over {len(runs)} grid points; "
+        f"CNN test_acc {_column(runs, 'cnn_test_acc').mean():.3f}"
+    ),
     "tsne": headline_tsne,
     "saliency": headline_metrics("selected_acc", "center_area", "center_mass_vanilla", "center_mass_gradcam"),
     "bias": headline_metrics("test_acc", "acc/gender/F", "acc/gender/M", "acc_gap/gender"),
@@ -250,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir()
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     subreaper = become_subreaper()
-    print(f"folder {workdir}; {os.cpu_count()} CPUs here, Ray given {args.num_cpus}; load average at start "
-          f"{os.getloadavg()[0]:.2f}; CPU time {'of the whole process tree' if subreaper else 'of reaped processes only'}")
+    print(
+        f"folder {workdir}; {os.cpu_count()} CPUs here, Ray given {args.num_cpus}; load average at start "
+        f"{os.getloadavg()[0]:.2f}; CPU time {'of the whole process tree' if subreaper else 'of reaped processes only'}"
+    )
     print(f"{'sweep':<17} {'rc':>2} {'wall s':>7} {'/180s':>6} {'cpu s':>7} {'load1':>6}  headline")
     total_wall = total_cpu = 0.0
     failures = 0
@@ -262,11 +281,16 @@ def main(argv: list[str] | None = None) -> int:
             total_cpu += result["cpu_s"]
             failures += result["rc"] != 0
             note = f" ({result['lingering']} processes still running)" if result["lingering"] else ""
-            print(f"{name:<17} {result['rc']:>2} {result['wall_s']:7.1f} {result['wall_s'] / GOAL_PER_SWEEP_S:6.2f} "
-                  f"{result['cpu_s']:7.1f} {result['load1']:6.2f}  {headline(name, tracking_uri)}{note}", flush=True)
-        print(f"{'all':<17} {failures:>2} {total_wall:7.1f} {total_wall / GOAL_TOTAL_S:6.2f} {total_cpu:7.1f} "
-              f"{os.getloadavg()[0]:6.2f}  goal: each <= {GOAL_PER_SWEEP_S:.0f} s, all <= {GOAL_TOTAL_S:.0f} s "
-              f"(ratio column: wall / goal); failed sweeps: {failures}")
+            print(
+                f"{name:<17} {result['rc']:>2} {result['wall_s']:7.1f} {result['wall_s'] / GOAL_PER_SWEEP_S:6.2f} "
+                f"{result['cpu_s']:7.1f} {result['load1']:6.2f}  {headline(name, tracking_uri)}{note}",
+                flush=True,
+            )
+        print(
+            f"{'all':<17} {failures:>2} {total_wall:7.1f} {total_wall / GOAL_TOTAL_S:6.2f} {total_cpu:7.1f} "
+            f"{os.getloadavg()[0]:6.2f}  goal: each <= {GOAL_PER_SWEEP_S:.0f} s, all <= {GOAL_TOTAL_S:.0f} s "
+            f"(ratio column: wall / goal); failed sweeps: {failures}"
+        )
     finally:
         if args.keep or args.workdir:
             print(f"kept {workdir} (logs/ has each sweep's console output)")

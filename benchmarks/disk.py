@@ -41,22 +41,26 @@ def main() -> int:
         command = [sys.executable, "-m", "fer_ray.sweep", str(REPO / "sweeps" / "quickstart.yaml")]
         command += ["--set", *args.overrides] if args.overrides else []
         command += ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
-        environment = {**os.environ, "FER_RAY_CACHE": str(work / ".cache"),
-                       "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        environment = {
+            **os.environ,
+            "FER_RAY_CACHE": str(work / ".cache"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
         started = time.perf_counter()
         done = subprocess.run(command, cwd=work, env=environment, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
             return done.returncode
         sizes = {name: folder_bytes(work / name) for name in OUTPUTS}
-        weights = {name: sum(p.stat().st_size for p in (work / name).rglob("*.pt")) if (work / name).is_dir() else 0
-                   for name in OUTPUTS}
+        weights = {name: sum(p.stat().st_size for p in (work / name).rglob("*.pt")) if (work / name).is_dir() else 0 for name in OUTPUTS}
         total = sum(sizes.values())
         print(f"quickstart {' '.join(args.overrides) or '(as shipped)'}: sweep took {time.perf_counter() - started:.0f} s")
         for name in OUTPUTS:
             print(f"  {name:<12} {sizes[name] / 1e6:9.1f} MB   (*.pt files: {weights[name] / 1e6:.1f} MB)")
-        print(f"  {'total':<12} {total / 1e6:9.1f} MB   budget {BUDGET_BYTES / 1e6:.0f} MB: ratio {total / BUDGET_BYTES:.2f}"
-              f" ({'within' if total <= BUDGET_BYTES else 'OVER'} budget)")
+        print(
+            f"  {'total':<12} {total / 1e6:9.1f} MB   budget {BUDGET_BYTES / 1e6:.0f} MB: ratio {total / BUDGET_BYTES:.2f}"
+            f" ({'within' if total <= BUDGET_BYTES else 'OVER'} budget)"
+        )
     return 0
 
 

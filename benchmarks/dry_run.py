@@ -55,7 +55,13 @@ def main() -> None:
         bare = wall_seconds([python, "-c", "pass"], cwd, args.repeats)
         baseline = statistics.median(bare)
         print(line("python -c pass (baseline)", bare, baseline))
-        print(line("import fer_ray.orchestrate.spec", wall_seconds([python, "-c", "import fer_ray.orchestrate.spec"], cwd, args.repeats), baseline))
+        print(
+            line(
+                "import fer_ray.orchestrate.spec",
+                wall_seconds([python, "-c", "import fer_ray.orchestrate.spec"], cwd, args.repeats),
+                baseline,
+            )
+        )
         worst = 0.0
         for name in args.sweeps:
             command = [python, "-m", "fer_ray.sweep", str(REPO / "sweeps" / f"{name}.yaml"), "--dry-run"]

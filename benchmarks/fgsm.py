@@ -60,9 +60,11 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
     """Time the paths, check they agree; the exit status."""
     model, images, labels = make_problem(args.arch, args.size, args.images, device)
     subset = min(args.seed_style_images, args.images)
-    print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} intra-op threads); {args.arch} "
-          f"(random weights), {args.images} images {args.size}x{args.size}, batch {args.batch_size}, "
-          f"{len(SEED_EPSILONS)} epsilons {SEED_EPSILONS}; times are the fastest of {args.repeats} runs")
+    print(
+        f"torch {torch.__version__} on {device} ({torch.get_num_threads()} intra-op threads); {args.arch} "
+        f"(random weights), {args.images} images {args.size}x{args.size}, batch {args.batch_size}, "
+        f"{len(SEED_EPSILONS)} epsilons {SEED_EPSILONS}; times are the fastest of {args.repeats} runs"
+    )
 
     warm_up(model, images, labels, args.batch_size, device)
     batch, repeats = args.batch_size, args.repeats
@@ -70,16 +72,14 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
     print(f"fer_ray  one gradient per batch:               {ours_s:8.2f} s")
     batched_s, batched = timed(device, repeats, lambda: per_epsilon_accuracies(model, images, labels, batch))
     print(f"(a)      batched, gradient per epsilon:        {batched_s:8.2f} s")
-    input_only_s, input_only = timed(
-        device, repeats, lambda: per_epsilon_accuracies(model, images, labels, batch, input_grad_only=True)
-    )
+    input_only_s, input_only = timed(device, repeats, lambda: per_epsilon_accuracies(model, images, labels, batch, input_grad_only=True))
     print(f"(a')     as (a), input gradient only:          {input_only_s:8.2f} s")
-    subset_s, seed_style = timed(
-        device, repeats, lambda: per_epsilon_accuracies(model, images[:subset], labels[:subset], 1)
-    )
+    subset_s, seed_style = timed(device, repeats, lambda: per_epsilon_accuracies(model, images[:subset], labels[:subset], 1))
     seed_style_s = subset_s * args.images / subset
-    print(f"(b)      one image and one epsilon at a time:  {seed_style_s:8.2f} s (measured {subset_s:.2f} s on "
-          f"{subset} images, scaled per image to {args.images})")
+    print(
+        f"(b)      one image and one epsilon at a time:  {seed_style_s:8.2f} s (measured {subset_s:.2f} s on "
+        f"{subset} images, scaled per image to {args.images})"
+    )
 
     print("epsilon  eps*255  accuracy (fer_ray)")
     for epsilon in SEED_EPSILONS:
@@ -89,11 +89,9 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
         print("RESULTS DIFFER:\n  " + "\n  ".join(mismatches))
         return 1
     print(f"all agree: the same correct/incorrect images at every epsilon ((b) on its {subset} images)")
-    print(f"(for information) ratio fer_ray vs (a') input gradient only, per epsilon: "
-          f"{input_only_s / ours_s:.1f}x")
+    print(f"(for information) ratio fer_ray vs (a') input gradient only, per epsilon: {input_only_s / ours_s:.1f}x")
     print(f"ratio fer_ray vs (a) batched gradient per epsilon: {batched_s / ours_s:.1f}x")
-    print(f"ratio fer_ray vs (b) seed style, per image and epsilon (scaled from {subset} images): "
-          f"{seed_style_s / ours_s:.1f}x")
+    print(f"ratio fer_ray vs (b) seed style, per image and epsilon (scaled from {subset} images): {seed_style_s / ours_s:.1f}x")
     return 0
 
 

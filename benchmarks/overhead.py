@@ -88,8 +88,13 @@ def baseline_seconds(n_trials: int, folder: Path) -> float:
     spec = load_spec(SWEEP)
     started = time.perf_counter()
     for i in range(n_trials):
-        trial = Trial(sweep="probe", data=spec.data, model=spec.model, train=spec.train,
-                      settings=spec.experiment_settings().model_copy(update={"value": float(i)}))
+        trial = Trial(
+            sweep="probe",
+            data=spec.data,
+            model=spec.model,
+            train=spec.train,
+            settings=spec.experiment_settings().model_copy(update={"value": float(i)}),
+        )
         probe.run(trial, LocalReporter(folder / f"trial{i}"))
     return time.perf_counter() - started
 
@@ -139,8 +144,19 @@ def main() -> None:
             floors.append(float(floor_out.split()[-1]))
             startups.append(sweep_seconds(1, here, args.cpus) - plain_per_trial)
             ray.shutdown()
-            cli, _ = process_seconds([sys.executable, "-m", "fer_ray.sweep", str(SWEEP), "--num-cpus", str(args.cpus),
-                                      "--set", *probe_overrides(1, here, "probe_cli")], here)
+            cli, _ = process_seconds(
+                [
+                    sys.executable,
+                    "-m",
+                    "fer_ray.sweep",
+                    str(SWEEP),
+                    "--num-cpus",
+                    str(args.cpus),
+                    "--set",
+                    *probe_overrides(1, here, "probe_cli"),
+                ],
+                here,
+            )
             plain_process, _ = process_seconds([sys.executable, "-c", PLAIN_SCRIPT, str(SWEEP), "trial"], here)
             clis.append(cli)
             plain_processes.append(plain_process)
@@ -158,8 +174,10 @@ def main() -> None:
     print(f"  of which over Ray + Tune alone: {startup - floor:.2f} s (medians; {startup / floor:.2f}x the floor)")
     print(f"fixed cost of a sweep on a running Ray (2 trials): {two:.2f} s")
     print(f"per-trial overhead after start-up: {overhead:.3f} s (goal <= 0.5 s); ratio overhead/goal {overhead / 0.5:.2f}x")
-    print(f"as a user sees it: `python -m fer_ray.sweep` (1 trial) {_spread(clis)} vs the plain script (1 trial) "
-          f"{_spread(plain_processes)}: {_spread(user_startup)} of start-up")
+    print(
+        f"as a user sees it: `python -m fer_ray.sweep` (1 trial) {_spread(clis)} vs the plain script (1 trial) "
+        f"{_spread(plain_processes)}: {_spread(user_startup)} of start-up"
+    )
 
 
 def _spread(values: list[float]) -> str:

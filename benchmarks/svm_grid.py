@@ -70,8 +70,10 @@ def main() -> None:
             synthetic=SyntheticConfig(identities=args.identities, width=112, height=152),
         )
         prepared = prepare_data(cfg)
-        print(f"synthetic faces: {len(prepared.dataset)} images, {args.image_size}px tensors "
-              f"({time.perf_counter() - started:.1f} s to draw and decode)")
+        print(
+            f"synthetic faces: {len(prepared.dataset)} images, {args.image_size}px tensors "
+            f"({time.perf_counter() - started:.1f} s to draw and decode)"
+        )
 
     people = prepared.dataset.identities
     features = pixel_features(prepared.train.images, args.feature_size)
@@ -80,13 +82,13 @@ def main() -> None:
     test_labels = prepared.test.labels.numpy()
     folds = subject_folds(labels, people[prepared.train.indices], n_splits=args.folds, seed=0)
     points = param_grid(**SEED_GRID)
-    print(f"train side: {features.shape[0]} images x {features.shape[1]} features, "
-          f"{len(set(people[prepared.train.indices]))} people; {len(points)} grid points x {len(folds)} folds "
-          f"= {len(points) * len(folds)} SVC fits per path; test side: {len(test_labels)} images")
-
-    search = GridSearchCV(
-        svm_pipeline(), pipeline_params(SEED_GRID), cv=folds, scoring="accuracy", n_jobs=args.cpus, refit=False
+    print(
+        f"train side: {features.shape[0]} images x {features.shape[1]} features, "
+        f"{len(set(people[prepared.train.indices]))} people; {len(points)} grid points x {len(folds)} folds "
+        f"= {len(points) * len(folds)} SVC fits per path; test side: {len(test_labels)} images"
     )
+
+    search = GridSearchCV(svm_pipeline(), pipeline_params(SEED_GRID), cv=folds, scoring="accuracy", n_jobs=args.cpus, refit=False)
     started = time.perf_counter()
     search.fit(features, labels)
     sklearn_s = time.perf_counter() - started
@@ -107,8 +109,10 @@ def main() -> None:
     check_identical(results, search.cv_results_, len(folds))
     best = best_point(results)
     assert pipeline_params(best["params"]) == search.best_params_, (best["params"], search.best_params_)
-    print(f"identical CV scores at all {len(points)} points; best {best['params']} "
-          f"mean CV acc {best['mean_test_score']:.4f} +- {best['std_test_score']:.4f}")
+    print(
+        f"identical CV scores at all {len(points)} points; best {best['params']} "
+        f"mean CV acc {best['mean_test_score']:.4f} +- {best['std_test_score']:.4f}"
+    )
 
     classes = list(prepared.dataset.classes)
     tuned = fit_and_test(features, labels, test_features, test_labels, best["params"], classes=classes)

@@ -41,8 +41,10 @@ def main() -> int:
         tags, info = run.data.tags, run.info
         wall = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
         by_sweep[tags.get("fer_ray.sweep", "?")].append(run)
-        print(f"{tags.get('fer_ray.sweep', '?')[:22]:<22} {(info.run_name or '')[:34]:<34} {info.status:<9} "
-              f"{wall:>8.1f}  {tags.get('fer_ray.node_id', '?')[:8]:<9} {tags.get('fer_ray.gpu_ids', '?')}")
+        print(
+            f"{tags.get('fer_ray.sweep', '?')[:22]:<22} {(info.run_name or '')[:34]:<34} {info.status:<9} "
+            f"{wall:>8.1f}  {tags.get('fer_ray.node_id', '?')[:8]:<9} {tags.get('fer_ray.gpu_ids', '?')}"
+        )
     best_on_one_gpu = 0
     for sweep, sweep_runs in by_sweep.items():
         finished = [r for r in sweep_runs if r.info.end_time]
@@ -53,8 +55,7 @@ def main() -> int:
                 per_gpu[(run.data.tags.get("fer_ray.node_id"), gpu)].append(span)
         on_one_gpu = max((max_overlap(s) for s in per_gpu.values()), default=0)
         best_on_one_gpu = max(best_on_one_gpu, on_one_gpu)
-        print(f"sweep {sweep}: {len(sweep_runs)} runs, at most {max_overlap(spans)} at once, "
-              f"at most {on_one_gpu} at once on one GPU")
+        print(f"sweep {sweep}: {len(sweep_runs)} runs, at most {max_overlap(spans)} at once, at most {on_one_gpu} at once on one GPU")
     if args.expect_concurrent and best_on_one_gpu < args.expect_concurrent:
         print(f"FAILED: expected >= {args.expect_concurrent} trials at once on one GPU, saw {best_on_one_gpu}")
         return 1

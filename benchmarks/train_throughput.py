@@ -33,8 +33,9 @@ def measure(args: argparse.Namespace, device: torch.device, options: StepOptions
     optimizer = make_optimizer(model, TrainConfig())
     augment = AugmentConfig(enabled=not args.no_augment)
     generator = torch.Generator(device=device).manual_seed(0)
-    images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8,
-                           device=device, generator=generator)
+    images = torch.randint(
+        0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8, device=device, generator=generator
+    )
     labels = torch.randint(0, 7, (args.batch_size,), device=device, generator=generator)
 
     for _ in range(args.warmup):
@@ -81,15 +82,16 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     params = count_parameters(build_model(ModelConfig(arch=args.arch, weights="none"), num_classes=7))
     print(f"device: {device} ({name}), torch {torch.__version__}")
-    print(f"model: {args.arch} ({params['total'] / 1e6:.1f} M parameters, all trainable), {args.image_size} px, "
-          f"batch {args.batch_size}, augmentation {'off' if args.no_augment else 'on'}, AdamW; "
-          f"{args.warmup} warm-up + {args.steps} timed steps")
+    print(
+        f"model: {args.arch} ({params['total'] / 1e6:.1f} M parameters, all trainable), {args.image_size} px, "
+        f"batch {args.batch_size}, augmentation {'off' if args.no_augment else 'on'}, AdamW; "
+        f"{args.warmup} warm-up + {args.steps} timed steps"
+    )
 
     fit_options = StepOptions.for_device(device)
     fit_rate, fit_peak = measure(args, device, fit_options)
     if fit_options == StepOptions(bf16=False, channels_last=False):
-        print(f"fit() step (fp32, contiguous; the baseline itself on {device.type}): {fit_rate:.1f} images/s"
-              f"{_memory(fit_peak)}")
+        print(f"fit() step (fp32, contiguous; the baseline itself on {device.type}): {fit_rate:.1f} images/s{_memory(fit_peak)}")
         print("ratio vs plain fp32: 1.00x")
         return
     base_rate, base_peak = measure(args, device, StepOptions(bf16=False, channels_last=False))

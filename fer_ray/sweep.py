@@ -35,21 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("spec", type=Path, help="sweep file (YAML), e.g. sweeps/quickstart.yaml")
     parser.add_argument(
-        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
         help="override any key by its dotted path, e.g. train.lr=3e-4 data.root=/data/KDEF",
     )
     parser.add_argument(
-        "--profile", default=None,
+        "--profile",
+        default=None,
         help="apply the sweep file's named override set (e.g. 'embedded'); 'none' = the file as written",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the trial plan and run nothing")
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="continue the latest interrupted run of this sweep, with the spec it started with (a --set or sweep "
         "file that now says otherwise is refused) and Tune state only from inside the configured storage",
     )
     parser.add_argument(
-        "--verbose", action="store_true",
+        "--verbose",
+        action="store_true",
         help="also print Ray Tune's status tables and the INFO logs of Ray and MLflow",
     )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")

@@ -48,10 +48,19 @@ def cache_dir(tmp_path) -> Path:
 #: ``--set`` overrides that make any sweep file tiny: seconds per trial on 2 cores. The faces are the
 #: embedded default's generator at 64x88 px, 6 people per gender, decoded at 32 px.
 TINY = [
-    "data.image_size=32", "data.synthetic.identities=6", "data.synthetic.width=64",
-    "data.synthetic.height=88", "data.split.val=0.2", "data.split.test=0.2",
-    "model.arch=resnet18", "model.weights=none", "model.head=[32]", "model.trainable=all",
-    "train.epochs=2", "train.batch_size=32", "train.patience=null",
+    "data.image_size=32",
+    "data.synthetic.identities=6",
+    "data.synthetic.width=64",
+    "data.synthetic.height=88",
+    "data.split.val=0.2",
+    "data.split.test=0.2",
+    "model.arch=resnet18",
+    "model.weights=none",
+    "model.head=[32]",
+    "model.trainable=all",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.patience=null",
 ]
 
 

@@ -167,6 +167,4 @@ def test_no_cache_dir_means_the_default_cache_folder(tmp_path, monkeypatch):
 
     load_image_tensors(dataset, 16)
 
-    assert files_under(tmp_path / "default-cache") == [
-        tmp_path / "default-cache" / "tensors" / f"{dataset_fingerprint(dataset, 16)}.pt"
-    ]
+    assert files_under(tmp_path / "default-cache") == [tmp_path / "default-cache" / "tensors" / f"{dataset_fingerprint(dataset, 16)}.pt"]

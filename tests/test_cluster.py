@@ -110,12 +110,18 @@ def test_remote_or_declared_shared_storage_accepted_across_machines(local_folder
         check_storage_for_cluster(str(local_folder), TWO_MACHINES)
 
 
-@pytest.mark.parametrize(("storage", "expected"), [
-    ("/data/ray_results", "/data/ray_results/probe-1"),
-    ("file:///data/ray_results/", "file:///data/ray_results/probe-1"),
-    ("s3://bucket/prefix", "s3://bucket/prefix/probe-1"),
-    ("s3://bucket/p?endpoint_override=http://10.0.0.3:9000&region=eu", "s3://bucket/p/probe-1?endpoint_override=http://10.0.0.3:9000&region=eu"),
-])
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("/data/ray_results", "/data/ray_results/probe-1"),
+        ("file:///data/ray_results/", "file:///data/ray_results/probe-1"),
+        ("s3://bucket/prefix", "s3://bucket/prefix/probe-1"),
+        (
+            "s3://bucket/p?endpoint_override=http://10.0.0.3:9000&region=eu",
+            "s3://bucket/p/probe-1?endpoint_override=http://10.0.0.3:9000&region=eu",
+        ),
+    ],
+)
 def test_experiment_path_keeps_a_storage_uris_query_at_the_end(storage, expected):
     from fer_ray.orchestrate.driver import experiment_path
 
@@ -339,7 +345,9 @@ def test_trials_spread_over_workers_and_log_through_the_server(ray_cluster, mlfl
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), "artifacts go through the server"
-        listed = {a.path for a in client.list_artifacts(run.info.run_id)} | {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        listed = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+            a.path for a in client.list_artifacts(run.info.run_id, "model")
+        }
         assert {"model/MLmodel", "confusion_matrix.png"} <= listed
         stored = [p for p in mlflow_server.artifacts.rglob("model.pt") if run.info.run_id in p.parts]
         assert len(stored) == 1 and stored[0].stat().st_size > 0, "the server stored the trial's model file"
@@ -423,7 +431,9 @@ def test_killed_driver_resumes_on_the_cluster_without_duplicate_runs(ray_cluster
 
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(workdir / "driver.log", "wb") as log:
-        driver = subprocess.Popen([sys.executable, "-m", "fer_ray.sweep", *sweep], cwd=workdir, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "fer_ray.sweep", *sweep], cwd=workdir, env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         _wait_for(one_trial_finished, 300, "a finished trial")
         with mlflow_server.paused():  # the second trial cannot finish meanwhile
@@ -460,7 +470,9 @@ def test_unreachable_server_fails_before_any_trial(ray_cluster, workdir, capsys)
     uri = f"http://127.0.0.1:{free_port()}"
     storage = workdir / "storage"
     known_actors = set(_trial_actors())
-    code = main([str(QUICKSTART), "--address", ray_cluster.address, "--tracking-uri", uri, "--storage", storage.as_uri(), "--set", *CLUSTER_SWEEP])
+    code = main(
+        [str(QUICKSTART), "--address", ray_cluster.address, "--tracking-uri", uri, "--storage", storage.as_uri(), "--set", *CLUSTER_SWEEP]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert uri in err and "unreachable" in err

@@ -255,7 +255,9 @@ def _mlflow_problems(config: dict[str, Any]) -> list[str]:
         return []
     host = re.search(r"--host (\$\(hostname -I \| cut -d' ' -f1\)|\S+)", server[0])
     if host is None or host.group(1) != "$(hostname -I | cut -d' ' -f1)":
-        return [f"mlflow server without a login on {host.group(1) if host else '(default host)'}: bind it to $(hostname -I | cut -d' ' -f1)"]
+        return [
+            f"mlflow server without a login on {host.group(1) if host else '(default host)'}: bind it to $(hostname -I | cut -d' ' -f1)"
+        ]
     return []
 
 
@@ -350,9 +352,18 @@ def _set_mlflow_host(config: dict[str, Any], host: str) -> None:
         (AWS, _ssh_problems, lambda c: c["available_node_types"]["head"]["node_config"].update(SecurityGroupIds=["sg-other"])),
     ],
     ids=[
-        "worker-default-profile", "worker-no-profile", "head-no-token", "worker-no-token", "local-worker-no-token",
-        "driver-no-token", "token-not-copied", "mlflow-all-interfaces", "local-mlflow-all-interfaces",
-        "mlflow-all-ipv6", "worker-default-security-group", "head-other-group",
+        "worker-default-profile",
+        "worker-no-profile",
+        "head-no-token",
+        "worker-no-token",
+        "local-worker-no-token",
+        "driver-no-token",
+        "token-not-copied",
+        "mlflow-all-interfaces",
+        "local-mlflow-all-interfaces",
+        "mlflow-all-ipv6",
+        "worker-default-security-group",
+        "head-other-group",
     ],
 )
 def test_each_check_finds_the_weakness_put_back(path, check, weaken):

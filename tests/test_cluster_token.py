@@ -26,10 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 _EXPORT = re.compile(r"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=\$HOME/[A-Za-z0-9_./-]+")
-_DRIVER = (
-    "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-    "print('nodes', sum(n['Alive'] for n in ray.nodes()))"
-)
+_DRIVER = "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); print('nodes', sum(n['Alive'] for n in ray.nodes()))"
 
 
 def _auth_export(path: Path) -> str:
@@ -85,27 +82,33 @@ def test_nodes_and_driver_share_the_token_and_a_driver_without_it_is_refused(tok
     head = _shell(
         f"{export}; {RAY} start --head --node-ip-address=127.0.0.1 --port={address.split(':')[1]} "
         f"--include-dashboard=false --temp-dir={temp_dir} {common}",
-        token_home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        token_home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     worker = None
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not list(temp_dir.glob("session_latest/logs/gcs_server.out")):
             time.sleep(1.0)
-        worker = _shell(f"{export}; {RAY} start --address={address} --node-ip-address=127.0.0.1 {common}",
-                        token_home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = _shell(
+            f"{export}; {RAY} start --address={address} --node-ip-address=127.0.0.1 {common}",
+            token_home,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         seen = ""
         while time.time() < deadline:
-            driver = _shell(f"{export}; {sys.executable} -c \"{_DRIVER}\" {address}", token_home,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            driver = _shell(
+                f'{export}; {sys.executable} -c "{_DRIVER}" {address}', token_home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
             seen = driver.communicate(timeout=120)[0]
             if "nodes 2" in seen:
                 break
             time.sleep(2.0)
         assert "nodes 2" in seen, f"driver with the token: {seen[-2000:]}"
 
-        refused = _shell(f"{sys.executable} -c \"{_DRIVER}\" {address}", token_home,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        refused = _shell(f'{sys.executable} -c "{_DRIVER}" {address}', token_home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         output = refused.communicate(timeout=120)[0]
         assert refused.returncode != 0 and "nodes 2" not in output, output[-2000:]
         assert "token authentication is enabled" in output, output[-2000:]

@@ -44,11 +44,18 @@ SWEEPS = REPO / "sweeps"
 def test_trial_names_put_what_varies_first_and_name_models_by_their_training_seed():
     spec = resolve_spec({"name": "n", "experiment": "noise", "source": {"train_seeds": [3, 5]}}, [])
     models = ["runs:/54efe0000aaaa/model", "runs:/99abc0000bbbb/model"]
-    sweep = spec.model_copy(update={"search": spec.search.model_copy(update={"grid": {
-        "source.model": models, "settings.batch_size": [64], "settings.noise_seed": [0, 1, 2]}})})
+    sweep = spec.model_copy(
+        update={
+            "search": spec.search.model_copy(
+                update={"grid": {"source.model": models, "settings.batch_size": [64], "settings.noise_seed": [0, 1, 2]}}
+            )
+        }
+    )
     config = {"source.model": models[1], "settings.batch_size": 64, "settings.noise_seed": 2}
     assert run_name(config, sweep) == "train_seed=5,noise_seed=2,batch_size=64"
-    one_model = sweep.model_copy(update={"search": sweep.search.model_copy(update={"grid": {**sweep.search.grid, "source.model": models[:1]}})})
+    one_model = sweep.model_copy(
+        update={"search": sweep.search.model_copy(update={"grid": {**sweep.search.grid, "source.model": models[:1]}})}
+    )
     one_model = one_model.model_copy(update={"source": one_model.source.model_copy(update={"train_seeds": [3]})})
     assert run_name({**config, "source.model": models[0]}, one_model) == "noise_seed=2,train_seed=3,batch_size=64"
 
@@ -58,8 +65,16 @@ def test_trial_names_of_other_model_sources_and_sampled_values():
     assert run_name({"source.model": "models:/fer/3"}, spec) == "model=fer/3"
     assert run_name({"source.model": "runs:/54efe0000aaaa/model"}, spec) == "model=run 54efe000"
     assert run_name({"source.model": "/data/models/best.pt"}, spec) == "model=best.pt"
-    hpo = resolve_spec({"name": "h", "experiment": "finetune", "search": {
-        "optuna": {"metric": "val_acc", "mode": "max", "num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}}}, [])
+    hpo = resolve_spec(
+        {
+            "name": "h",
+            "experiment": "finetune",
+            "search": {
+                "optuna": {"metric": "val_acc", "mode": "max", "num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}
+            },
+        },
+        [],
+    )
     assert run_name({"train.lr": 0.0021503467431, "train.seed": 0}, hpo) == "lr=0.00215,seed=0"
     assert run_name({"train.lr": 0.001, "model.head": [512, 128]}, hpo) == "lr=0.001,head=[512,128]", "no blank in a name"
     assert run_name({}, hpo) == "trial"
@@ -121,8 +136,11 @@ def test_plain_view_writes_an_epoch_line_per_quarter_of_a_trial_not_per_epoch():
 
 def test_evaluation_summary_shows_the_experiments_metric_per_varied_value():
     rows = [
-        {"name": "noise_seed=0,train_seed=0", "status": "done",
-         "metrics": {"test_acc": 0.8125, "acc_var_0.1": 0.6875, "acc_var_0.1/subject_ci_low": 0.5, "val_acc": 0.9}},
+        {
+            "name": "noise_seed=0,train_seed=0",
+            "status": "done",
+            "metrics": {"test_acc": 0.8125, "acc_var_0.1": 0.6875, "acc_var_0.1/subject_ci_low": 0.5, "val_acc": 0.9},
+        },
         {"name": "noise_seed=1,train_seed=0", "status": "error", "metrics": {}},
     ]
     lines = summary_table(rows, get_experiment("noise"))
@@ -147,15 +165,26 @@ def _sweep(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Compl
     """``python -m fer_ray.sweep ARGS`` with stdout and stderr to one pipe (not a terminal)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("FER_RAY_VERBOSE", None)
-    return subprocess.run([sys.executable, "-m", "fer_ray.sweep", *args], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fer_ray.sweep", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize(("quiet", "bar"), [
-    ("", True),  # MLflow's default: a tqdm bar on stderr for every artifact folder downloaded
-    ("from fer_ray.orchestrate.console import quiet_console; quiet_console()", False),  # the driver
-    ("from fer_ray.orchestrate.trial import quiet_trial_logs; quiet_trial_logs()", False),  # a trial, on any node
-], ids=["mlflow-default", "driver", "trial"])
+@pytest.mark.parametrize(
+    ("quiet", "bar"),
+    [
+        ("", True),  # MLflow's default: a tqdm bar on stderr for every artifact folder downloaded
+        ("from fer_ray.orchestrate.console import quiet_console; quiet_console()", False),  # the driver
+        ("from fer_ray.orchestrate.trial import quiet_trial_logs; quiet_trial_logs()", False),  # a trial, on any node
+    ],
+    ids=["mlflow-default", "driver", "trial"],
+)
 def test_mlflow_download_bars_stay_off_the_console(quiet, bar, tmp_path):
     """A real download from a real (sqlite) tracking store, in a fresh process as the driver and the
     trials run it."""
@@ -170,8 +199,14 @@ def test_mlflow_download_bars_stay_off_the_console(quiet, bar, tmp_path):
         "mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path='test_confusion', dst_path=sys.argv[2] + '/down')\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
-    done = subprocess.run([sys.executable, "-c", code, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path)], cwd=tmp_path,
-                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "down" / "test_confusion" / "counts.json").exists()
     assert ("Downloading artifacts" in done.stderr) is bar, done.stderr[-3000:]
@@ -191,7 +226,8 @@ def test_plain_console_of_a_sweep_names_trials_as_mlflow_does(tmp_path):
     assert "run_trial_" not in out, "Ray's trial names never reach the console"
 
     children = mlflow.MlflowClient(uri).search_runs(
-        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()], "tags.`fer_ray.role` != 'parent'")
+        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()], "tags.`fer_ray.role` != 'parent'"
+    )
     mlflow_names = {run.info.run_name for run in children}
     assert mlflow_names == {"lr=0.001,seed=0", "lr=0.0003,seed=0"}
     event = re.compile(r"^\[\d+:\d\d\] (\S+): (started|epoch \d+/2.*|done .*)$")
@@ -201,14 +237,23 @@ def test_plain_console_of_a_sweep_names_trials_as_mlflow_does(tmp_path):
     assert all("val_acc" in what and "test_acc" in what for _, what in events if what.startswith("done "))
     assert any(what.startswith("done ") and "1/2 trials done" in what for _, what in events)
     header = lines.index(next(line for line in lines if line.split()[:2] == ["trial", "status"]))
-    table_names = {line.split()[0] for line in lines[header + 2: header + 4]}
+    table_names = {line.split()[0] for line in lines[header + 2 : header + 4]}
     assert table_names == mlflow_names, "the end summary names the trials as MLflow does"
 
 
 @pytest.mark.slow
 def test_verbose_adds_tunes_status_table_and_info_logs(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [str(SWEEPS / "probe.yaml"), "--set", "search.grid={settings.value: [1]}", "settings.steps=2", "--tracking-uri", uri, "--num-cpus", "1"]
+    args = [
+        str(SWEEPS / "probe.yaml"),
+        "--set",
+        "search.grid={settings.value: [1]}",
+        "settings.steps=2",
+        "--tracking-uri",
+        uri,
+        "--num-cpus",
+        "1",
+    ]
     done = _sweep([*args, "--verbose"], tmp_path)
     assert done.returncode == 0, done.stdout[-4000:]
     assert "== Status ==" in done.stdout and "Started a local Ray instance" in done.stdout

@@ -85,9 +85,13 @@ def test_a_trial_restored_from_its_finished_checkpoint_is_not_run_again(tmp_path
         results = tune.Tuner(
             tune.with_resources(tune.with_parameters(lost_after_final_report, spec=spec, tracker=tracker, parent_id=parent_id), {"cpu": 1}),
             param_space={"train.lr": 0.001},
-            run_config=tune.RunConfig(name="lost-1", storage_path=str(tmp_path / "ray_results"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            run_config=tune.RunConfig(
+                name="lost-1",
+                storage_path=str(tmp_path / "ray_results"),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
         ).fit()
     finally:
         ray.shutdown()

@@ -90,6 +90,9 @@ def test_sqlite_store_reads_the_tags_tracking_writes():
     from fer_ray.orchestrate import sqlite_store, tracking
 
     assert (sqlite_store.TAG_SWEEP, sqlite_store.TAG_ROLE, sqlite_store.ROLE_PARENT) == (
-        tracking.TAG_SWEEP, tracking.TAG_ROLE, tracking.ROLE_PARENT)
+        tracking.TAG_SWEEP,
+        tracking.TAG_ROLE,
+        tracking.ROLE_PARENT,
+    )
     assert json.dumps(str(sqlite_store.sqlite_path("sqlite:////data/mlflow.db"))) == '"/data/mlflow.db"'
     assert sqlite_store.sqlite_path("http://127.0.0.1:5000") is None

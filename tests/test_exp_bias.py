@@ -102,8 +102,10 @@ def test_report_of_one_model_shows_its_subject_intervals_and_of_several_the_spre
     name = f"gender/{other}"
     assert "over test people: subject-clustered bootstrap" in markdown
     assert f"### gender: reference {reference} (each person in one group)" in markdown
-    assert (f"| {other} | 1 | {metrics[f'n/{name}']:.0f} | {metrics[f'acc/{name}']:.3f} | "
-            f"{metrics[f'acc_low/{name}']:.3f}–{metrics[f'acc_high/{name}']:.3f} | {metrics[f'acc_diff/{name}']:+.3f} |") in markdown
+    assert (
+        f"| {other} | 1 | {metrics[f'n/{name}']:.0f} | {metrics[f'acc/{name}']:.3f} | "
+        f"{metrics[f'acc_low/{name}']:.3f}–{metrics[f'acc_high/{name}']:.3f} | {metrics[f'acc_diff/{name}']:+.3f} |"
+    ) in markdown
     assert f"| {reference} | 1 |" in markdown and "(reference)" in markdown
     assert "Skipped attributes: angle: one group only (S)." in markdown
     assert parent_metrics[f"acc_diff/{name}"] == pytest.approx(metrics[f"acc_diff/{name}"])
@@ -136,8 +138,10 @@ def test_bias_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     report = sweep.report()
     for group in ("F", "M"):
         name = f"gender/{group}"
-        row = (f"| {group} | {child[f'metrics.people/{name}']:.0f} | {child[f'metrics.n/{name}']:.0f} | {child[f'metrics.acc/{name}']:.3f} | "
-               f"{child[f'metrics.acc_low/{name}']:.3f}–{child[f'metrics.acc_high/{name}']:.3f} |")
+        row = (
+            f"| {group} | {child[f'metrics.people/{name}']:.0f} | {child[f'metrics.n/{name}']:.0f} | {child[f'metrics.acc/{name}']:.3f} | "
+            f"{child[f'metrics.acc_low/{name}']:.3f}–{child[f'metrics.acc_high/{name}']:.3f} |"
+        )
         assert row in report, row
     diff = f"| {child[f'metrics.acc_diff/gender/{other}']:+.3f} | {child[f'metrics.acc_diff_low/gender/{other}']:.3f}–"
     assert diff in report and f"| {child[f'metrics.p_value/gender/{other}']:.3g} |" in report

@@ -46,7 +46,7 @@ def test_fgsm_run_scores_every_epsilon_and_draws_the_panel(tiny_trained_model, t
     model, _ = load_model(tiny_trained_model)
     assert metrics["test_acc"] == pytest.approx(evaluate_model(model, data.test, data.dataset)["accuracy"])
 
-    (artifact, folder), = reporter.artifacts
+    ((artifact, folder),) = reporter.artifacts
     saved = np.load(artifact)
     assert folder == fgsm.ARTIFACT_DIR and list(saved["epsilons"]) == [0.0, 0.01, 0.1, 0.3]
     assert saved["correct"].mean(axis=1) == pytest.approx([metrics[f"acc_eps_{e}"] for e in ("0", "0.01", "0.1", "0.3")])
@@ -99,10 +99,13 @@ def test_unknown_attack_is_rejected():
 
 def test_report_table_gives_mean_and_ci_over_models_with_eps255_and_the_seed_number():
     spec = resolve_spec({"name": "t", "experiment": "fgsm"}, ["settings.epsilons=[0, 0.01]", "settings.panel_epsilons=[]"])
-    runs = trial_tables.table(spec, [
-        trial_tables.record(spec, {}, {"test_acc": clean, "acc_eps_0": clean, "acc_eps_0.01": attacked}, source_model=model)
-        for model, clean, attacked in (("m1", 0.9, 0.40), ("m2", 0.8, 0.30), ("m3", 0.85, 0.20))
-    ])
+    runs = trial_tables.table(
+        spec,
+        [
+            trial_tables.record(spec, {}, {"test_acc": clean, "acc_eps_0": clean, "acc_eps_0.01": attacked}, source_model=model)
+            for model, clean, attacked in (("m1", 0.9, 0.40), ("m2", 0.8, 0.30), ("m3", 0.85, 0.20))
+        ],
+    )
     report = fgsm.report(runs)
     markdown, figures, parent_metrics = report.markdown, report.figures, report.metrics
     summary = mean_ci([0.40, 0.30, 0.20])
@@ -117,8 +120,15 @@ def test_report_table_gives_mean_and_ci_over_models_with_eps255_and_the_seed_num
 
 @pytest.mark.slow
 def test_epsilon_sweep_end_to_end_report_matches_mlflow(tiny_trained_model, tmp_path, monkeypatch):
-    sweep = run_sweep("epsilon", tmp_path, monkeypatch, f"source.model={tiny_trained_model}",
-                      "settings.epsilons=[0, 0.01, 0.1]", "settings.panel_epsilons=[0, 0.1]", "settings.n_panel_images=2")
+    sweep = run_sweep(
+        "epsilon",
+        tmp_path,
+        monkeypatch,
+        f"source.model={tiny_trained_model}",
+        "settings.epsilons=[0, 0.01, 0.1]",
+        "settings.panel_epsilons=[0, 0.1]",
+        "settings.n_panel_images=2",
+    )
     parent, children = sweep.parent, sweep.children
     assert len(children) == 1 and children["status"].iloc[0] == "FINISHED", "one model, all epsilons in one trial"
     child = children.iloc[0]

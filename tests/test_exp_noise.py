@@ -49,7 +49,7 @@ def _trial(model_file: Path, *overrides: str) -> Trial:
 def _run(model_file: Path, folder: Path, *overrides: str) -> tuple[dict, LocalReporter, np.lib.npyio.NpzFile]:
     reporter = LocalReporter(folder)
     metrics = noise.run(_trial(model_file, *overrides), reporter)
-    (artifact, artifact_dir), = reporter.artifacts
+    ((artifact, artifact_dir),) = reporter.artifacts
     assert artifact_dir == noise.ARTIFACT_DIR
     return metrics, reporter, np.load(artifact)
 
@@ -128,15 +128,30 @@ def test_negative_variance_fails_at_spec_load_naming_the_key(override, key):
 def test_report_averages_repeats_per_model_then_gives_the_ci_over_models():
     """report() on an MLflow-like frame: 2 models x 3 noise seeds, variances 0 and 0.1."""
     accuracy = {("m1", 0): 0.60, ("m1", 1): 0.62, ("m1", 2): 0.64, ("m2", 0): 0.50, ("m2", 1): 0.55, ("m2", 2): 0.57}
-    spec = resolve_spec({"name": "t", "experiment": "noise"}, ["settings.n_examples=0", "settings.n_boot=500", "settings.variances=[0, 0.1]"])
-    runs = trial_tables.table(spec, [
-        trial_tables.record(spec, {"settings.noise_seed": seed}, {
-            "test_acc": 0.8, "acc_var_0": 0.8, "acc_var_0.1": value, "mcnemar_b_var_0.1": 5.0,
-            "mcnemar_c_var_0.1": 1.0, "mcnemar_p_var_0.1": 0.2 if seed else 0.01,
-            "acc_var_0.1/subject_ci_low": value - 0.1, "acc_var_0.1/subject_ci_high": value + 0.1,
-        }, source_model=model)
-        for (model, seed), value in accuracy.items()
-    ])
+    spec = resolve_spec(
+        {"name": "t", "experiment": "noise"}, ["settings.n_examples=0", "settings.n_boot=500", "settings.variances=[0, 0.1]"]
+    )
+    runs = trial_tables.table(
+        spec,
+        [
+            trial_tables.record(
+                spec,
+                {"settings.noise_seed": seed},
+                {
+                    "test_acc": 0.8,
+                    "acc_var_0": 0.8,
+                    "acc_var_0.1": value,
+                    "mcnemar_b_var_0.1": 5.0,
+                    "mcnemar_c_var_0.1": 1.0,
+                    "mcnemar_p_var_0.1": 0.2 if seed else 0.01,
+                    "acc_var_0.1/subject_ci_low": value - 0.1,
+                    "acc_var_0.1/subject_ci_high": value + 0.1,
+                },
+                source_model=model,
+            )
+            for (model, seed), value in accuracy.items()
+        ],
+    )
     report = noise.report(runs)
     markdown, figures, parent_metrics = report.markdown, report.figures, report.metrics
 
@@ -156,8 +171,15 @@ def test_report_averages_repeats_per_model_then_gives_the_ci_over_models():
 
 @pytest.mark.slow
 def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch):
-    sweep = run_sweep("noise_sig", tmp_path, monkeypatch, f"source.model={input_sensitive_model}",
-                      "search.grid={settings.noise_seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}", "settings.n_boot=200", "settings.n_examples=2")
+    sweep = run_sweep(
+        "noise_sig",
+        tmp_path,
+        monkeypatch,
+        f"source.model={input_sensitive_model}",
+        "search.grid={settings.noise_seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}",
+        "settings.n_boot=200",
+        "settings.n_examples=2",
+    )
     parent, children = sweep.parent, sweep.children
     assert len(children) == 10 and set(children["status"]) == {"FINISHED"}
     assert sorted(children["params.settings.noise_seed"].astype(int)) == list(range(10))
@@ -182,8 +204,10 @@ def test_noise_sig_sweep_end_to_end(input_sensitive_model, tmp_path, monkeypatch
     # McNemar per repeat: one table row each, with MLflow's b, c and p
     for _, child in children.iterrows():
         seed = int(child["params.settings.noise_seed"])
-        expected = f"| model 1 | {seed} | {child['metrics.test_acc']:.3f} | {child['metrics.acc_var_0.1']:.3f} | " \
-                   f"{int(child['metrics.mcnemar_b_var_0.1'])} | {int(child['metrics.mcnemar_c_var_0.1'])} | {child['metrics.mcnemar_p_var_0.1']:.3g} |"
+        expected = (
+            f"| model 1 | {seed} | {child['metrics.test_acc']:.3f} | {child['metrics.acc_var_0.1']:.3f} | "
+            f"{int(child['metrics.mcnemar_b_var_0.1'])} | {int(child['metrics.mcnemar_c_var_0.1'])} | {child['metrics.mcnemar_p_var_0.1']:.3g} |"
+        )
         assert expected in report
     significant = int((children["metrics.mcnemar_p_var_0.1"] < 0.05).sum())
     assert f"p < 0.05 in {significant} of 10 repeats" in report

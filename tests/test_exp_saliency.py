@@ -84,16 +84,24 @@ def test_center_mass_fraction():
 def test_report_puts_the_mean_central_mass_over_models_on_the_parent():
     spec = resolve_spec({"name": "t", "experiment": "saliency"}, [])
     values = {"m1": (0.40, 0.5, 1.0), "m2": (0.60, 0.7, 3.0)}  # center_mass_vanilla, selected_acc, zero_maps_gradcam
-    runs = trial_tables.table(spec, [
-        trial_tables.record(spec, {"train.seed": seed}, {
-            "n_images": 7.0, "selected_acc": acc, "center_area": 0.25, "center_mass_vanilla": mass, "zero_maps_gradcam": zeros},
-            source_model=model)
-        for seed, (model, (mass, acc, zeros)) in enumerate(values.items())
-    ])
+    runs = trial_tables.table(
+        spec,
+        [
+            trial_tables.record(
+                spec,
+                {"train.seed": seed},
+                {"n_images": 7.0, "selected_acc": acc, "center_area": 0.25, "center_mass_vanilla": mass, "zero_maps_gradcam": zeros},
+                source_model=model,
+            )
+            for seed, (model, (mass, acc, zeros)) in enumerate(values.items())
+        ],
+    )
     metrics = saliency.report(runs).metrics
     summary = mean_ci([0.40, 0.60], bounds=(0.0, 1.0))
     assert metrics["mean_center_mass_vanilla"] == pytest.approx(0.5)
-    assert (metrics["mean_center_mass_vanilla/ci_low"], metrics["mean_center_mass_vanilla/ci_high"]) == pytest.approx((summary["low"], summary["high"]))
+    assert (metrics["mean_center_mass_vanilla/ci_low"], metrics["mean_center_mass_vanilla/ci_high"]) == pytest.approx(
+        (summary["low"], summary["high"])
+    )
     assert metrics["center_mass_vanilla/train_seed_0"] == 0.40 and metrics["center_mass_vanilla/train_seed_1"] == 0.60
     assert metrics["mean_selected_acc"] == pytest.approx(0.6) and metrics["center_area"] == 0.25
     assert metrics["mean_zero_maps_gradcam"] == pytest.approx(2.0), "a count, not clipped to [0, 1]"
@@ -113,8 +121,9 @@ def test_saliency_sweep_end_to_end_per_class(tiny_trained_model, tmp_path, monke
     assert child["tags.fer_ray.saliency_images"] == " ".join(expected)
 
     report = sweep.report()
-    cells = "7 | " + " | ".join(f"{child[f'metrics.{name}']:.3f}" for name in
-                                ("selected_acc", "center_area", "center_mass_vanilla", "center_mass_guided"))
+    cells = "7 | " + " | ".join(
+        f"{child[f'metrics.{name}']:.3f}" for name in ("selected_acc", "center_area", "center_mass_vanilla", "center_mass_guided")
+    )
     cells += " | " + " | ".join(f"{child[f'metrics.zero_maps_{name}']:.0f}" for name in ("vanilla", "guided", "gradcam"))
     assert f"| model 1 | {cells} |" in report
     assert "Central mass not reported: gradcam: maps computed at 1x1" in report

@@ -72,12 +72,17 @@ def test_trials_over_the_grid_equal_grid_search_cv_on_the_cached_features(tiny_t
     assert len({m["cv_acc_mean"] for m in results}) > 1, "the grid points differ, so the pick means something"
 
     # the report's pick (from MLflow-shaped rows) is GridSearchCV's, and its refit test accuracy its score
-    spec = resolve_spec({"name": "t", "experiment": "svm", "search": {"grid": {f"settings.{k}": v for k, v in SMALL_GRID.items()}}},
-                        TINY + ["settings.folds=3", "settings.pixel_size=16"])
-    runs = trial_tables.table(spec, [
-        trial_tables.record(spec, {f"settings.{k}": v for k, v in point.items()}, metrics, run_id=f"r{i}")
-        for i, (point, metrics) in reversed(list(enumerate(zip(points, results))))  # any order in, grid order out
-    ])
+    spec = resolve_spec(
+        {"name": "t", "experiment": "svm", "search": {"grid": {f"settings.{k}": v for k, v in SMALL_GRID.items()}}},
+        TINY + ["settings.folds=3", "settings.pixel_size=16"],
+    )
+    runs = trial_tables.table(
+        spec,
+        [
+            trial_tables.record(spec, {f"settings.{k}": v for k, v in point.items()}, metrics, run_id=f"r{i}")
+            for i, (point, metrics) in reversed(list(enumerate(zip(points, results))))  # any order in, grid order out
+        ],
+    )
     best = svm_report.choose_best(svm_report.grid_results(runs)).iloc[0]
     assert pipeline_params({k: best[k] for k in ("C", "gamma", "kernel")}) == search.best_params_
     test_x, test_y = features[design.test_rows], labels[design.test_rows]
@@ -155,7 +160,9 @@ def test_bad_settings_name_the_keys(tiny_trained_model, tmp_path):
 @pytest.mark.slow
 def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
     grid = ["search.grid.settings.C=[1, 100]", "search.grid.settings.gamma=[scale]", "search.grid.settings.kernel=[rbf, linear]"]
-    sweep = run_sweep("svm", tmp_path, monkeypatch, f"source.model={tiny_trained_model}", "settings.folds=3", "settings.pixel_size=16", *grid)
+    sweep = run_sweep(
+        "svm", tmp_path, monkeypatch, f"source.model={tiny_trained_model}", "settings.folds=3", "settings.pixel_size=16", *grid
+    )
     parent = sweep.parent
     children = sweep.runs[sweep.runs["tags.fer_ray.role"] != "parent"]
     assert len(children) == 4 and set(children["status"]) == {"FINISHED"}, "2 C x 1 gamma x 2 kernels"
@@ -163,7 +170,9 @@ def test_svm_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
 
     # the tuned SVM: best mean CV accuracy, ties to the first point in grid order (C slowest, kernel fastest)
     order = {(c, k): i for i, (c, k) in enumerate([(1.0, "rbf"), (1.0, "linear"), (100.0, "rbf"), (100.0, "linear")])}
-    ranked = children.assign(order=[order[(float(c), k)] for c, k in zip(children["params.settings.C"], children["params.settings.kernel"])])
+    ranked = children.assign(
+        order=[order[(float(c), k)] for c, k in zip(children["params.settings.C"], children["params.settings.kernel"])]
+    )
     ranked = ranked.sort_values("order")
     best = ranked.iloc[int(np.argmax(ranked["metrics.cv_acc_mean"].to_numpy()))]  # argmax: the first of ties
     assert parent["metrics.svm_tuned_test_acc"] == best["metrics.test_acc"]

@@ -12,7 +12,14 @@ from fer_ray.experiments import get_experiment
 from fer_ray.experiments.base import LocalReporter, Trial
 from fer_ray.orchestrate.spec import resolve_spec
 
-FAST = ["settings.width=8", "settings.epochs=2", "settings.val_pairs=16", "settings.n_boot=100", "settings.panel_people=2", "settings.critic_epochs=2"]
+FAST = [
+    "settings.width=8",
+    "settings.epochs=2",
+    "settings.val_pairs=16",
+    "settings.n_boot=100",
+    "settings.panel_people=2",
+    "settings.critic_epochs=2",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny tensors run faster on one thread
@@ -20,7 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny tenso
 
 def test_trial_logs_losses_metrics_panel_and_generator(tiny_trained_model, tmp_path):
     spec = resolve_spec({"name": "t", "experiment": "transfer"}, [*TINY, *FAST])
-    trial = Trial(sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=tiny_trained_model)
+    trial = Trial(
+        sweep="t", data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(), model_file=tiny_trained_model
+    )
     reporter = LocalReporter(tmp_path)
     metrics = get_experiment("transfer").run(trial, reporter)
     assert [step for step, _ in reporter.history] == [1, 2]
@@ -31,14 +40,16 @@ def test_trial_logs_losses_metrics_panel_and_generator(tiny_trained_model, tmp_p
     assert metrics["transfer_cases"] == 42 * metrics["transfer_test_people"] * 2  # 2 sessions, 7 x 6 pairs each
     assert "transfer_target_acc/happy" in metrics
     assert "transfer_panel.png" in reporter.figures
-    (generator_file, folder), = reporter.artifacts
+    ((generator_file, folder),) = reporter.artifacts
     generator, classes = load_generator(generator_file)
     assert folder == "transfer" and generator.width == 8 and len(classes) == 7
 
 
 @pytest.mark.slow
 def test_transfer_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
-    sweep = run_sweep("transfer", tmp_path, monkeypatch, *FAST, f"source.model={tiny_trained_model}", "search.grid={settings.width: [4, 8]}")
+    sweep = run_sweep(
+        "transfer", tmp_path, monkeypatch, *FAST, f"source.model={tiny_trained_model}", "search.grid={settings.width: [4, 8]}"
+    )
     children = sweep.children
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}
     assert sorted(children["params.settings.width"].astype(int)) == [4, 8]

@@ -51,7 +51,9 @@ def test_run_embeds_the_test_features_in_2d_and_3d(tiny_trained_model, tmp_path)
     features = extract_features(load_model(tiny_trained_model)[0], test.images)
     people = data.dataset.identities[test.indices]  # k-NN neighbours come from other people only
     assert embedding_quality(features, saved["coords_2d"], saved["labels"], people, k=5) == {
-        "trustworthiness": pytest.approx(metrics["trustworthiness_2d"]), "knn_accuracy": pytest.approx(metrics["knn_acc_2d"])}
+        "trustworthiness": pytest.approx(metrics["trustworthiness_2d"]),
+        "knn_accuracy": pytest.approx(metrics["knn_acc_2d"]),
+    }
     assert set(reporter.figures) == {"tsne_2d.png", "tsne_3d.png"}
     assert all(path.stat().st_size > 0 for path in reporter.figures.values())
 
@@ -64,16 +66,30 @@ def test_perplexity_must_be_below_the_number_of_images(tiny_trained_model, tmp_p
 
     # with the training images added the same perplexity is fine; the split is the marker
     reporter = LocalReporter(tmp_path / "both")
-    metrics = tsne.run(_trial(tiny_trained_model, f"settings.perplexity={n_test}", "settings.splits=[test, train]",
-                              "settings.dims=[2]", "settings.marker_by=split"), reporter)
+    metrics = tsne.run(
+        _trial(
+            tiny_trained_model,
+            f"settings.perplexity={n_test}",
+            "settings.splits=[test, train]",
+            "settings.dims=[2]",
+            "settings.marker_by=split",
+        ),
+        reporter,
+    )
     saved = _embedding(reporter)
     assert metrics["n_images"] == len(saved["coords_2d"]) > n_test
     assert (saved["groups"] == "test").sum() == n_test and set(saved["groups"]) == {"test", "train"}
     assert "knn_acc_3d" not in metrics
 
 
-@pytest.mark.parametrize("override, key", [("settings.perplexity=0", "settings.perplexity"), ("settings.dims=[2, 4]", "settings.dims"),
-                                           ("settings.splits=[test, test]", "settings.splits")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("settings.perplexity=0", "settings.perplexity"),
+        ("settings.dims=[2, 4]", "settings.dims"),
+        ("settings.splits=[test, test]", "settings.splits"),
+    ],
+)
 def test_bad_eval_values_fail_at_spec_load_naming_the_key(override, key):
     with pytest.raises(SpecError, match=key.replace(".", r"\.")):
         resolve_spec({"name": "t", "experiment": "tsne"}, [override])
@@ -82,17 +98,25 @@ def test_bad_eval_values_fail_at_spec_load_naming_the_key(override, key):
 def test_report_puts_each_models_knn_accuracy_and_the_mean_over_models_on_the_parent():
     spec = resolve_spec({"name": "t", "experiment": "tsne", "search": {"grid": {"settings.perplexity": [5, 10]}}}, ["settings.dims=[2]"])
     knn = {("m1", 5): 0.40, ("m1", 10): 0.50, ("m2", 5): 0.30, ("m2", 10): 0.60}
-    runs = trial_tables.table(spec, [
-        trial_tables.record(spec, {"settings.perplexity": perplexity, "train.seed": seed}, {
-            "trustworthiness_2d": 0.9, "knn_acc_2d": value, "knn_acc_features": 0.7 - 0.1 * seed, "test_acc": 0.8},
-            source_model=model)
-        for (model, perplexity), value in knn.items() for seed in [int(model[1]) - 1]
-    ])
+    runs = trial_tables.table(
+        spec,
+        [
+            trial_tables.record(
+                spec,
+                {"settings.perplexity": perplexity, "train.seed": seed},
+                {"trustworthiness_2d": 0.9, "knn_acc_2d": value, "knn_acc_features": 0.7 - 0.1 * seed, "test_acc": 0.8},
+                source_model=model,
+            )
+            for (model, perplexity), value in knn.items()
+            for seed in [int(model[1]) - 1]
+        ],
+    )
     metrics = tsne.report(runs).metrics
     summary = mean_ci([0.40, 0.30], bounds=(0.0, 1.0))
     assert metrics["mean_knn_acc_2d/perplexity_5"] == pytest.approx(0.35)
     assert (metrics["mean_knn_acc_2d/perplexity_5/ci_low"], metrics["mean_knn_acc_2d/perplexity_5/ci_high"]) == pytest.approx(
-        (summary["low"], summary["high"]))
+        (summary["low"], summary["high"])
+    )
     assert metrics["mean_knn_acc_2d/perplexity_10"] == pytest.approx(0.55)
     assert metrics["knn_acc_2d/train_seed_0/perplexity_10"] == 0.50 and metrics["knn_acc_2d/train_seed_1/perplexity_5"] == 0.30
     assert metrics["mean_knn_acc_features"] == pytest.approx(0.65) and metrics["knn_acc_features/train_seed_1"] == pytest.approx(0.6)
@@ -103,8 +127,14 @@ def test_report_puts_each_models_knn_accuracy_and_the_mean_over_models_on_the_pa
 
 @pytest.mark.slow
 def test_tsne_sweep_end_to_end(tiny_trained_model, tmp_path, monkeypatch):
-    sweep = run_sweep("tsne", tmp_path, monkeypatch, f"source.model={tiny_trained_model}",
-                      "search.grid={settings.perplexity: [5, 10]}", "settings.dims=[2]")
+    sweep = run_sweep(
+        "tsne",
+        tmp_path,
+        monkeypatch,
+        f"source.model={tiny_trained_model}",
+        "search.grid={settings.perplexity: [5, 10]}",
+        "settings.dims=[2]",
+    )
     children = sweep.children
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}, "one trial per perplexity"
     assert sorted(children["params.settings.perplexity"].astype(float)) == [5.0, 10.0]
@@ -138,8 +168,10 @@ def test_report_reads_the_embeddings_through_a_tracking_server(tiny_trained_mode
     from fer_ray.orchestrate.report import FETCHED, write_report
     from fer_ray.orchestrate.tracking import Tracker, flatten
 
-    spec = resolve_spec({"name": "tsne-remote", "experiment": "tsne", "search": {"grid": {"settings.perplexity": [5, 8]}}},
-                        [*TINY, "settings.dims=[2]", f"source.model={tiny_trained_model}"])
+    spec = resolve_spec(
+        {"name": "tsne-remote", "experiment": "tsne", "search": {"grid": {"settings.perplexity": [5, 8]}}},
+        [*TINY, "settings.dims=[2]", f"source.model={tiny_trained_model}"],
+    )
     tracker = Tracker(mlflow_server.uri, "tsne-remote-report")
     tracker.check()
     parent = tracker.parent_run(spec.name, "tsne-remote-1", tags={})
@@ -147,9 +179,13 @@ def test_report_reads_the_embeddings_through_a_tracking_server(tiny_trained_mode
         trial = _trial(tiny_trained_model, f"settings.perplexity={perplexity}", "settings.dims=[2]")
         reporter = LocalReporter(tmp_path / f"p{perplexity}")
         metrics = tsne.run(trial, reporter)
-        child = tracker.child_run(parent, f"p{perplexity}", f"perplexity={perplexity}",
-                                  params=flatten({"settings": trial.settings.model_dump(mode="json")}),
-                                  tags={"fer_ray.source_model": str(tiny_trained_model)})
+        child = tracker.child_run(
+            parent,
+            f"p{perplexity}",
+            f"perplexity={perplexity}",
+            params=flatten({"settings": trial.settings.model_dump(mode="json")}),
+            tags={"fer_ray.source_model": str(tiny_trained_model)},
+        )
         tracker.log_metrics(child, metrics)
         for path, folder in reporter.artifacts:
             tracker.log_artifact(child, path, folder)
@@ -164,8 +200,9 @@ def test_report_reads_the_embeddings_through_a_tracking_server(tiny_trained_mode
     assert not (folder / FETCHED).exists(), "downloaded embeddings are not left in the report folder"
 
     # a run without the artifact is counted, not fatal
-    empty = tracker.child_run(parent, "p9", "perplexity=9", params={"settings.perplexity": 9},
-                              tags={"fer_ray.source_model": str(tiny_trained_model)})
+    empty = tracker.child_run(
+        parent, "p9", "perplexity=9", params={"settings.perplexity": 9}, tags={"fer_ray.source_model": str(tiny_trained_model)}
+    )
     tracker.log_metrics(empty, {"trustworthiness_2d": 0.5, "knn_acc_2d": 0.5})
     tracker.finish(empty)
     report = (write_report(spec, tracker, parent, tmp_path / "report2") / "report.md").read_text()

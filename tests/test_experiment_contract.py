@@ -144,7 +144,9 @@ def test_experiments_import_no_orchestrator_sweep_ray_or_mlflow():
 def test_the_scan_sees_a_forbidden_import(tmp_path):
     """The scan itself: an import it must catch, in both spellings."""
     (tmp_path / "fer_ray" / "core" / "data").mkdir(parents=True)
-    (tmp_path / "fer_ray" / "core" / "data" / "x.py").write_text("import ray\nfrom mlflow import MlflowClient\nfrom ...orchestrate import spec\n")
+    (tmp_path / "fer_ray" / "core" / "data" / "x.py").write_text(
+        "import ray\nfrom mlflow import MlflowClient\nfrom ...orchestrate import spec\n"
+    )
     assert _violations("core", ("ray", "mlflow", "fer_ray.orchestrate"), root=tmp_path) == [
         "fer_ray/core/data/x.py imports fer_ray.orchestrate",
         "fer_ray/core/data/x.py imports mlflow",

@@ -35,8 +35,12 @@ def test_atomic_write_replaces_whole_files_and_a_failed_write_leaves_the_old_one
 def test_node_cached_recomputes_a_file_its_loader_refuses(tmp_path):
     path = tmp_path / "value.json"
     path.write_text("not json of the right shape")
-    value = node_cached(path, lambda: {"v": 2}, save=lambda v, p: p.write_text(json.dumps(v)),
-                        load=lambda p: json.loads(p.read_text()) if p.read_text().startswith("{") else None)
+    value = node_cached(
+        path,
+        lambda: {"v": 2},
+        save=lambda v, p: p.write_text(json.dumps(v)),
+        load=lambda p: json.loads(p.read_text()) if p.read_text().startswith("{") else None,
+    )
     assert value == {"v": 2} and json.loads(path.read_text()) == {"v": 2}
 
 
@@ -90,5 +94,3 @@ def test_a_failed_computation_leaves_no_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json.lock"]
     assert node_cached_json(tmp_path / "x.json", lambda: {"a": 1}) == {"a": 1}
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
-
-

@@ -40,8 +40,9 @@ def _records(spec, tmp_path):
             fetched.append(artifact_path)
             return confusion
 
-        record = trial_tables.record(spec, {"train.lr": lr, "train.seed": seed}, {"test_acc": test_acc, "val_acc": val_curve[-1]},
-                                     run_id=f"run{index}")
+        record = trial_tables.record(
+            spec, {"train.lr": lr, "train.seed": seed}, {"test_acc": test_acc, "val_acc": val_curve[-1]}, run_id=f"run{index}"
+        )
         records.append(replace(record, history={"val_acc": list(enumerate(val_curve, start=1))}, fetch=fetch))
     return records
 

@@ -32,7 +32,10 @@ def test_expression_folders_use_expression_order(tmp_path):
     assert dataset.name == "folder"
     assert dataset.classes == ("afraid", "happy", "surprised")
     assert sorted((im.path.name, im.expression) for im in dataset.images) == [
-        ("p1_a.png", "surprised"), ("p1_b.jpg", "happy"), ("p2_c.JPG", "happy"), ("p2_d.jpeg", "afraid")
+        ("p1_a.png", "surprised"),
+        ("p1_b.jpg", "happy"),
+        ("p2_c.JPG", "happy"),
+        ("p2_d.jpeg", "afraid"),
     ]
     assert all(im.identity is None for im in dataset.images)
     assert dataset.labels.tolist() == [dataset.classes.index(im.expression) for im in dataset.images]
@@ -68,9 +71,7 @@ def test_identity_pattern_must_match_every_file(tmp_path):
         read_image_folder(tmp_path, identity_pattern=r"^(?P<identity>[A-Za-z]+\d+)_")
 
 
-@pytest.mark.parametrize(
-    "pattern, problem", [(r"^([a-z]+)_", "no named group"), (r"(?P<identity>[a-z", "not a valid")]
-)
+@pytest.mark.parametrize("pattern, problem", [(r"^([a-z]+)_", "no named group"), (r"(?P<identity>[a-z", "not a valid")])
 def test_bad_identity_pattern_is_named(tmp_path, pattern, problem):
     _image(tmp_path / "happy" / "a_1.png")
     with pytest.raises(DataError, match=problem):

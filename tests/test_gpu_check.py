@@ -17,21 +17,36 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CP
 
 
 def test_gpu_check_says_in_one_line_there_is_no_cuda_and_exits_0():
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("\n") == 1 and "no CUDA device" in done.stdout and not done.stderr
 
 
 def test_gpu_check_without_torch_says_so_and_fails():
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": "/bin/false"}, timeout=60)
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": "/bin/false"},
+        timeout=60,
+    )
     assert done.returncode == 1 and "cannot import torch" in done.stderr
 
 
 def test_cuda_only_tests_are_not_collected_without_cuda():
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", str(REPO / "tests" / "gpu")],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", str(REPO / "tests" / "gpu")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 5 and "no tests collected" in done.stdout, done.stdout  # 5: nothing collected
 
 

@@ -87,7 +87,6 @@ def test_bad_inputs_are_named():
         group_rates([0, 1], [0, 5], ["a", "b"], CLASSES)
 
 
-
 # ----------------------------------------------------------------------------------------------
 # compare_groups: signed differences against a named reference, subject-level tests
 # ----------------------------------------------------------------------------------------------
@@ -147,7 +146,7 @@ def test_within_subject_design_is_recognised_and_its_pairing_kept():
     subjects = np.repeat([f"P{i}" for i in range(8)], 10)
     sessions = np.tile(np.repeat(["A", "B"], 5), 8)
     ability = np.repeat(np.arange(8) % 6, 10)  # 0..5 of each person's 5 images per session right
-    correct = (np.tile(np.arange(5), 16) < ability)
+    correct = np.tile(np.arange(5), 16) < ability
     result = compare_groups(correct, sessions, subjects, reference="A", n_boot=300, n_perm=300)
     assert result["design"] == "within"
     [difference] = result["differences"]

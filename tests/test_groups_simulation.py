@@ -38,14 +38,14 @@ def simulate(rng, n_groups: int, people: int, within: bool, effect: float = 0.0)
     return success, np.array([f"g{g}" for g in range(n_groups)])[group], np.char.add("p", subject.astype(str))
 
 
-def rejection_rates(n_groups: int, people: int, within: bool, effect: float = 0.0, simulations: int = SIMULATIONS,
-                    seed: int = 0) -> dict[str, float]:
+def rejection_rates(
+    n_groups: int, people: int, within: bool, effect: float = 0.0, simulations: int = SIMULATIONS, seed: int = 0
+) -> dict[str, float]:
     """Share of ``simulations`` data sets on which each reported decision says 'groups differ' at ALPHA."""
     rng = np.random.default_rng(seed)
     decisions = {"omnibus": [], "any_holm": [], "any_ci_excludes_0": []}
     for index in range(simulations):
-        result = compare_groups(*simulate(rng, n_groups, people, within, effect), reference="g0",
-                                n_boot=200, n_perm=200, seed=index)
+        result = compare_groups(*simulate(rng, n_groups, people, within, effect), reference="g0", n_boot=200, n_perm=200, seed=index)
         decisions["omnibus"].append(result["omnibus_p"] < ALPHA)
         decisions["any_holm"].append(min(d["p_holm"] for d in result["differences"]) < ALPHA)
         decisions["any_ci_excludes_0"].append(any(d["low"] > 0 or d["high"] < 0 for d in result["differences"]))

@@ -35,7 +35,13 @@ def test_fer_ray_imports_rich_only_where_the_live_view_is_drawn():
     for path in sorted(package.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             if any(name == "rich" or name.startswith("rich.") for name in names):
                 (top_level if node in tree.body else inside).append(path.relative_to(package).as_posix())
     assert top_level == []

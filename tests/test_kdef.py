@@ -71,9 +71,7 @@ def test_images_carry_their_fields(kdef_root):
     dataset = _read_quietly(kdef_root)
     by_name = {im.path.name: im for im in dataset.images}
     image = by_name["BM35SUFR.JPG"]
-    assert (image.session, image.gender, image.identity, image.expression, image.angle) == (
-        "B", "M", "M35", "surprised", "FR"
-    )
+    assert (image.session, image.gender, image.identity, image.expression, image.angle) == ("B", "M", "M35", "surprised", "FR")
     assert image.path == kdef_root.resolve() / "BM35" / "BM35SUFR.JPG"
     lower = by_name["af01has.jpeg"]
     assert (lower.identity, lower.expression, lower.angle, lower.session) == ("F01", "happy", "S", "A")
@@ -120,8 +118,20 @@ def test_parse_kdef_name(name, fields):
 
 
 @pytest.mark.parametrize(
-    "name", ["AF01HAX.JPG", "AF36HAS.JPG", "AF00HAS.JPG", "CF01HAS.JPG", "AX01HAS.JPG", "AF01HASS.JPG",
-             "AF01XXS.JPG", "AF1HAS.JPG", "AF01HAS.png", "AF01HAS", "readme.txt"],
+    "name",
+    [
+        "AF01HAX.JPG",
+        "AF36HAS.JPG",
+        "AF00HAS.JPG",
+        "CF01HAS.JPG",
+        "AX01HAS.JPG",
+        "AF01HASS.JPG",
+        "AF01XXS.JPG",
+        "AF1HAS.JPG",
+        "AF01HAS.png",
+        "AF01HAS",
+        "readme.txt",
+    ],
 )
 def test_parse_rejects_non_kdef_names(name):
     assert parse_kdef_name(name) is None

@@ -1,5 +1,6 @@
-"""The code stays clean under the project's ruff rule set (pyproject.toml [tool.ruff]): pyflakes,
-import order, syntax and pyupgrade, on fer_ray/, tests/ and benchmarks/."""
+"""The code stays clean under the project's ruff set-up (pyproject.toml [tool.ruff]): the lint rules
+(pyflakes, import order, syntax, pyupgrade) and the formatter, on fer_ray/, tests/ and benchmarks/.
+Fix with ``ruff check --fix`` and ``ruff format`` (both in the test extras)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_ruff_check_is_clean():
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "fer_ray", "tests", "benchmarks"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_ruff_is_clean(command):
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "fer_ray", "tests", "benchmarks"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr

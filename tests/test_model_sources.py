@@ -42,7 +42,9 @@ def test_training_hash_ignores_evaluation_settings_and_follows_the_recipe():
     stage = training_spec(base, [3, 4])
     assert stage.experiment == "finetune" and stage.search.seeds == [3, 4]
     assert training_hash(stage) == training_hash(base), "the stage trains exactly the recipe it was derived from"
-    profiled = resolve_spec({"name": "a", "experiment": "evaluate", "profiles": {"fast": {"train.weight_decay": 0.01}}}, TINY, profile="fast")
+    profiled = resolve_spec(
+        {"name": "a", "experiment": "evaluate", "profiles": {"fast": {"train.weight_decay": 0.01}}}, TINY, profile="fast"
+    )
     stage = training_spec(profiled, [0])
     assert stage.profile == "fast" and stage.train.weight_decay == 0.01, "the stage says which profile's overrides it embeds"
 
@@ -86,8 +88,9 @@ def test_second_evaluation_sweep_trains_nothing_and_other_sources_work(tmp_path,
 def test_missing_model_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     missing = tmp_path / "nope.pt"
-    code = main([str(SWEEPS / "evaluate.yaml"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                 "--set", *TINY, f"source.model={missing}"])
+    code = main(
+        [str(SWEEPS / "evaluate.yaml"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", *TINY, f"source.model={missing}"]
+    )
     assert code == 2
     assert f"source.model: model file '{missing}' not found" in capsys.readouterr().err
     assert not ray.is_initialized(), "the error came before Ray started"

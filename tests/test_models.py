@@ -81,9 +81,7 @@ def test_imagenet_normalisation_is_inside_the_model():
 
 def _trainable_backbone_blocks(model) -> set[str]:
     """Top-level backbone modules (conv1, bn1, layer1..) holding a parameter that requires grad."""
-    return {
-        name.split(".")[1] for name, p in model.named_parameters() if name.startswith("backbone.") and p.requires_grad
-    }
+    return {name.split(".")[1] for name, p in model.named_parameters() if name.startswith("backbone.") and p.requires_grad}
 
 
 def test_only_layer4_and_head_train_and_frozen_batchnorm_stays_in_eval_mode():
@@ -103,9 +101,7 @@ def test_only_layer4_and_head_train_and_frozen_batchnorm_stays_in_eval_mode():
     torch.testing.assert_close(frozen_bn.running_mean, running_mean_before)
     assert not torch.equal(trained_bn.running_mean, trained_mean_before)
     counts = count_parameters(model)
-    layer4_and_head = sum(p.numel() for p in model.backbone.layer4.parameters()) + sum(
-        p.numel() for p in model.head.parameters()
-    )
+    layer4_and_head = sum(p.numel() for p in model.backbone.layer4.parameters()) + sum(p.numel() for p in model.head.parameters())
     assert counts["trainable"] == layer4_and_head < counts["total"]
 
 

@@ -75,7 +75,6 @@ def test_confusion_matrix_figure_rejects_a_matrix_of_another_size():
         confusion_matrix_figure([[1, 0], [0, 1]], CLASSES)
 
 
-
 def test_metric_curve_figure_draws_mean_band_and_labels():
     import io
 
@@ -84,8 +83,14 @@ def test_metric_curve_figure_draws_mean_band_and_labels():
     from fer_ray.core.plots import metric_curve_figure
 
     figure = metric_curve_figure(
-        [0.1, 0.5, 0.2], [0.6, 0.9, 0.7], [0.5, 0.85, np.nan], [0.7, 0.95, np.nan],
-        xlabel="fraction", ylabel="acc", title="t", point_labels=["a", "c", "b"],
+        [0.1, 0.5, 0.2],
+        [0.6, 0.9, 0.7],
+        [0.5, 0.85, np.nan],
+        [0.7, 0.95, np.nan],
+        xlabel="fraction",
+        ylabel="acc",
+        title="t",
+        point_labels=["a", "c", "b"],
     )
     axis = figure.axes[0]
     line = axis.lines[0]

@@ -34,8 +34,23 @@ def write_kdef(root: Path, people: int = 3, codes=tuple(EXPRESSION_CODES)) -> li
 
 def _run_cli(tmp_path: Path, root: Path, *extra: str) -> int:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return main([str(QUICKSTART), "--set", *TINY, "data.dataset=kdef", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
-                 "--tracking-uri", uri, "--storage", str(tmp_path / "ray_results"), "--num-cpus", "1", *extra])
+    return main(
+        [
+            str(QUICKSTART),
+            "--set",
+            *TINY,
+            "data.dataset=kdef",
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(tmp_path / "ray_results"),
+            "--num-cpus",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def _assert_nothing_started(tmp_path: Path) -> None:
@@ -59,7 +74,11 @@ def _corrupt(root: Path) -> Path:
     [
         (lambda root: root / "missing", "missing does not exist", "set data.root"),
         (lambda root: root.mkdir() or root, "holds no KDEF-named images", "point data.root"),
-        (lambda root: write_kdef(root, codes=("AF", "AN", "DI", "HA", "NE", "SA")) and root, "['surprised']", "add images of the missing class"),
+        (
+            lambda root: write_kdef(root, codes=("AF", "AN", "DI", "HA", "NE", "SA")) and root,
+            "['surprised']",
+            "add images of the missing class",
+        ),
         (lambda root: _corrupt(root) and root, "AF02HAS.JPG", "replace or delete that file"),
     ],
     ids=["missing-root", "empty-folder", "class-without-images", "corrupt-jpeg"],
@@ -79,8 +98,19 @@ def test_bad_data_exits_2_with_one_line_before_anything_starts(make, named, advi
 
 def test_missing_model_file_and_weights_file_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main([str(REPO / "sweeps" / "noise_sig.yaml"), "--set", *TINY, f"source.model={tmp_path / 'gone.pt'}",
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    assert (
+        main(
+            [
+                str(REPO / "sweeps" / "noise_sig.yaml"),
+                "--set",
+                *TINY,
+                f"source.model={tmp_path / 'gone.pt'}",
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}",
+            ]
+        )
+        == 2
+    )
     assert "gone.pt" in capsys.readouterr().err
     assert main([str(QUICKSTART), "--set", *TINY, f"model.weights={tmp_path / 'w.pt'}", "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -127,9 +157,14 @@ def test_preflight_error_is_a_spec_error():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("search", [["search.grid={train.lr: [0.001]}"],
-                                    ["search.grid={}", "search.optuna={num_samples: 1, space: {train.lr: {loguniform: [0.0001, 0.01]}}}"]],
-                         ids=["grid", "optuna-asha"])
+@pytest.mark.parametrize(
+    "search",
+    [
+        ["search.grid={train.lr: [0.001]}"],
+        ["search.grid={}", "search.optuna={num_samples: 1, space: {train.lr: {loguniform: [0.0001, 0.01]}}}"],
+    ],
+    ids=["grid", "optuna-asha"],
+)
 def test_bad_input_inside_a_trial_fails_once_and_is_never_retried(search, tmp_path, monkeypatch):
     """Real Ray and MLflow: a data error a trial meets itself (here the pre-flight is skipped) ends the
     trial at once, although failure.max_retries allows 2 retries; the summary and MLflow say why."""
@@ -141,9 +176,20 @@ def test_bad_input_inside_a_trial_fails_once_and_is_never_retried(search, tmp_pa
 
     monkeypatch.chdir(tmp_path)
     _corrupt(tmp_path / "kdef")
-    spec = load_spec(QUICKSTART, [*TINY, "data.dataset=kdef", f"data.root={tmp_path / 'kdef'}", f"data.cache_dir={tmp_path / 'cache'}",
-                                  "search.seeds=[0]", *search, "failure.max_retries=2", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                                  f"storage.path={tmp_path / 'ray_results'}"])
+    spec = load_spec(
+        QUICKSTART,
+        [
+            *TINY,
+            "data.dataset=kdef",
+            f"data.root={tmp_path / 'kdef'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "search.seeds=[0]",
+            *search,
+            "failure.max_retries=2",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"storage.path={tmp_path / 'ray_results'}",
+        ],
+    )
     tracker = tracker_for(spec)
     _start_ray_and_tracking(tracker, None, 1)
     try:

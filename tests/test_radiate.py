@@ -50,11 +50,8 @@ def test_reads_mapped_rows_and_counts_dropped_labels(radiate_root):
 
     assert dataset.name == "radiate"
     assert dataset.classes == EXPRESSIONS
-    assert [im.path.name for im in dataset.images] == [Path(r[0]).name for r in ROWS if "calm" not in r[0]
-                                                       and "open" not in r[0]]
-    assert [im.expression for im in dataset.images] == [
-        "afraid", "angry", "disgusted", "happy", "neutral", "sad", "surprised"
-    ]
+    assert [im.path.name for im in dataset.images] == [Path(r[0]).name for r in ROWS if "calm" not in r[0] and "open" not in r[0]]
+    assert [im.expression for im in dataset.images] == ["afraid", "angry", "disgusted", "happy", "neutral", "sad", "surprised"]
     assert dataset.labels.tolist() == [0, 1, 2, 3, 4, 5, 6]
     assert dataset.notes["dropped_labels"] == {"calm": 2, "happy_open": 1}
     assert dataset.identities.tolist() == ["BF-01", "BF-01", "AM-02", "AM-02", "HF-03", "HF-03", "HF-03"]
@@ -76,14 +73,11 @@ def test_custom_label_map_and_absolute_metadata_path(radiate_root, tmp_path_fact
     assert dataset.classes == ("happy", "neutral")
     assert [im.expression for im in dataset.images] == ["neutral", "happy", "neutral", "happy"]
     assert dataset.labels.tolist() == [1, 0, 1, 0]
-    assert dataset.notes["dropped_labels"] == {
-        "fear": 1, "anger": 1, "disgust": 1, "neutral": 1, "sadness": 1, "surprise": 1
-    }
+    assert dataset.notes["dropped_labels"] == {"fear": 1, "anger": 1, "disgust": 1, "neutral": 1, "sadness": 1, "surprise": 1}
 
 
 def test_byte_order_mark_and_header_case_are_tolerated(radiate_root):
-    _write_csv(radiate_root / "metadata.csv", ["File", "Model_ID", "Gender", "Race", "Expression"], ROWS,
-               encoding="utf-8-sig")
+    _write_csv(radiate_root / "metadata.csv", ["File", "Model_ID", "Gender", "Race", "Expression"], ROWS, encoding="utf-8-sig")
     assert len(read_radiate(radiate_root, RadiateConfig())) == 7
 
 

@@ -38,8 +38,11 @@ def test_register_from_training_sweep_then_evaluate_by_alias(mlflow_server, tmp_
 
         # an evaluation sweep on the alias: resolved in the sweep's registry, trials fetch through the server
         assert main([str(SWEEPS / "evaluate.yaml"), *common, "source.model=models:/fer-e2e@champion"]) == 0
-        evaluated = [r for r in client.search_runs([trained.info.experiment_id], "tags.`fer_ray.experiment` = 'evaluate'")
-                     if r.data.tags.get("fer_ray.role") == "child"]
+        evaluated = [
+            r
+            for r in client.search_runs([trained.info.experiment_id], "tags.`fer_ray.experiment` = 'evaluate'")
+            if r.data.tags.get("fer_ray.role") == "child"
+        ]
         assert len(evaluated) == 1 and evaluated[0].info.status == "FINISHED"
         tags = evaluated[0].data.tags
         assert tags["fer_ray.source_run"] == version.run_id

@@ -49,15 +49,18 @@ def test_every_shipped_sweep_defaults_to_auto():
     assert _spec().resources.gpu == "auto"
 
 
-@pytest.mark.parametrize(("overrides", "share"), [
-    ((), 0.25),                                                       # the quickstart itself
-    (("model.arch=resnet50", "data.image_size=224"), 1.0),            # the reference study's scale
-    (("model.arch=resnet18", "data.image_size=224"), 0.5),            # 0.44 x ResNet-50 at 224 px
-    (("model.arch=resnet50", "data.image_size=128"), 0.5),            # 0.33
-    (("model.arch=resnet18", "data.image_size=112"), 0.25),           # 0.11
-    (("model.arch=resnet152", "data.image_size=224"), 1.0),           # auto never asks more than one
-    (("search.grid={model.arch: [resnet18, resnet152]}", "data.image_size=128"), 1.0),  # the largest arch decides
-])
+@pytest.mark.parametrize(
+    ("overrides", "share"),
+    [
+        ((), 0.25),  # the quickstart itself
+        (("model.arch=resnet50", "data.image_size=224"), 1.0),  # the reference study's scale
+        (("model.arch=resnet18", "data.image_size=224"), 0.5),  # 0.44 x ResNet-50 at 224 px
+        (("model.arch=resnet50", "data.image_size=128"), 0.5),  # 0.33
+        (("model.arch=resnet18", "data.image_size=112"), 0.25),  # 0.11
+        (("model.arch=resnet152", "data.image_size=224"), 1.0),  # auto never asks more than one
+        (("search.grid={model.arch: [resnet18, resnet152]}", "data.image_size=128"), 1.0),  # the largest arch decides
+    ],
+)
 def test_gpu_share_follows_model_and_image_size(overrides, share):
     spec = load_spec(QUICKSTART, list(overrides))
     assert gpu_share(spec)[0] == share

@@ -75,9 +75,7 @@ def trained_tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     labels = torch.arange(150) % 3
     images = (0.5 + patterns[labels] + 0.05 * torch.randn(150, 3, 6, 6, generator=generator)).clamp(0, 1)
     torch.manual_seed(4)
-    model = nn.Sequential(
-        nn.Flatten(), nn.Linear(3 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)
-    )
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
         optimizer.zero_grad()
@@ -178,11 +176,12 @@ def test_fgsm_multi_epsilon_equals_one_epsilon_at_a_time(resnet, images, labels)
         assert np.array_equal(result[epsilon]["correct"], single["correct"])
         assert result[epsilon]["accuracy"] == single["accuracy"]
         # and against the textbook reference, batch by batch
-        expected = np.concatenate([
-            (resnet(reference_fgsm(resnet, images[s : s + 5], labels[s : s + 5], epsilon)).argmax(dim=1)
-             == labels[s : s + 5]).numpy()
-            for s in range(0, len(labels), 5)
-        ])
+        expected = np.concatenate(
+            [
+                (resnet(reference_fgsm(resnet, images[s : s + 5], labels[s : s + 5], epsilon)).argmax(dim=1) == labels[s : s + 5]).numpy()
+                for s in range(0, len(labels), 5)
+            ]
+        )
         assert np.array_equal(result[epsilon]["correct"], expected)
     clean = (predict_proba(resnet, images).argmax(dim=1) == labels).float().mean().item()
     assert result[0.0]["accuracy"] == clean == 1.0
@@ -193,10 +192,12 @@ def test_fgsm_examples_and_top3(resnet, images, labels):
     result = fgsm_accuracy(resnet, images, labels, [0.0, 0.01, 0.3], batch_size=2, return_examples=3)
     for epsilon, entry in result.items():
         assert entry["examples"].shape == (3, 3, 32, 32)
-        expected = torch.cat([  # the first batch of 2 and the first image of the second
-            reference_fgsm(resnet, images[:2], labels[:2], epsilon),
-            reference_fgsm(resnet, images[2:4], labels[2:4], epsilon)[:1],
-        ])
+        expected = torch.cat(
+            [  # the first batch of 2 and the first image of the second
+                reference_fgsm(resnet, images[:2], labels[:2], epsilon),
+                reference_fgsm(resnet, images[2:4], labels[2:4], epsilon)[:1],
+            ]
+        )
         assert torch.equal(entry["examples"], expected)
         probs = resnet(entry["examples"]).softmax(dim=1)
         top = probs.topk(3, dim=1)

@@ -40,10 +40,18 @@ def test_profile_applies_and_set_overrides_win_over_it():
 
 
 def test_set_reaches_nested_keys_and_parses_yaml_values():
-    spec = resolve_spec(MINIMAL, [
-        "data.split.seed=7", "data.dataset=kdef", "data.root=/data/KDEF", "model.head=[512, 128]",
-        "train.augment.hflip=false", "train.patience=null", "search.seeds=[0,1,2]",
-    ])
+    spec = resolve_spec(
+        MINIMAL,
+        [
+            "data.split.seed=7",
+            "data.dataset=kdef",
+            "data.root=/data/KDEF",
+            "model.head=[512, 128]",
+            "train.augment.hflip=false",
+            "train.patience=null",
+            "search.seeds=[0,1,2]",
+        ],
+    )
     assert spec.data.split.seed == 7
     assert spec.data.dataset == "kdef" and str(spec.data.root) == "/data/KDEF"
     assert spec.model.head == [512, 128]
@@ -130,10 +138,17 @@ def test_unknown_experiment_names_the_key_and_the_closest_kind():
 
 def test_old_eval_section_and_keys_are_read_as_settings_with_a_message(tmp_path):
     path = tmp_path / "old.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "old", "experiment": "noise", "eval": {"n_boot": 100},
-        "search": {"grid": {"eval.noise_seed": [0, 1]}}, "profiles": {"quick": {"eval.n_examples": 0}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "old",
+                "experiment": "noise",
+                "eval": {"n_boot": 100},
+                "search": {"grid": {"eval.noise_seed": [0, 1]}},
+                "profiles": {"quick": {"eval.n_examples": 0}},
+            }
+        )
+    )
     with pytest.warns(RenamedKeyWarning, match=r"'eval:' section is now called 'settings:'"):
         spec = load_spec(path, ["eval.variances=[0, 0.2]"], profile="quick")
     settings = spec.experiment_settings()

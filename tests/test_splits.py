@@ -139,9 +139,7 @@ def test_training_subsets_are_nested_whole_people_of_the_right_size(seed):
 
 def test_training_subset_prefixes_stay_class_balanced():
     # 70 one-expression people, 10 per class: the 10 % subset (7 people) must hold one of each
-    images = tuple(
-        FaceImage(path=Path(f"/p{i}.png"), expression=EXPRESSIONS[i % 7], identity=f"P{i}") for i in range(70)
-    )
+    images = tuple(FaceImage(path=Path(f"/p{i}.png"), expression=EXPRESSIONS[i % 7], identity=f"P{i}") for i in range(70))
     dataset = FaceDataset(name="balanced", images=images)
     rows = training_subset(dataset, np.arange(70), 0.1, seed=11)
     assert sorted(dataset.labels[rows]) == list(range(7))

@@ -38,9 +38,7 @@ N_SUBJECTS = 20
 @pytest.fixture(scope="module")
 def problem():
     """240 rows of 3-class features, 12 rows per subject (subjects own rows of every class)."""
-    features, labels = make_classification(
-        n_samples=240, n_features=16, n_informative=6, n_classes=3, class_sep=0.8, random_state=0
-    )
+    features, labels = make_classification(n_samples=240, n_features=16, n_informative=6, n_classes=3, class_sep=0.8, random_state=0)
     subjects = np.array([f"P{i % N_SUBJECTS:02d}" for i in range(len(labels))], dtype=object)
     return features.astype(np.float32), labels, subjects
 

@@ -183,9 +183,21 @@ def test_interrupted_sweep_closes_every_run_and_resumes_without_rerunning(workdi
     rest without running the finished trial again."""
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     epochs = 3
-    args = [sys.executable, "-m", "fer_ray.sweep", str(SWEEPS / "quickstart.yaml"), "--num-cpus", "1",
-            "--tracking-uri", uri, "--set", *TINY, f"train.epochs={epochs}", "search.seeds=[0,1]",
-            "search.max_concurrent=1"]  # Tune creates a trial only when one may start: the summary must name the rest
+    args = [
+        sys.executable,
+        "-m",
+        "fer_ray.sweep",
+        str(SWEEPS / "quickstart.yaml"),
+        "--num-cpus",
+        "1",
+        "--tracking-uri",
+        uri,
+        "--set",
+        *TINY,
+        f"train.epochs={epochs}",
+        "search.seeds=[0,1]",
+        "search.max_concurrent=1",
+    ]  # Tune creates a trial only when one may start: the summary must name the rest
     code, out, running = _interrupt_mid_trial(args, workdir, uri, epochs, after_one_finished=True)
     assert code == 130, "an interrupted sweep exits 130 (128 + SIGINT)\n" + out[-3000:]
 
@@ -250,15 +262,25 @@ def test_interrupt_during_an_evaluation_sweeps_training_stage_exits_130(workdir)
 
 def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray, capsys):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    code = main([
-        str(SWEEPS / "hpo.yaml"), "--num-cpus", "2", "--tracking-uri", uri,
-        # enough people that learning rates separate on val_acc (at chance every trial ties and
-        # ASHA, which stops only trials strictly below its cut-off, stops none)
-        "--set", *TINY, "data.synthetic.identities=24", "train.epochs=3", "search.optuna.num_samples=5",
-        "search.optuna.space.train.lr={loguniform: [0.00001, 0.003]}",
-        "search.optuna.asha={grace_period: 1, reduction_factor: 2}",
-        "search.max_concurrent=1",  # sequential: ASHA's decisions (and so this test) are deterministic
-    ])
+    code = main(
+        [
+            str(SWEEPS / "hpo.yaml"),
+            "--num-cpus",
+            "2",
+            "--tracking-uri",
+            uri,
+            # enough people that learning rates separate on val_acc (at chance every trial ties and
+            # ASHA, which stops only trials strictly below its cut-off, stops none)
+            "--set",
+            *TINY,
+            "data.synthetic.identities=24",
+            "train.epochs=3",
+            "search.optuna.num_samples=5",
+            "search.optuna.space.train.lr={loguniform: [0.00001, 0.003]}",
+            "search.optuna.asha={grace_period: 1, reduction_factor: 2}",
+            "search.max_concurrent=1",  # sequential: ASHA's decisions (and so this test) are deterministic
+        ]
+    )
     assert code == 0
     children = _children(_runs(uri))
     assert len(children) == 5
@@ -282,8 +304,12 @@ def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray, capsys):
 
     tracker = Tracker(uri, "fer_ray")
     parent = _runs(uri).query("`tags.fer_ray.role` == 'parent'")["run_id"].iloc[0]
-    table = trial_table(load_spec(SWEEPS / "hpo.yaml", ["search.optuna.space.train.lr={loguniform: [0.00001, 0.003]}"]),
-                        tracker, tracker.child_runs(parent), workdir / "fetched")
+    table = trial_table(
+        load_spec(SWEEPS / "hpo.yaml", ["search.optuna.space.train.lr={loguniform: [0.00001, 0.003]}"]),
+        tracker,
+        tracker.child_runs(parent),
+        workdir / "fetched",
+    )
     by_run = {record.run_id: record for record in table}
     for _, child in children.iterrows():
         record = by_run[child["run_id"]]

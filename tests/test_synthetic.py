@@ -82,9 +82,7 @@ def test_expressions_differ_more_than_sessions(fixture_faces):
     dataset, pixels = fixture_faces
     row = {(im.identity, im.session, im.expression): i for i, im in enumerate(dataset.images)}
     people = sorted(set(dataset.identities))
-    session_gap = [
-        np.abs(pixels[row[p, "A", e]] - pixels[row[p, "B", e]]).mean() for p in people for e in EXPRESSIONS
-    ]
+    session_gap = [np.abs(pixels[row[p, "A", e]] - pixels[row[p, "B", e]]).mean() for p in people for e in EXPRESSIONS]
     expression_gap = [
         np.abs(pixels[row[p, s, e1]] - pixels[row[p, s, e2]]).mean()
         for p in people
@@ -177,9 +175,7 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 
 def test_read_dataset_synthetic(tmp_path, synthetic_root):
-    cfg = DataConfig(
-        synthetic=SyntheticConfig(identities=36, sessions=["A"], width=16, height=16), cache_dir=tmp_path
-    )
+    cfg = DataConfig(synthetic=SyntheticConfig(identities=36, sessions=["A"], width=16, height=16), cache_dir=tmp_path)
     dataset = read_dataset(cfg)
     assert dataset.name == "synthetic"
     assert len(dataset) == 36 * 2 * 7

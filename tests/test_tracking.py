@@ -117,15 +117,10 @@ def test_git_sha_inside_and_outside_a_repository(tmp_path):
 
 
 def test_parent_children_reuse_metrics_and_artifacts(tracker, sqlite_db, tmp_path):
-    parent = tracker.parent_run(
-        "noise_sig", "sweep-1", tags={"origin": "test"}, params={"model": {"arch": "resnet18"}}
-    )
+    parent = tracker.parent_run("noise_sig", "sweep-1", tags={"origin": "test"}, params={"model": {"arch": "resnet18"}})
     assert tracker.parent_run("noise_sig", "sweep-1", params={"model": {"arch": "resnet18"}}) == parent
 
-    children = {
-        f"trial_{i}": tracker.child_run(parent, f"trial_{i}", f"noise-{i}", params={"lr": 0.1 * i, "seed": i})
-        for i in range(3)
-    }
+    children = {f"trial_{i}": tracker.child_run(parent, f"trial_{i}", f"noise-{i}", params={"lr": 0.1 * i, "seed": i}) for i in range(3)}
     for step in range(3):
         for run_id in children.values():
             tracker.log_metrics(run_id, {"train_loss": 1.0 / (step + 1), "acc@eps=0.01": 0.25 * step}, step)

@@ -78,8 +78,7 @@ def faces_to_learn(tmp_path_factory):
 @pytest.mark.slow
 def test_resnet18_learns_synthetic_faces_above_chance(faces_to_learn):
     train, val = faces_to_learn
-    cfg = TrainConfig(epochs=LEARN_EPOCHS, lr=LEARN_LR, batch_size=32, patience=None, seed=0,
-                      augment=AugmentConfig(enabled=False))
+    cfg = TrainConfig(epochs=LEARN_EPOCHS, lr=LEARN_LR, batch_size=32, patience=None, seed=0, augment=AugmentConfig(enabled=False))
     model = _seeded_model(ModelConfig(arch="resnet18", weights="none", head=[], dropout=0.0))
 
     result = fit(model, train, val, cfg, device=CPU)
@@ -109,8 +108,16 @@ def test_per_epoch_checkpoint_and_saved_model_predict_identically(tmp_path):
         seen.append(result.epoch)
 
     cfg = TrainConfig(epochs=2, batch_size=8, patience=None)
-    fit(model, train, val, cfg, device=CPU, checkpoint_path=checkpoint, on_epoch=check_checkpoint,
-        model_config=SMALL_MODEL.model_dump(mode="json"))
+    fit(
+        model,
+        train,
+        val,
+        cfg,
+        device=CPU,
+        checkpoint_path=checkpoint,
+        on_epoch=check_checkpoint,
+        model_config=SMALL_MODEL.model_dump(mode="json"),
+    )
 
     assert seen == [1, 2]
     assert [p.name for p in checkpoint.parent.iterdir()] == ["checkpoint.pt"]  # no temp file left

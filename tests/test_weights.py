@@ -71,12 +71,20 @@ def test_offline_says_which_file_to_put_where(tmp_path, torch_home):
 
 
 def test_prefetch_covers_every_arch_a_sweep_builds_and_fails_as_a_spec_error(torch_home):
-    grid = resolve_spec({"name": "a", "experiment": "finetune", "model": {"weights": "imagenet"},
-                         "search": {"grid": {"model.arch": ["resnet50", "resnet18"]}}}, [])
+    grid = resolve_spec(
+        {
+            "name": "a",
+            "experiment": "finetune",
+            "model": {"weights": "imagenet"},
+            "search": {"grid": {"model.arch": ["resnet50", "resnet18"]}},
+        },
+        [],
+    )
     assert imagenet_archs(grid) == ["resnet18", "resnet50"]
     assert imagenet_archs(resolve_spec({"name": "a", "experiment": "finetune"}, [])) == []  # weights none
-    evaluation = resolve_spec({"name": "a", "experiment": "noise", "model": {"weights": "imagenet"},
-                               "source": {"model": "models:/m/1"}}, [])
+    evaluation = resolve_spec(
+        {"name": "a", "experiment": "noise", "model": {"weights": "imagenet"}, "source": {"model": "models:/m/1"}}, []
+    )
     assert imagenet_archs(evaluation) == []
     wrong = _published(torch_home, prefix="f37072fd")  # resnet18's published name, other content
     spec = resolve_spec({"name": "a", "experiment": "finetune", "model": {"arch": "resnet18", "weights": "imagenet"}}, [])
@@ -87,8 +95,16 @@ def test_prefetch_covers_every_arch_a_sweep_builds_and_fails_as_a_spec_error(tor
 def test_the_driver_stops_before_ray_with_one_line(torch_home, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _published(torch_home, prefix="f37072fd")
-    code = main([str(SWEEPS / "quickstart.yaml"), "--set", "model.arch=resnet18", "model.weights=imagenet",
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    code = main(
+        [
+            str(SWEEPS / "quickstart.yaml"),
+            "--set",
+            "model.arch=resnet18",
+            "model.weights=imagenet",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: model.weights: imagenet: weights file")
@@ -105,7 +121,9 @@ def test_the_dry_run_finds_imagenet_files_where_torch_would(torch_home, monkeypa
     monkeypatch.chdir(tmp_path)
     args = [str(SWEEPS / "quickstart.yaml"), "--set", "model.weights=imagenet", "--dry-run"]
     assert main(args) == 0
-    assert f"model.weights: imagenet resnet18: {torch_home / IMAGENET_FILES['resnet18']} missing: fetched at start" in capsys.readouterr().out
+    assert (
+        f"model.weights: imagenet resnet18: {torch_home / IMAGENET_FILES['resnet18']} missing: fetched at start" in capsys.readouterr().out
+    )
     torch_home.mkdir(parents=True)
     (torch_home / IMAGENET_FILES["resnet18"]).write_bytes(b"")
     assert main(args) == 0

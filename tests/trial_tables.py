@@ -8,19 +8,39 @@ from fer_ray.experiments.results import TrialRecord, TrialStatus, TrialTable
 from fer_ray.orchestrate.spec import SETTINGS_SECTION, SweepSpec, trial_of, trial_spec
 
 
-def record(spec: SweepSpec, values: dict[str, Any], metrics: dict[str, float], *, source_model: str | None = None,
-           tags: dict[str, str] | None = None, status: TrialStatus = TrialStatus.FINISHED, run_id: str = "run") -> TrialRecord:
+def record(
+    spec: SweepSpec,
+    values: dict[str, Any],
+    metrics: dict[str, float],
+    *,
+    source_model: str | None = None,
+    tags: dict[str, str] | None = None,
+    status: TrialStatus = TrialStatus.FINISHED,
+    run_id: str = "run",
+) -> TrialRecord:
     """One trial of ``spec`` that varied ``values`` (dotted keys) and reported ``metrics``."""
     trial = trial_of(trial_spec(spec, values))
     return TrialRecord(
-        run_id=run_id, run_name=run_id, status=status, trial=trial, values=values, metrics=metrics,
-        tags=tags or {}, source_model=source_model, train_seed=trial.train.seed,
+        run_id=run_id,
+        run_name=run_id,
+        status=status,
+        trial=trial,
+        values=values,
+        metrics=metrics,
+        tags=tags or {},
+        source_model=source_model,
+        train_seed=trial.train.seed,
     )
 
 
 def table(spec: SweepSpec, records: list[TrialRecord]) -> TrialTable:
     prefix = f"{SETTINGS_SECTION}."
     return TrialTable(
-        sweep=spec.name, experiment=spec.experiment, settings=spec.experiment_settings(), data=spec.data, records=tuple(records),
-        grid=dict(spec.search.grid), settings_grid={k[len(prefix):]: v for k, v in spec.search.grid.items() if k.startswith(prefix)},
+        sweep=spec.name,
+        experiment=spec.experiment,
+        settings=spec.experiment_settings(),
+        data=spec.data,
+        records=tuple(records),
+        grid=dict(spec.search.grid),
+        settings_grid={k[len(prefix) :]: v for k, v in spec.search.grid.items() if k.startswith(prefix)},
     )

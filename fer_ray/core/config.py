@@ -61,10 +61,7 @@ class SplitConfig(Strict):
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> SplitConfig:
         if self.val + self.test >= 1.0:
-            raise ValueError(
-                f"split.val + split.test must be < 1 (got {self.val} + {self.test}); "
-                "nothing would be left to train on"
-            )
+            raise ValueError(f"split.val + split.test must be < 1 (got {self.val} + {self.test}); nothing would be left to train on")
         return self
 
 
@@ -98,15 +95,11 @@ class DataConfig(Strict):
     image_size: int = Field(64, ge=16, le=1024, description="square side in px after resizing")
     angles: list[Angle] | None = Field(None, description="KDEF angles to keep; None = all")
     sessions: list[Session] | None = Field(None, description="KDEF sessions to keep; None = all")
-    train_fraction: float = Field(
-        1.0, gt=0.0, le=1.0, description="fraction of training identities used (nested across values)"
-    )
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of training identities used (nested across values)")
     split: SplitConfig = SplitConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     radiate: RadiateConfig = RadiateConfig()
-    identity_pattern: str | None = Field(
-        None, description="folder datasets: regex with a named group 'identity' applied to file names"
-    )
+    identity_pattern: str | None = Field(None, description="folder datasets: regex with a named group 'identity' applied to file names")
     cache_dir: Path | None = Field(None, description="tensor cache; None = $FER_RAY_CACHE or ~/.cache/fer_ray")
 
     @model_validator(mode="after")
@@ -134,9 +127,7 @@ class ModelConfig(Strict):
     weights: str = Field("none", description="'imagenet', 'none', or a path to a state-dict file")
     head: list[int] = Field([256], description="hidden widths of the dense head ([] = linear)")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    trainable: str = Field(
-        "all", description="'none', 'all', or '+'-joined blocks, e.g. 'layer4' or 'layer3+layer4'"
-    )
+    trainable: str = Field("all", description="'none', 'all', or '+'-joined blocks, e.g. 'layer4' or 'layer3+layer4'")
 
     @field_validator("trainable")
     @classmethod
@@ -145,10 +136,7 @@ class ModelConfig(Strict):
             return value
         unknown = [b for b in value.split("+") if b not in BACKBONE_BLOCKS]
         if unknown:
-            raise ValueError(
-                f"unknown backbone block(s) {unknown}; choose 'none', 'all' or '+'-joined "
-                f"names from {list(BACKBONE_BLOCKS)}"
-            )
+            raise ValueError(f"unknown backbone block(s) {unknown}; choose 'none', 'all' or '+'-joined names from {list(BACKBONE_BLOCKS)}")
         return value
 
     @field_validator("head")
@@ -183,20 +171,15 @@ class GeneratorConfig(Strict):
     lr: float = Field(3e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     l1_weight: float = Field(1.0, ge=0.0, description="weight of the L1 loss to the real target photo")
-    l2_weight: float = Field(
-        10.0, ge=0.0, description="weight of the squared error (dense gradients where L1's sign gradient stalls)"
-    )
-    edge_weight: float = Field(
-        0.0, ge=0.0, description="weight of the L1 loss between image gradients (sharper mouth/brow edges)"
-    )
+    l2_weight: float = Field(10.0, ge=0.0, description="weight of the squared error (dense gradients where L1's sign gradient stalls)")
+    edge_weight: float = Field(0.0, ge=0.0, description="weight of the L1 loss between image gradients (sharper mouth/brow edges)")
     identity_fraction: float = Field(
         0.15, ge=0.0, le=1.0, description="share of training pairs whose target is the source's own expression"
     )
-    prior: bool = Field(
-        True, description="add the expression prior: target mean face minus the critic-weighted source mean face"
-    )
+    prior: bool = Field(True, description="add the expression prior: target mean face minus the critic-weighted source mean face")
     expression_weight: float = Field(
-        0.0, ge=0.0,
+        0.0,
+        ge=0.0,
         description="weight of the cross-entropy of the frozen expression critic on the output with the target label",
     )
     critic_epochs: int = Field(40, ge=1, le=10000, description="epochs of the expression critic (training images)")

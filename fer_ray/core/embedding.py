@@ -23,9 +23,7 @@ class EmbeddingError(ValueError):
 
 
 @torch.no_grad()
-def extract_features(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None
-) -> torch.Tensor:
+def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None) -> torch.Tensor:
     """Penultimate features ``model.features(x)`` of every image: float32 (N, D) on the CPU.
 
     images: uint8 (N, 3, H, W) 0..255 or float [0,1]. device: default the model's own; a model
@@ -61,9 +59,7 @@ def embed_tsne(features, perplexity: float = 30.0, dims: int = 2, seed: int = 0,
     if dims not in (2, 3):
         raise EmbeddingError(f"t-SNE dims must be 2 or 3, got {dims}")
     if not 0 < perplexity < n_samples:
-        raise EmbeddingError(
-            f"t-SNE perplexity ({perplexity}) must be positive and below the number of samples ({n_samples})"
-        )
+        raise EmbeddingError(f"t-SNE perplexity ({perplexity}) must be positive and below the number of samples ({n_samples})")
     components = min(pca_dims, n_samples - 1, n_features)
     if components < 1:
         raise EmbeddingError(f"cannot embed {n_samples} samples of {n_features} features (pca_dims={pca_dims})")
@@ -97,7 +93,9 @@ def embedding_quality(features_high, embedding, labels, identities, k: int = 5) 
     _, person = np.unique(identities.astype(str), return_inverse=True)
     largest = int(np.bincount(person).max())
     if len(low) - largest < k:
-        raise EmbeddingError(f"k ({k}) needs at least k images of other people for every point; the largest person has {largest} of {len(low)}")
+        raise EmbeddingError(
+            f"k ({k}) needs at least k images of other people for every point; the largest person has {largest} of {len(low)}"
+        )
     # The k nearest points of other people are among the k + largest - 1 nearest others (at most
     # largest - 1 of them share the point's person); kneighbors() without X leaves the point out.
     reach = min(len(low) - 1, k + largest - 1)
@@ -110,7 +108,6 @@ def embedding_quality(features_high, embedding, labels, identities, k: int = 5) 
         "trustworthiness": float(trustworthiness(high, low, n_neighbors=k)),
         "knn_accuracy": float(np.mean(votes == label_ids)),
     }
-
 
 
 def _as_2d_array(values, name: str) -> np.ndarray:

@@ -31,11 +31,23 @@ def draw_embedding(axis, coords, labels, classes: Sequence[str], groups=None) ->
     palette = _class_palette(len(classes))
     for g, group in enumerate(group_names):
         members = group_values == group
-        axis.scatter(*coords[members].T, c=[palette[i] for i in labels[members]], marker=GROUP_MARKERS[g % len(GROUP_MARKERS)], s=18, alpha=0.8, linewidths=0)
+        axis.scatter(
+            *coords[members].T,
+            c=[palette[i] for i in labels[members]],
+            marker=GROUP_MARKERS[g % len(GROUP_MARKERS)],
+            s=18,
+            alpha=0.8,
+            linewidths=0,
+        )
     class_handles = [Line2D([], [], ls="", marker="o", color=palette[i], label=classes[i]) for i in sorted(set(labels.tolist()))]
-    group_handles = [] if groups is None else [
-        Line2D([], [], ls="", marker=GROUP_MARKERS[g % len(GROUP_MARKERS)], color="0.3", label=name) for g, name in enumerate(group_names)
-    ]
+    group_handles = (
+        []
+        if groups is None
+        else [
+            Line2D([], [], ls="", marker=GROUP_MARKERS[g % len(GROUP_MARKERS)], color="0.3", label=name)
+            for g, name in enumerate(group_names)
+        ]
+    )
     return class_handles, group_handles
 
 
@@ -50,7 +62,9 @@ def embedding_figure(coords, labels, classes: Sequence[str], groups=None, group_
     return figure
 
 
-def embedding_grid_figure(panels: Sequence[Mapping], classes: Sequence[str], group_name: str | None = None, columns: int | None = None) -> Figure:
+def embedding_grid_figure(
+    panels: Sequence[Mapping], classes: Sequence[str], group_name: str | None = None, columns: int | None = None
+) -> Figure:
     """Several embeddings side by side (e.g. one per perplexity), with one legend for all.
 
     panels: mappings with "coords" (N, 2|3), "labels" (N,), optional "groups" (N,) and "title".
@@ -65,7 +79,9 @@ def embedding_grid_figure(panels: Sequence[Mapping], classes: Sequence[str], gro
     for index, panel in enumerate(panels):
         coords = np.asarray(panel["coords"], dtype=float)
         axis = figure.add_subplot(rows, columns, index + 1, projection="3d" if coords.shape[1] == 3 else None)
-        for handles, found in zip((class_handles, group_handles), draw_embedding(axis, coords, panel["labels"], classes, panel.get("groups"))):
+        for handles, found in zip(
+            (class_handles, group_handles), draw_embedding(axis, coords, panel["labels"], classes, panel.get("groups"))
+        ):
             handles.update({handle.get_label(): handle for handle in found})
         axis.set_title(panel.get("title", ""), fontsize=9)
     _add_legends(figure, list(class_handles.values()), list(group_handles.values()), group_name)

@@ -24,9 +24,7 @@ UNKNOWN_GROUP = "unknown"
 
 
 @torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None
-) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None) -> torch.Tensor:
     """Logits of ``model`` for every image, float32 (N, C) on the CPU.
 
     images: uint8 (N, 3, H, W) 0..255 or float [0,1], on any device; moved to ``device`` batch by
@@ -53,9 +51,7 @@ def predict_logits(
     return torch.cat(outputs)
 
 
-def predict_proba(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None
-) -> torch.Tensor:
+def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None) -> torch.Tensor:
     """Class probabilities (softmax of the logits), float32 (N, C) on the CPU; see predict_logits."""
     return predict_logits(model, images, batch_size, device).softmax(dim=1)
 
@@ -83,9 +79,7 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes) -
         recall = np.where(true_per_class > 0, np.diag(confusion) / true_per_class, np.nan)
     return {
         "accuracy": float(accuracy_score(true, predicted)) if len(true) else float("nan"),
-        "macro_f1": (
-            float(f1_score(true, predicted, average="macro", zero_division=0)) if len(true) else float("nan")
-        ),
+        "macro_f1": (float(f1_score(true, predicted, average="macro", zero_division=0)) if len(true) else float("nan")),
         "per_class_recall": {name: float(r) for name, r in zip(classes, recall)},
         "confusion": confusion.tolist(),
         "n": int(len(true)),
@@ -129,7 +123,6 @@ def evaluate_model(
             metrics[f"per_{attribute}"] = group_accuracy(correct, groups)
     metrics["probs"] = probs
     return metrics
-
 
 
 def _num_outputs(model: nn.Module) -> int:

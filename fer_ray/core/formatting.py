@@ -50,4 +50,3 @@ def source_labels(sources: Sequence[str], train_seeds: Sequence) -> dict[str, st
     if len(set(labels.values())) < len(labels) or any(seed is None for seed in seeds.values()):
         labels = {source: model_label(None, number) for number, source in enumerate(seeds, start=1)}
     return labels
-

@@ -37,9 +37,7 @@ def group_rates(y_true, y_pred, groups, classes) -> dict:
     for name, labels in (("y_true", true), ("y_pred", predicted)):
         outside = labels[(labels < 0) | (labels >= len(classes))]
         if outside.size:
-            raise GroupStatsError(
-                f"{name} holds class index {int(outside[0])}, outside 0..{len(classes) - 1} ({len(classes)} classes)"
-            )
+            raise GroupStatsError(f"{name} holds class index {int(outside[0])}, outside 0..{len(classes) - 1} ({len(classes)} classes)")
     rates = {}
     for group in _sorted_values(keys):
         members = keys == group
@@ -149,13 +147,26 @@ def compare_groups(
         "design": table.design(),
         "omnibus_p": omnibus,
         "groups": [
-            {"group": value, "n_images": int(table.images[:, g].sum()), "n_subjects": int((table.images[:, g] > 0).sum()),
-             "rate": float(rates[g]), "low": float(rate_low[g]), "high": float(rate_high[g])}
+            {
+                "group": value,
+                "n_images": int(table.images[:, g].sum()),
+                "n_subjects": int((table.images[:, g] > 0).sum()),
+                "rate": float(rates[g]),
+                "low": float(rate_low[g]),
+                "high": float(rate_high[g]),
+            }
             for g, value in enumerate(group_values)
         ],
         "differences": [
-            {"group": group_values[g], "reference": reference, "diff": float(rates[g] - rates[ref]),
-             "low": float(diff_low[g]), "high": float(diff_high[g]), "p_value": float(p), "p_holm": float(adjusted)}
+            {
+                "group": group_values[g],
+                "reference": reference,
+                "diff": float(rates[g] - rates[ref]),
+                "low": float(diff_low[g]),
+                "high": float(diff_high[g]),
+                "p_value": float(p),
+                "p_holm": float(adjusted),
+            }
             for g, p, adjusted in zip(others, p_values, p_holm)
         ],
         "n_boot": n_boot,
@@ -182,9 +193,7 @@ def rate_outcomes(y_true, y_pred, rate: str, class_index: int | None = None) -> 
     return rows, predicted[rows] == class_index
 
 
-def accuracy_ci(
-    correct, subjects, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
-) -> tuple[float, float]:
+def accuracy_ci(correct, subjects, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
     """Subject-clustered percentile bootstrap CI of one run's test accuracy: (low, high) in [0, 1].
 
     correct: bool (N,) per test image; subjects: (N,) identities. Each replicate draws as many people
@@ -333,9 +342,7 @@ def _success_vector(values) -> np.ndarray:
 def _as_labels(values, name: str) -> np.ndarray:
     array = np.asarray(values.cpu() if hasattr(values, "cpu") else values)
     if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
-        raise GroupStatsError(
-            f"{name} must be a 1-D array of integer class indices, got shape {array.shape} dtype {array.dtype}"
-        )
+        raise GroupStatsError(f"{name} must be a 1-D array of integer class indices, got shape {array.shape} dtype {array.dtype}")
     return array.astype(np.int64)
 
 

@@ -83,12 +83,7 @@ class FerNet(nn.Module):
 
     def frozen_block_modules(self) -> list[nn.Module]:
         """Modules of the backbone blocks that do not train."""
-        return [
-            module
-            for name, modules in self.block_modules().items()
-            if name not in self.trainable_blocks
-            for module in modules
-        ]
+        return [module for name, modules in self.block_modules().items() if name not in self.trainable_blocks for module in modules]
 
     def _freeze_blocks(self) -> None:
         for module in self.frozen_block_modules():
@@ -217,8 +212,7 @@ def _load_backbone(backbone: ResNet, path: Path, arch: str) -> None:
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
     if missing or unexpected:
         raise WeightsError(
-            f"weights file {path} does not fit a {arch} backbone: missing keys {missing[:5]}, "
-            f"unexpected keys {unexpected[:5]}"
+            f"weights file {path} does not fit a {arch} backbone: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
         )
     try:
         backbone.load_state_dict(state, strict=False)  # fc is not in the file: it is replaced
@@ -244,7 +238,7 @@ def backbone_state_from_file(path: Path) -> dict[str, torch.Tensor]:
             content = content[key]
             break
     if any(str(k).startswith("backbone.") for k in content):
-        return {k[len("backbone."):]: v for k, v in content.items() if k.startswith("backbone.")}
+        return {k[len("backbone.") :]: v for k, v in content.items() if k.startswith("backbone.")}
     if "conv1.weight" in content:
         return {k: v for k, v in content.items() if not k.startswith("fc.")}
     raise WeightsError(

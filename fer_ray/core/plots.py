@@ -48,9 +48,7 @@ def augmentation_grid(images, augmented, titles: list[str] | None = None) -> Fig
     return figure
 
 
-def confusion_matrix_figure(
-    confusion, classes, normalize: bool = True, title: str = "Confusion matrix"
-) -> Figure:
+def confusion_matrix_figure(confusion, classes, normalize: bool = True, title: str = "Confusion matrix") -> Figure:
     """The confusion matrix (rows = true class, columns = predicted) with every cell annotated.
 
     confusion: C x C counts (list of lists or array). normalize: divide each row by its total

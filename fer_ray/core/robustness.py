@@ -244,9 +244,7 @@ def pgd_accuracy(
     with eval_mode(model), strict_float32():
         for start, batch, batch_labels in _batches(images, labels, batch_size, device):
             for epsilon in epsilons:
-                adversarial = _pgd(
-                    model, batch, batch_labels, epsilon, steps, step_sizes[epsilon], random_start, seed, start
-                )
+                adversarial = _pgd(model, batch, batch_labels, epsilon, steps, step_sizes[epsilon], random_start, seed, start)
                 tally.add(epsilon, start, adversarial, _fp32_logits(model, adversarial), batch_labels)
     return tally.result()
 
@@ -365,8 +363,7 @@ def _checked_epsilon(epsilon: float) -> float:
     epsilon = float(epsilon)
     if not (math.isfinite(epsilon) and 0.0 <= epsilon <= 1.0):
         raise EpsilonError(
-            f"epsilon {epsilon} is outside [0, 1]: epsilon is in the [0,1] pixel space "
-            f"(epsilon * 255 = {epsilon * 255:g} grey levels)"
+            f"epsilon {epsilon} is outside [0, 1]: epsilon is in the [0,1] pixel space (epsilon * 255 = {epsilon * 255:g} grey levels)"
         )
     return epsilon
 
@@ -394,7 +391,6 @@ def _checked_labels(images: torch.Tensor, labels) -> torch.Tensor:
         raise RobustnessError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
         raise RobustnessError(
-            f"labels must be (N,) = ({images.shape[0]},) to match images {tuple(images.shape)}, "
-            f"got shape {tuple(labels.shape)}"
+            f"labels must be (N,) = ({images.shape[0]},) to match images {tuple(images.shape)}, got shape {tuple(labels.shape)}"
         )
     return labels

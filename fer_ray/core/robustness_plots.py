@@ -109,8 +109,9 @@ def accuracy_curve_figure(
         axis.fill_between(x[has_band], low[has_band], high[has_band], color="tab:blue", alpha=0.2, label=band_label)
     if reference:
         ref_x = np.array(sorted(reference), dtype=float)
-        axis.plot(ref_x, [reference[v] for v in sorted(reference)], marker="s", linestyle="--",
-                  color=REFERENCE_COLOUR, label=reference_label)
+        axis.plot(
+            ref_x, [reference[v] for v in sorted(reference)], marker="s", linestyle="--", color=REFERENCE_COLOUR, label=reference_label
+        )
     if log_x:
         axis.set_xscale("symlog", linthresh=1e-3)
     axis.set_ylim(-0.02, 1.02)
@@ -140,7 +141,9 @@ def repeats_boxplot_figure(
     """
     labels = list(values)
     if not labels or any(len(values[label]) == 0 for label in labels):
-        raise ValueError(f"repeats_boxplot_figure needs at least one value per box, got {{{', '.join(f'{k}: {len(v)}' for k, v in values.items())}}}")
+        raise ValueError(
+            f"repeats_boxplot_figure needs at least one value per box, got {{{', '.join(f'{k}: {len(v)}' for k, v in values.items())}}}"
+        )
     data = [np.asarray(values[label], dtype=float) for label in labels]
     figure = Figure(figsize=(max(4.0, 1.4 * len(labels) + 2.5), 4.0), layout="constrained")
     axis = figure.add_subplot()
@@ -157,8 +160,10 @@ def repeats_boxplot_figure(
         _draw_reference(axis, reference, reference_label, limits)
         # room for the edge note (three short lines) so it never covers the data
         note = 0.45 * (high - low + 2 * margin)
-        axis.set_ylim(limits[0] - note * any(v < limits[0] for v in reference.values()),
-                      limits[1] + note * any(v > limits[1] for v in reference.values()))
+        axis.set_ylim(
+            limits[0] - note * any(v < limits[0] for v in reference.values()),
+            limits[1] + note * any(v > limits[1] for v in reference.values()),
+        )
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
@@ -170,8 +175,13 @@ def _draw_reference(axis, reference: Mapping[str, float], label: str, limits: tu
     """Lines for the reference values inside ``limits``; an edge note with an arrow for those outside."""
     inside = {key: value for key, value in reference.items() if limits[0] <= value <= limits[1]}
     for key, value in inside.items():
-        axis.axhline(value, color=REFERENCE_COLOUR, linewidth=1.2 if key == "median" else 0.9,
-                     linestyle="-" if key == "median" else "--", label=f"{label}: {key} {value:.2f}")
+        axis.axhline(
+            value,
+            color=REFERENCE_COLOUR,
+            linewidth=1.2 if key == "median" else 0.9,
+            linestyle="-" if key == "median" else "--",
+            label=f"{label}: {key} {value:.2f}",
+        )
     if inside:
         axis.legend(loc="best", fontsize=8)
     for side, arrow, y, keys in (
@@ -181,5 +191,13 @@ def _draw_reference(axis, reference: Mapping[str, float], label: str, limits: tu
         if keys:
             # one short line each: a box plot of one or two models is narrow
             text = f"{arrow} {label}\n({side} this range):\n" + ", ".join(f"{k} {reference[k]:.2f}" for k in keys)
-            axis.text(0.02, y, text, transform=axis.transAxes, ha="left", va="top" if side == "above" else "bottom",
-                      fontsize=8, color=REFERENCE_COLOUR)
+            axis.text(
+                0.02,
+                y,
+                text,
+                transform=axis.transAxes,
+                ha="left",
+                va="top" if side == "above" else "bottom",
+                fontsize=8,
+                color=REFERENCE_COLOUR,
+            )

@@ -211,16 +211,25 @@ def center_mass_summary(maps: torch.Tensor, center_fraction: float = 0.5, map_si
     image_size = tuple(maps.shape[-2:])
     low, high = center_mass_range(map_size, image_size, center_fraction) if map_size else (0.0, 1.0)
     informative = high - low >= MIN_INFORMATIVE_SPAN
-    reason = "" if informative else (
-        f"maps computed at {map_size[0]}x{map_size[1]} and upsampled to {image_size[0]}x{image_size[1]} can only put "
-        f"{low:.3f}-{high:.3f} of their mass in the central box, whatever they show"
+    reason = (
+        ""
+        if informative
+        else (
+            f"maps computed at {map_size[0]}x{map_size[1]} and upsampled to {image_size[0]}x{image_size[1]} can only put "
+            f"{low:.3f}-{high:.3f} of their mass in the central box, whatever they show"
+        )
     )
     if informative and not bool(has_mass.any()):
         reason = "every map is all zero (no positive evidence to place)"
     value = float(shares[has_mass].mean()) if informative and bool(has_mass.any()) else float("nan")
     return {
-        "center_mass": value, "n_maps": int(len(shares)), "n_zero_maps": int((~has_mass).sum()),
-        "informative": bool(informative), "achievable_low": low, "achievable_high": high, "reason": reason,
+        "center_mass": value,
+        "n_maps": int(len(shares)),
+        "n_zero_maps": int((~has_mass).sum()),
+        "informative": bool(informative),
+        "achievable_low": low,
+        "achievable_high": high,
+        "reason": reason,
     }
 
 
@@ -255,9 +264,7 @@ def _prepare_inputs(model: nn.Module, images: torch.Tensor, target) -> tuple[tor
     if targets.ndim == 0:
         targets = targets.expand(inputs.shape[0])
     if targets.shape != (inputs.shape[0],):
-        raise SaliencyError(
-            f"target must be one class index or one per image ({inputs.shape[0]}), got shape {tuple(targets.shape)}"
-        )
+        raise SaliencyError(f"target must be one class index or one per image ({inputs.shape[0]}), got shape {tuple(targets.shape)}")
     return inputs, targets
 
 

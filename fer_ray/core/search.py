@@ -134,7 +134,7 @@ def parameter_figure(trials: Sequence[SearchTrial], metric_name: str, parameters
         axis.set_xlabel(name)
         axis.set_ylabel(metric_name)
         axis.grid(alpha=0.3)
-    for axis in axes[len(names):]:
+    for axis in axes[len(names) :]:
         axis.set_visible(False)
     axes[0].legend(fontsize=8, loc="best")
     figure.suptitle(f"{metric_name} against each searched parameter (x: stopped early)")
@@ -162,16 +162,23 @@ def summarise_search(trials: Sequence[SearchTrial], metric_name: str, mode: str)
         "ci_high of its run for the interval over test people).",
         "",
         f"Best finished trial: **{best.name}** — {metric_name} {best.metric:.4f}, test accuracy {best.test_acc:.4f}; "
-        + ", ".join(f"{k} = {_value_text(best.values[k])}" for k in parameters if k in best.values) + ".",
+        + ", ".join(f"{k} = {_value_text(best.values[k])}" for k in parameters if k in best.values)
+        + ".",
         "",
         "| rank | trial | status | " + f"{metric_name} | test_acc | epochs | " + " | ".join(parameters) + " |",
         "|---|---|---|---|---|---|" + "---|" * len(parameters),
     ]
     for rank, trial in rank_trials(trials, mode):
         status = {STOPPED: "stopped early", FAILED: "failed"}.get(trial.status, "finished") + (" (best)" if trial is best else "")
-        cells = [str(rank) if rank else "-", trial.name, status, _number(trial.metric), _number(trial.test_acc),
-                 "-" if trial.epochs is None else str(trial.epochs),
-                 *[_value_text(trial.values[k]) if k in trial.values else "-" for k in parameters]]
+        cells = [
+            str(rank) if rank else "-",
+            trial.name,
+            status,
+            _number(trial.metric),
+            _number(trial.test_acc),
+            "-" if trial.epochs is None else str(trial.epochs),
+            *[_value_text(trial.values[k]) if k in trial.values else "-" for k in parameters],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     figures = {"search_history.png": search_history_figure(trials, metric_name, mode)}
     if parameters:

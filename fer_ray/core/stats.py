@@ -99,15 +99,27 @@ def bootstrap_ci(
     if array.ndim != 1:
         raise StatsInputError(f"values must be 1-D, got shape {array.shape}")
     array = array[np.isfinite(array)]
-    result = {"estimate": float("nan"), "low": float("nan"), "high": float("nan"), "n": int(array.size), "n_boot": n_boot, "confidence": confidence}
+    result = {
+        "estimate": float("nan"),
+        "low": float("nan"),
+        "high": float("nan"),
+        "n": int(array.size),
+        "n_boot": n_boot,
+        "confidence": confidence,
+    }
     if array.size == 0:
         return result
     result["estimate"] = float(statistic(array))
     if array.size == 1:
         return result
     interval = stats.bootstrap(
-        (array,), statistic, n_resamples=n_boot, confidence_level=confidence, method=method,
-        vectorized=True, rng=np.random.default_rng(seed),
+        (array,),
+        statistic,
+        n_resamples=n_boot,
+        confidence_level=confidence,
+        method=method,
+        vectorized=True,
+        rng=np.random.default_rng(seed),
     ).confidence_interval
     result.update(low=float(interval.low), high=float(interval.high))
     return result

@@ -62,9 +62,7 @@ def pixel_features(images: torch.Tensor, size: int, batch_size: int = 256) -> np
     return features
 
 
-def model_features(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None
-) -> np.ndarray:
+def model_features(model: nn.Module, images: torch.Tensor, batch_size: int = 128, device: torch.device | None = None) -> np.ndarray:
     """Penultimate features ``model.features(x)`` for every image: float32 numpy (N, D).
 
     model: a FerNet (or any module with ``features``: float [0,1] (B, 3, H, W) -> (B, D)).
@@ -77,9 +75,7 @@ def model_features(
 # ------------------------------------------------------------------------------------ folds and grid
 
 
-def subject_folds(
-    labels: np.ndarray, subjects: np.ndarray, n_splits: int = 10, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def subject_folds(labels: np.ndarray, subjects: np.ndarray, n_splits: int = 10, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Cross-validation folds that never put one person on both sides, class-stratified.
 
     labels: int (N,); subjects: (N,) identity per row. sklearn StratifiedGroupKFold(shuffle=True,
@@ -92,19 +88,15 @@ def subject_folds(
     n_subjects = len(set(subjects.tolist()))
     if n_subjects < n_splits:
         raise DataError(
-            f"{n_subjects} subjects cannot fill n_splits={n_splits} subject-disjoint folds; "
-            f"use at most {n_subjects} folds or more subjects"
+            f"{n_subjects} subjects cannot fill n_splits={n_splits} subject-disjoint folds; use at most {n_subjects} folds or more subjects"
         )
     folder = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [
-        (train.astype(np.int64), val.astype(np.int64))
-        for train, val in folder.split(np.zeros((len(labels), 1)), labels, groups=subjects)
+        (train.astype(np.int64), val.astype(np.int64)) for train, val in folder.split(np.zeros((len(labels), 1)), labels, groups=subjects)
     ]
 
 
-def svm_pipeline(
-    C: float = 1.0, gamma="scale", kernel: str = "rbf", pca_components: int | None = None, seed: int = 0
-) -> Pipeline:
+def svm_pipeline(C: float = 1.0, gamma="scale", kernel: str = "rbf", pca_components: int | None = None, seed: int = 0) -> Pipeline:
     """StandardScaler -> PCA(pca_components, whiten=False) when given -> SVC(C, gamma, kernel).
 
     Step names "scale", "pca", "svc" (GridSearchCV parameters are ``svc__C`` ...). ``seed`` fixes

@@ -32,8 +32,7 @@ def cv_heatmap_figure(
             f"cv_heatmap_figure needs at least one C, gamma and kernel (got {list(C_values)}, {list(gamma_values)}, {list(kernels)})"
         )
     grids = {
-        kernel: np.array([[cv_acc.get((c, g, kernel), np.nan) for g in gamma_values] for c in C_values], dtype=float)
-        for kernel in kernels
+        kernel: np.array([[cv_acc.get((c, g, kernel), np.nan) for g in gamma_values] for c in C_values], dtype=float) for kernel in kernels
     }
     finite = np.concatenate([grid[np.isfinite(grid)] for grid in grids.values()])
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -84,4 +83,3 @@ def baseline_bars_figure(accuracies: Mapping[str, float], title: str = "Test acc
     axis.set_title(title, fontsize=10)
     axis.grid(axis="y", alpha=0.3)
     return figure
-

@@ -181,8 +181,6 @@ def mean_faces(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     return (sums / counts).float()
 
 
-
-
 #: the exposure head rescales each channel of the source by 1 +- at most this much
 EXPOSURE_RANGE = 0.25
 
@@ -260,7 +258,6 @@ class TransferGenerator(nn.Module):
         # clamp to [0,1] with a straight-through gradient: a pixel pushed past 0 or 1 still learns
         return raw + (raw.clamp(0.0, 1.0) - raw).detach()
 
-
     def set_prior(self, critic: ExpressionCritic, class_means: torch.Tensor) -> None:
         """Install the trained critic's weights and the TRAINING mean faces (C, 3, S, S) for the prior."""
         if self.prior_size is None:
@@ -296,9 +293,7 @@ def _upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def translate(
-    generator: TransferGenerator, images: torch.Tensor, target: torch.Tensor, batch_size: int = 64
-) -> torch.Tensor:
+def translate(generator: TransferGenerator, images: torch.Tensor, target: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """The generator's output for every (image, target), float32 (N, 3, H, W) in [0,1] on the CPU.
 
     images: uint8 0..255 or float [0,1] (N, 3, H, W), any device; target int64 (N,). Eval mode,
@@ -556,8 +551,10 @@ def load_generator(path) -> tuple[TransferGenerator, tuple[str, ...]]:
     if not isinstance(saved, dict) or saved.get("format") != GENERATOR_FORMAT:
         raise TransferError(f"{path} is not a fer_ray transfer generator (format {GENERATOR_FORMAT!r})")
     generator = TransferGenerator(
-        num_classes=int(saved["num_classes"]), width=int(saved["width"]),
-        prior_size=saved.get("prior_size"), critic_width=int(saved.get("critic_width", 16)),
+        num_classes=int(saved["num_classes"]),
+        width=int(saved["width"]),
+        prior_size=saved.get("prior_size"),
+        critic_width=int(saved.get("critic_width", 16)),
     )
     generator.load_state_dict(saved["state"])
     return generator.eval(), tuple(saved["classes"])

@@ -47,8 +47,12 @@ EMBED_SIZE = 12
 EMBEDDING = "face interior (rows H/4..7H/8, cols H/4..3H/4) area-averaged to 12x12 px, divided by its mean, Euclidean"
 #: the headline metrics that get a per-target value and a subject-clustered interval
 HEADLINE = (
-    "transfer_target_acc", "transfer_identity_top1", "transfer_identity_top1_copy",
-    "transfer_l1_real", "transfer_l1_copy", "transfer_l1_mean",
+    "transfer_target_acc",
+    "transfer_identity_top1",
+    "transfer_identity_top1_copy",
+    "transfer_l1_real",
+    "transfer_l1_copy",
+    "transfer_l1_mean",
 )
 
 #: (images float [0,1] (B, 3, S, S), target class indices int64 (B,)) -> transferred images like ``images``

@@ -37,9 +37,7 @@ def transfer_panel_figure(
     if people == 0:
         raise ValueError("transfer_panel_figure needs at least one person")
     if tuple(transferred.shape[:2]) != (people, count) or tuple(real.shape[:2]) != (people, count):
-        raise ValueError(
-            f"transferred {tuple(transferred.shape)} and real {tuple(real.shape)} must be (P={people}, C={count}, 3, H, W)"
-        )
+        raise ValueError(f"transferred {tuple(transferred.shape)} and real {tuple(real.shape)} must be (P={people}, C={count}, 3, H, W)")
     figure = Figure(figsize=(1.5 * (2 * count + 1) + 0.6, 1.75 * people + 0.8), layout="constrained")
     generated_side, real_side = figure.subfigures(1, 2, width_ratios=[count + 1, count])
     generated_side.suptitle("transferred (column = target expression)", fontsize=10)
@@ -113,7 +111,10 @@ def transfer_panel(
     generated_names, real_names = names(transferred), names(real)
     labels = split.labels.cpu().numpy()
     return transfer_panel_figure(
-        sources, transferred, real, classes,
+        sources,
+        transferred,
+        real,
+        classes,
         [generated_names[r * count : (r + 1) * count] for r in range(len(groups))],
         [real_names[r * count : (r + 1) * count] for r in range(len(groups))],
         names(sources),

@@ -58,8 +58,11 @@ TAG_GROUPS = "fer_ray.bias_groups"
 #: JSON [class, ...]: the class names of the per-class rate metrics
 TAG_CLASSES = "fer_ray.bias_classes"
 #: how the report words each design
-DESIGN_WORDS = {"between": "each person in one group", "within": "people seen in every group, compared within themselves",
-                "mixed": "some people in several groups"}
+DESIGN_WORDS = {
+    "between": "each person in one group",
+    "within": "people seen in every group, compared within themselves",
+    "mixed": "some people in several groups",
+}
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. :]")
 
 
@@ -83,19 +86,24 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         studied.append(attribute)
         references[attribute], designs[attribute] = metric_part(comparison["reference"]), comparison["design"]
         group_names[attribute] = [metric_part(row["group"]) for row in comparison["groups"]]
-    reporter.tags({
-        "fer_ray.dataset_fingerprint": data.fingerprint,
-        "fer_ray.protocol": data.protocol,
-        TAG_STUDIED: ",".join(studied) or "none",
-        TAG_SKIPPED: "; ".join(f"{a}: {why}" for a, why in skipped.items()) or "none",
-        TAG_REFERENCE: json.dumps(references),
-        TAG_DESIGN: json.dumps(designs),
-        TAG_GROUPS: json.dumps(group_names),
-        TAG_CLASSES: json.dumps([metric_part(c) for c in data.dataset.classes]),
-    })
+    reporter.tags(
+        {
+            "fer_ray.dataset_fingerprint": data.fingerprint,
+            "fer_ray.protocol": data.protocol,
+            TAG_STUDIED: ",".join(studied) or "none",
+            TAG_SKIPPED: "; ".join(f"{a}: {why}" for a, why in skipped.items()) or "none",
+            TAG_REFERENCE: json.dumps(references),
+            TAG_DESIGN: json.dumps(designs),
+            TAG_GROUPS: json.dumps(group_names),
+            TAG_CLASSES: json.dumps([metric_part(c) for c in data.dataset.classes]),
+        }
+    )
     if studied:
         bars = {a: _group_rows(metrics.__getitem__, a, group_names[a]) for a in studied}
-        reporter.figure(group_accuracy_figure(bars, f"{trial.sweep}: test accuracy per group ({cfg.confidence * 100:g} % subject bootstrap CI)"), "bias_accuracy.png")
+        reporter.figure(
+            group_accuracy_figure(bars, f"{trial.sweep}: test accuracy per group ({cfg.confidence * 100:g} % subject bootstrap CI)"),
+            "bias_accuracy.png",
+        )
     return {name: value for name, value in metrics.items() if np.isfinite(value)}
 
 
@@ -108,15 +116,27 @@ def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes,
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     groups, subjects = np.asarray(_keys(groups), dtype=object), np.asarray(subjects)
-    options = {"reference": _reference(cfg, attribute, groups), "n_boot": cfg.n_boot, "n_perm": cfg.n_perm,
-               "seed": cfg.seed, "confidence": cfg.confidence}
+    options = {
+        "reference": _reference(cfg, attribute, groups),
+        "n_boot": cfg.n_boot,
+        "n_perm": cfg.n_perm,
+        "seed": cfg.seed,
+        "confidence": cfg.confidence,
+    }
     rates = group_rates(y_true, y_pred, groups, classes)
     comparison = compare_groups(y_true == y_pred, groups, subjects, **options)
     metrics: dict[str, float] = {f"p_omnibus/{attribute}": comparison["omnibus_p"]}
     for row in comparison["groups"]:
         name = f"{attribute}/{metric_part(row['group'])}"
-        metrics.update({f"n/{name}": float(row["n_images"]), f"people/{name}": float(row["n_subjects"]),
-                        f"acc/{name}": row["rate"], f"acc_low/{name}": row["low"], f"acc_high/{name}": row["high"]})
+        metrics.update(
+            {
+                f"n/{name}": float(row["n_images"]),
+                f"people/{name}": float(row["n_subjects"]),
+                f"acc/{name}": row["rate"],
+                f"acc_low/{name}": row["low"],
+                f"acc_high/{name}": row["high"],
+            }
+        )
         if cfg.class_rates:
             metrics.update({f"{rate}/{name}/{metric_part(c)}": rates[row["group"]][rate][c] for rate in ("tpr", "fpr") for c in classes})
     metrics.update(_difference_metrics("acc", attribute, "", comparison))
@@ -138,8 +158,15 @@ def _difference_metrics(rate: str, attribute: str, suffix: str, comparison: dict
     metrics = {}
     for row in comparison["differences"]:
         name = f"{attribute}/{metric_part(row['group'])}{suffix}"
-        metrics.update({f"{rate}_diff/{name}": row["diff"], f"{rate}_diff_low/{name}": row["low"], f"{rate}_diff_high/{name}": row["high"],
-                        f"{p_names[0]}/{name}": row["p_value"], f"{p_names[1]}/{name}": row["p_holm"]})
+        metrics.update(
+            {
+                f"{rate}_diff/{name}": row["diff"],
+                f"{rate}_diff_low/{name}": row["low"],
+                f"{rate}_diff_high/{name}": row["high"],
+                f"{p_names[0]}/{name}": row["p_value"],
+                f"{p_names[1]}/{name}": row["p_holm"],
+            }
+        )
     return metrics
 
 
@@ -165,8 +192,6 @@ def metric_part(value) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-
-
 def _keys(groups) -> list:
     return [UNKNOWN_GROUP if g is None else g for g in groups]
 
@@ -183,8 +208,13 @@ def _group_rows(value_of, attribute: str, groups: list[str]) -> list[dict]:
     """Bar-chart rows (group, acc, low, high, n) of one attribute; ``value_of(metric name)`` gives a
     metric's value."""
     return [
-        {"group": group, **{key: value_of(f"{metric}/{attribute}/{group}") for key, metric in
-                            (("acc", "acc"), ("low", "acc_low"), ("high", "acc_high"), ("n", "n"))}}
+        {
+            "group": group,
+            **{
+                key: value_of(f"{metric}/{attribute}/{group}")
+                for key, metric in (("acc", "acc"), ("low", "acc_low"), ("high", "acc_high"), ("n", "n"))
+            },
+        }
         for group in groups
     ]
 
@@ -215,10 +245,18 @@ def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]]
     designs = _merged_json(tags, TAG_DESIGN)
     attributes = [a for a in cfg.attributes if a in references]
     one = len(models) == 1
-    covers = (f"{level} intervals {COMPARISON_COVERS} ({cfg.n_boot} replicates, {cfg.n_perm} permutations)" if one
-              else f"cells: means over the {len(models)} models; {level} intervals {SEEDS_COVER}; p-values: one per model, subject-level permutation")
-    lines = ["## Demographic bias (test split)", "", f"Models: {len(models)}. {covers[0].upper()}{covers[1:]}.",
-             "Differences are signed, group − reference; p (Holm): adjusted over the differences of one attribute.", ""]
+    covers = (
+        f"{level} intervals {COMPARISON_COVERS} ({cfg.n_boot} replicates, {cfg.n_perm} permutations)"
+        if one
+        else f"cells: means over the {len(models)} models; {level} intervals {SEEDS_COVER}; p-values: one per model, subject-level permutation"
+    )
+    lines = [
+        "## Demographic bias (test split)",
+        "",
+        f"Models: {len(models)}. {covers[0].upper()}{covers[1:]}.",
+        "Differences are signed, group − reference; p (Holm): adjusted over the differences of one attribute.",
+        "",
+    ]
     skipped = sorted({t.get(TAG_SKIPPED, "none") for t in tags} - {"none"})
     if skipped:
         lines += [f"Skipped attributes: {'; '.join(skipped)}.", ""]
@@ -231,10 +269,13 @@ def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]]
         reference = references[attribute]
         groups = sorted(set().union(*(json.loads(t.get(TAG_GROUPS) or "{}").get(attribute, []) for t in tags)))
         omnibus = _values(models, f"p_omnibus/{attribute}")
-        lines += [f"### {attribute}: reference {reference} ({DESIGN_WORDS.get(designs.get(attribute, ''), 'design unknown')}); "
-                  f"omnibus p (no group differs) = {_p_cell(omnibus)}", "",
-                  f"| group | people | images | accuracy | {level} CI | difference vs {reference} | {level} CI | p | p (Holm) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {attribute}: reference {reference} ({DESIGN_WORDS.get(designs.get(attribute, ''), 'design unknown')}); "
+            f"omnibus p (no group differs) = {_p_cell(omnibus)}",
+            "",
+            f"| group | people | images | accuracy | {level} CI | difference vs {reference} | {level} CI | p | p (Holm) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         bars[attribute] = []
         for group in groups:
             name = f"{attribute}/{group}"
@@ -244,11 +285,15 @@ def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]]
                 diff_cells = "(reference) | | | |"
             else:
                 diff = _cell(models, name, "acc_diff", (-1.0, 1.0))
-                diff_cells = (f"{diff[0]:+.3f} | {_interval(diff[1], diff[2])} | {_p_cell(_values(models, f'p_value/{name}'))} | "
-                              f"{_p_cell(_values(models, f'p_holm/{name}'))} |")
+                diff_cells = (
+                    f"{diff[0]:+.3f} | {_interval(diff[1], diff[2])} | {_p_cell(_values(models, f'p_value/{name}'))} | "
+                    f"{_p_cell(_values(models, f'p_holm/{name}'))} |"
+                )
                 parent_metrics[f"acc_diff/{name}"] = diff[0]
-            lines.append(f"| {group} | {_mean(_values(models, f'people/{name}')):.0f} | {_mean(_values(models, f'n/{name}')):.0f} | "
-                         f"{acc[0]:.3f} | {_interval(acc[1], acc[2])} | {diff_cells}")
+            lines.append(
+                f"| {group} | {_mean(_values(models, f'people/{name}')):.0f} | {_mean(_values(models, f'n/{name}')):.0f} | "
+                f"{acc[0]:.3f} | {_interval(acc[1], acc[2])} | {diff_cells}"
+            )
         if one and omnibus:
             parent_metrics[f"p_omnibus/{attribute}"] = omnibus[0]
         lines.append("")
@@ -259,8 +304,9 @@ def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]]
     return "\n".join(lines) + "\n", {"bias_accuracy_by_group.png": figure}, parent_metrics
 
 
-def _class_rate_lines(models: Sequence[dict[str, float]], attribute: str, reference: str, groups: list[str],
-                     classes: list[str], level: str) -> list[str]:
+def _class_rate_lines(
+    models: Sequence[dict[str, float]], attribute: str, reference: str, groups: list[str], classes: list[str], level: str
+) -> list[str]:
     """Per class: TPR and FPR differences of each group from the reference, with CI and Holm p."""
     rows = []
     for name in classes:
@@ -276,10 +322,15 @@ def _class_rate_lines(models: Sequence[dict[str, float]], attribute: str, refere
             rows.append(f"| {name} | {group} | " + " | ".join(cells) + " |")
     if not rows:
         return []
-    return [f"Per class, {attribute} (recall = TPR, one-vs-rest FPR; group − {reference}; p (Holm) over the groups of one class "
-            "and rate, not across classes):", "",
-            f"| class | group | TPR difference | {level} CI | p (Holm) | FPR difference | {level} CI | p (Holm) |",
-            "|---|---|---|---|---|---|---|---|", *rows, ""]
+    return [
+        f"Per class, {attribute} (recall = TPR, one-vs-rest FPR; group − {reference}; p (Holm) over the groups of one class "
+        "and rate, not across classes):",
+        "",
+        f"| class | group | TPR difference | {level} CI | p (Holm) | FPR difference | {level} CI | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _cell(models: Sequence[dict[str, float]], name: str, metric: str, bounds: tuple[float, float]) -> tuple[float, float, float]:
@@ -317,5 +368,10 @@ def _merged_json(tags: Sequence[dict[str, str]], key: str) -> dict[str, str]:
 
 
 EXPERIMENT = Experiment(
-    name="bias", settings=Settings, evaluates_model=True, run=run, report=report, summary_metrics=("test_acc", "acc_diff/*/*"),
+    name="bias",
+    settings=Settings,
+    evaluates_model=True,
+    run=run,
+    report=report,
+    summary_metrics=("test_acc", "acc_diff/*/*"),
 )

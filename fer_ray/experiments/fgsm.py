@@ -43,8 +43,6 @@ REFERENCE_FGSM = {0.001: 0.82, 0.005: 0.61, 0.007: 0.50, 0.01: 0.38, 0.05: 0.057
 REFERENCE_LABEL = "reference study FGSM (image-level split)"
 
 
-
-
 epsilon_label = number_label  # the label of an epsilon in metric and tag names
 
 
@@ -64,23 +62,30 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 
     metrics = {"test_acc": results[0.0]["accuracy"]}
     metrics.update({accuracy_key(e): results[e]["accuracy"] for e in sorted({*cfg.epsilons, *cfg.panel_epsilons})})
-    reporter.tags({
-        "fer_ray.dataset_fingerprint": data.fingerprint,
-        "fer_ray.protocol": data.protocol,
-        "fer_ray.n_test": str(len(test)),
-        "fer_ray.attack": cfg.attack if cfg.attack == "fgsm" else f"pgd ({cfg.pgd_steps} steps)",
-        "fer_ray.epsilon_units": "[0,1] pixel space; eps255 = epsilon * 255 grey levels",
-        **{f"fer_ray.eps255_{epsilon_label(e)}": f"{e * 255:.4g}" for e in epsilons},
-    })
+    reporter.tags(
+        {
+            "fer_ray.dataset_fingerprint": data.fingerprint,
+            "fer_ray.protocol": data.protocol,
+            "fer_ray.n_test": str(len(test)),
+            "fer_ray.attack": cfg.attack if cfg.attack == "fgsm" else f"pgd ({cfg.pgd_steps} steps)",
+            "fer_ray.epsilon_units": "[0,1] pixel space; eps255 = epsilon * 255 grey levels",
+            **{f"fer_ray.eps255_{epsilon_label(e)}": f"{e * 255:.4g}" for e in epsilons},
+        }
+    )
     reporter.artifact(save_correctness(reporter.work_dir / CORRECTNESS_FILE, "epsilons", results, test), ARTIFACT_DIR)
     if cfg.n_panel_images > 0 and len(test) > 0 and cfg.panel_epsilons:
         reporter.figure(panel_figure(results, cfg.panel_epsilons, test.labels, classes, cfg.attack), "adversarial_panel.png")
     scored = sorted({*cfg.epsilons, *cfg.panel_epsilons})
     reporter.figure(
         accuracy_curve_figure(
-            scored, [results[e]["accuracy"] for e in scored], [math.nan] * len(scored), [math.nan] * len(scored),
-            xlabel="epsilon ([0,1] pixel units)", title=f"Accuracy under {cfg.attack.upper()}",
-            reference=REFERENCE_FGSM if cfg.attack == "fgsm" else None, reference_label=REFERENCE_LABEL,
+            scored,
+            [results[e]["accuracy"] for e in scored],
+            [math.nan] * len(scored),
+            [math.nan] * len(scored),
+            xlabel="epsilon ([0,1] pixel units)",
+            title=f"Accuracy under {cfg.attack.upper()}",
+            reference=REFERENCE_FGSM if cfg.attack == "fgsm" else None,
+            reference_label=REFERENCE_LABEL,
             line_label="this model",
         ),
         "accuracy_vs_epsilon.png",
@@ -93,8 +98,15 @@ def attack_accuracy(model, images, labels, epsilons: list[float], cfg: Settings)
     if cfg.attack == "fgsm":
         return fgsm_accuracy(model, images, labels, epsilons, batch_size=cfg.batch_size, return_examples=cfg.n_panel_images)
     return pgd_accuracy(
-        model, images, labels, epsilons, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size,
-        random_start=cfg.pgd_random_start, batch_size=cfg.batch_size, return_examples=cfg.n_panel_images,
+        model,
+        images,
+        labels,
+        epsilons,
+        steps=cfg.pgd_steps,
+        step_size=cfg.pgd_step_size,
+        random_start=cfg.pgd_random_start,
+        batch_size=cfg.batch_size,
+        return_examples=cfg.n_panel_images,
     )
 
 
@@ -110,7 +122,10 @@ def panel_figure(results: dict[float, dict], panel_epsilons: list[float], labels
         shown = len(entry["examples"])
         predictions[title] = prediction_labels(classes, labels[:shown], [int(top[0]) for top in entry["top3_classes"]])
     return image_panel_figure(
-        columns, captions, title=f"{attack.upper()} examples: true / predicted class, top-3 class probabilities", predictions=predictions,
+        columns,
+        captions,
+        title=f"{attack.upper()} examples: true / predicted class, top-3 class probabilities",
+        predictions=predictions,
     )
 
 
@@ -159,9 +174,14 @@ def report(table: TrialTable) -> Report:
             )
         if len(curve) > 1:
             figures[f"accuracy_vs_epsilon_{attack}.png"] = accuracy_curve_figure(
-                [e for e, _ in curve], [s["mean"] for _, s in curve], [s["low"] for _, s in curve], [s["high"] for _, s in curve],
-                xlabel="epsilon ([0,1] pixel units)", title=f"Accuracy under {attack.upper()}",
-                reference=REFERENCE_FGSM if attack == "fgsm" else None, reference_label=REFERENCE_LABEL,
+                [e for e, _ in curve],
+                [s["mean"] for _, s in curve],
+                [s["low"] for _, s in curve],
+                [s["high"] for _, s in curve],
+                xlabel="epsilon ([0,1] pixel units)",
+                title=f"Accuracy under {attack.upper()}",
+                reference=REFERENCE_FGSM if attack == "fgsm" else None,
+                reference_label=REFERENCE_LABEL,
             )
     lines += ["", "Each trial logs its adversarial_panel.png (the reference study's figure: top-3 class probabilities per ε)."]
     return Report("\n".join(lines) + "\n", figures, parent_metrics)

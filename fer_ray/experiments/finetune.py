@@ -35,13 +35,15 @@ from fer_ray.experiments.settings import FinetuneSettings as Settings
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Train on the trial's data/model/train config; returns the final (test) metrics."""
     data = prepare_data(trial.data)
-    reporter.tags({
-        "fer_ray.dataset_fingerprint": data.fingerprint,
-        "fer_ray.protocol": data.protocol,
-        "fer_ray.n_train": str(len(data.train)),
-        "fer_ray.n_val": str(len(data.val)),
-        "fer_ray.n_test": str(len(data.test)),
-    })
+    reporter.tags(
+        {
+            "fer_ray.dataset_fingerprint": data.fingerprint,
+            "fer_ray.protocol": data.protocol,
+            "fer_ray.n_train": str(len(data.train)),
+            "fer_ray.n_val": str(len(data.val)),
+            "fer_ray.n_test": str(len(data.test)),
+        }
+    )
     torch.manual_seed(trial.train.seed)  # the new head's (and a random backbone's) initial weights
     model = build_model(trial.model, num_classes=len(data.dataset.classes))
     checkpoint_path = reporter.work_dir / "checkpoint.pt"
@@ -60,7 +62,9 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         figure = confusion_matrix_figure(evaluation["confusion"], data.dataset.classes, title=f"{trial.sweep}: test confusion")
         reporter.figure(figure, "confusion_matrix.png")
     confusion_path = reporter.work_dir / CONFUSION_FILE  # the counts, summed over seeds by the report
-    confusion_path.write_text(json.dumps({"classes": list(data.dataset.classes), "counts": [list(map(int, row)) for row in evaluation["confusion"]]}))
+    confusion_path.write_text(
+        json.dumps({"classes": list(data.dataset.classes), "counts": [list(map(int, row)) for row in evaluation["confusion"]]})
+    )
     reporter.artifact(confusion_path, CONFUSION_DIR)
     if trial.settings.save_model:
         model_path = reporter.work_dir / MODEL_FILE
@@ -108,6 +112,12 @@ def final_metrics(evaluation: dict, best_val_acc: float, epochs_run: int, n_para
 
 
 EXPERIMENT = Experiment(
-    name="finetune", settings=Settings, evaluates_model=False, run=run, report=report,
-    report_artifacts=(CONFUSION_ARTIFACT,), history_metrics=(CURVE_METRIC,), epochs=lambda trial: trial.train.epochs,
+    name="finetune",
+    settings=Settings,
+    evaluates_model=False,
+    run=run,
+    report=report,
+    report_artifacts=(CONFUSION_ARTIFACT,),
+    history_metrics=(CURVE_METRIC,),
+    epochs=lambda trial: trial.train.epochs,
 )

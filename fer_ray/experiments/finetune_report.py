@@ -129,8 +129,13 @@ def table_markdown(table: pd.DataFrame, keys: list[str]) -> str:
     """The per-configuration table: cells ``mean [95 % CI]``, saying what the intervals cover."""
     metrics = [m for m in REPORT_METRICS if m in table]
     header = "| " + " | ".join([*keys, *metrics, "seeds"]) + " |"
-    lines = [f"Cells: mean [95 % CI {SEEDS_COVER}; '-' with one seed]; each run's own interval over test people: "
-             "its test_acc/ci_low, test_acc/ci_high.", "", header, "|" + "---|" * (len(keys) + len(metrics) + 1)]
+    lines = [
+        f"Cells: mean [95 % CI {SEEDS_COVER}; '-' with one seed]; each run's own interval over test people: "
+        "its test_acc/ci_low, test_acc/ci_high.",
+        "",
+        header,
+        "|" + "---|" * (len(keys) + len(metrics) + 1),
+    ]
     for _, row in table.iterrows():
         cells = [str(row[k]) for k in keys]
         for metric in metrics:
@@ -157,14 +162,22 @@ def study_figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
     ci = (table["test_acc_low"], table["test_acc_high"])
     if key == "data.train_fraction":
         figure = metric_curve_figure(
-            table[key] * 100, table["test_acc"], *ci,
-            xlabel="training identities used (%)", ylabel="test accuracy", title="Accuracy vs dataset size",
+            table[key] * 100,
+            table["test_acc"],
+            *ci,
+            xlabel="training identities used (%)",
+            ylabel="test accuracy",
+            title="Accuracy vs dataset size",
         )
         return {"accuracy_vs_fraction.png": figure}
     if key == "model.arch" and "n_params" in table:
         figure = metric_curve_figure(
-            table["n_params"] / 1e6, table["test_acc"], *ci,
-            xlabel="parameters (millions)", ylabel="test accuracy", title="Accuracy vs model size",
+            table["n_params"] / 1e6,
+            table["test_acc"],
+            *ci,
+            xlabel="parameters (millions)",
+            ylabel="test accuracy",
+            title="Accuracy vs model size",
             point_labels=list(table[key]),
         )
         return {"accuracy_vs_model_size.png": figure}
@@ -197,7 +210,7 @@ def learning_curves_figure(table: TrialTable, grid: dict[str, list]):
         if bands.empty:
             continue
         label = _label(keys, dict(zip(keys, point)))
-        line, = axis.plot(bands["step"], bands["mean"], marker="o", label=label)
+        (line,) = axis.plot(bands["step"], bands["mean"], marker="o", label=label)
         axis.fill_between(bands["step"], bands["low"], bands["high"], color=line.get_color(), alpha=0.2)
         drawn += 1
     if not drawn:

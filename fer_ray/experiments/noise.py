@@ -62,8 +62,6 @@ REFERENCE_LABEL = "reference study (image-level split)"
 SIGNIFICANCE = 0.05
 
 
-
-
 variance_label = number_label  # the label of a variance in metric and tag names
 
 
@@ -89,16 +87,24 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         metrics[accuracy_key(variance)] = results[variance]["accuracy"]
         if variance > 0:
             metrics.update(_paired_metrics(variance, clean, correct, identities, cfg))
-    reporter.tags({
-        "fer_ray.dataset_fingerprint": data.fingerprint,
-        "fer_ray.protocol": data.protocol,
-        "fer_ray.n_test": str(len(test)),
-        "fer_ray.noise_seed": str(cfg.noise_seed),
-        "fer_ray.noise_units": "variance and sigma in [0,1] pixel space (sigma*255 grey levels)",
-        **{f"fer_ray.sigma_var_{variance_label(v)}": f"{variance_to_sigma(v):.4g}" for v in cfg.variances},
-    })
-    correctness = save_correctness(reporter.work_dir / CORRECTNESS_FILE, "variances", results, test,
-                                   identities=identities.astype(str), noise_seed=np.int64(cfg.noise_seed))
+    reporter.tags(
+        {
+            "fer_ray.dataset_fingerprint": data.fingerprint,
+            "fer_ray.protocol": data.protocol,
+            "fer_ray.n_test": str(len(test)),
+            "fer_ray.noise_seed": str(cfg.noise_seed),
+            "fer_ray.noise_units": "variance and sigma in [0,1] pixel space (sigma*255 grey levels)",
+            **{f"fer_ray.sigma_var_{variance_label(v)}": f"{variance_to_sigma(v):.4g}" for v in cfg.variances},
+        }
+    )
+    correctness = save_correctness(
+        reporter.work_dir / CORRECTNESS_FILE,
+        "variances",
+        results,
+        test,
+        identities=identities.astype(str),
+        noise_seed=np.int64(cfg.noise_seed),
+    )
     reporter.artifact(correctness, ARTIFACT_DIR)
     if cfg.n_examples > 0 and len(test) > 0:
         reporter.figure(examples_figure(model, test, classes, cfg), "noise_examples.png")
@@ -146,7 +152,9 @@ def examples_figure(model, test, classes, cfg: Settings):
         for title, pictures in columns.items()
     }
     return image_panel_figure(
-        columns, title=f"Gaussian noise (noise seed {cfg.noise_seed}; [0,1] pixel units): true / predicted class", predictions=predictions,
+        columns,
+        title=f"Gaussian noise (noise seed {cfg.noise_seed}; [0,1] pixel units): true / predicted class",
+        predictions=predictions,
     )
 
 
@@ -161,7 +169,12 @@ def report(table: TrialTable) -> Report:
     sources = runs["source_model"].fillna("model")
     labels = source_labels(list(sources), list(runs["train_seed"]))
     runs["_model"] = sources.map(labels)
-    lines = ["## Gaussian noise", "", "Variance and σ are in the [0,1] pixel space (σ·255 grey levels); noisy images are clipped to [0,1].", ""]
+    lines = [
+        "## Gaussian noise",
+        "",
+        "Variance and σ are in the [0,1] pixel space (σ·255 grey levels); noisy images are clipped to [0,1].",
+        "",
+    ]
     figures: dict[str, object] = {}
     parent_metrics: dict[str, float] = {}
     lines += ["Models: " + "; ".join(f"{label} = `{source}`" for source, label in labels.items()), ""]
@@ -200,8 +213,12 @@ def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) ->
         )
     if len(variances) > 1:
         figures["accuracy_vs_variance.png"] = accuracy_curve_figure(
-            [v for v, _ in rows], [s["mean"] for _, s in rows], [s["low"] for _, s in rows], [s["high"] for _, s in rows],
-            xlabel="noise variance ([0,1] pixel units)", title="Accuracy vs Gaussian noise variance",
+            [v for v, _ in rows],
+            [s["mean"] for _, s in rows],
+            [s["low"] for _, s in rows],
+            [s["high"] for _, s in rows],
+            xlabel="noise variance ([0,1] pixel units)",
+            title="Accuracy vs Gaussian noise variance",
         )
     return lines + [""]
 
@@ -238,17 +255,27 @@ def _repeats_section(runs: pd.DataFrame, variance: float, figures: dict, parent_
             f"| all models | {len(pooled)} | {np.median(pooled):.3f} | {pooled.min():.3f} | {pooled.max():.3f} | "
             f"{pooled.mean():.3f} | - | - | {runs['test_acc'].mean():.3f} | - |"
         )
-    parent_metrics.update({
-        f"median_{key}": float(np.median(pooled)), f"min_{key}": float(pooled.min()),
-        f"max_{key}": float(pooled.max()), f"mean_{key}": float(pooled.mean()),
-    })
+    parent_metrics.update(
+        {
+            f"median_{key}": float(np.median(pooled)),
+            f"min_{key}": float(pooled.min()),
+            f"max_{key}": float(pooled.max()),
+            f"mean_{key}": float(pooled.mean()),
+        }
+    )
     reference = REFERENCE_REPEATS.get(variance)
     if reference:
-        lines += ["", f"{REFERENCE_LABEL}: median {reference['median']}, min {reference['min']}, max {reference['max']} — not comparable one to one (their split let the same people into train and test)."]
+        lines += [
+            "",
+            f"{REFERENCE_LABEL}: median {reference['median']}, min {reference['min']}, max {reference['max']} — not comparable one to one (their split let the same people into train and test).",
+        ]
     name = f"repeats_var_{label}.png"
     figures[name] = repeats_boxplot_figure(
-        values, ylabel=f"test accuracy at variance {label}", title=f"Accuracy over noise repeats (variance {label})",
-        reference=reference, reference_label=REFERENCE_LABEL,
+        values,
+        ylabel=f"test accuracy at variance {label}",
+        title=f"Accuracy over noise repeats (variance {label})",
+        reference=reference,
+        reference_label=REFERENCE_LABEL,
     )
     return lines + [""] + _mcnemar_lines(runs, label) + [""]
 
@@ -272,7 +299,10 @@ def _mcnemar_lines(runs: pd.DataFrame, label: str) -> list[str]:
             f"{int(row[b])} | {int(row[c])} | {row[p]:.3g} |"
         )
     significant = int((runs[p] < SIGNIFICANCE).sum())
-    lines += ["", f"Summary: p < {SIGNIFICANCE} in {significant} of {len(runs)} repeats; median p {runs[p].median():.3g}, largest p {runs[p].max():.3g}."]
+    lines += [
+        "",
+        f"Summary: p < {SIGNIFICANCE} in {significant} of {len(runs)} repeats; median p {runs[p].median():.3g}, largest p {runs[p].max():.3g}.",
+    ]
     return lines
 
 
@@ -289,7 +319,9 @@ def _examples_section(table: TrialTable, figures: dict) -> list[str]:
     columns = noise_examples(test.images[: cfg.n_examples], cfg.example_variances, cfg.noise_seed)
     classes = data.dataset.classes
     true = [f"true {classes[int(label)]}" for label in test.labels[: cfg.n_examples]]
-    figures["noise_examples.png"] = image_panel_figure(columns, row_labels=true, title=f"Gaussian noise examples (noise seed {cfg.noise_seed})")
+    figures["noise_examples.png"] = image_panel_figure(
+        columns, row_labels=true, title=f"Gaussian noise examples (noise seed {cfg.noise_seed})"
+    )
     return ["### Examples", "", "Each trial also logs its own panel labelled with the model's predictions (noise_examples.png).", ""]
 
 
@@ -298,5 +330,10 @@ def _interval(summary: dict) -> str:
 
 
 EXPERIMENT = Experiment(
-    name="noise", settings=Settings, evaluates_model=True, run=run, report=report, summary_metrics=("acc_var_*", "test_acc"),
+    name="noise",
+    settings=Settings,
+    evaluates_model=True,
+    run=run,
+    report=report,
+    summary_metrics=("acc_var_*", "test_acc"),
 )

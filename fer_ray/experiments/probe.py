@@ -31,6 +31,10 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 
 
 EXPERIMENT = Experiment(
-    name="probe", settings=Settings, evaluates_model=False, run=run, summary_metrics=("val_acc", "value"),
+    name="probe",
+    settings=Settings,
+    evaluates_model=False,
+    run=run,
+    summary_metrics=("val_acc", "value"),
     epochs=lambda trial: trial.settings.steps,
 )

@@ -99,8 +99,13 @@ class TrialTable:
     def with_status(self, *statuses: TrialStatus) -> TrialTable:
         """The same table holding only the trials that ended with one of ``statuses``."""
         return TrialTable(
-            self.sweep, self.experiment, self.settings, self.data,
-            tuple(r for r in self.records if r.status in statuses), self.grid, self.settings_grid,
+            self.sweep,
+            self.experiment,
+            self.settings,
+            self.data,
+            tuple(r for r in self.records if r.status in statuses),
+            self.grid,
+            self.settings_grid,
         )
 
     def finished(self) -> TrialTable:

@@ -59,12 +59,14 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     rows = select_by_name(data, cfg.images) if cfg.images else select_per_class(data, cfg.per_class or 1)
     images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)[torch.from_numpy(rows)]
     labels = torch.from_numpy(data.dataset.labels[rows])
-    reporter.tags({
-        "fer_ray.dataset_fingerprint": data.fingerprint,
-        "fer_ray.protocol": data.protocol,
-        "fer_ray.saliency_target": cfg.target,
-        "fer_ray.saliency_images": " ".join(data.dataset.images[int(r)].path.stem for r in rows)[:5000],
-    })
+    reporter.tags(
+        {
+            "fer_ray.dataset_fingerprint": data.fingerprint,
+            "fer_ray.protocol": data.protocol,
+            "fer_ray.saliency_target": cfg.target,
+            "fer_ray.saliency_images": " ".join(data.dataset.images[int(r)].path.stem for r in rows)[:5000],
+        }
+    )
 
     probs = predict_proba(model, images)
     predicted = probs.argmax(dim=1)
@@ -147,8 +149,6 @@ def select_per_class(data: PreparedData, per_class: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-
-
 def _split_of(data: PreparedData, row: int) -> str:
     for name in ("test", "val", "train"):
         if row in getattr(data.split, name):
@@ -185,8 +185,13 @@ def report(table: TrialTable) -> Report:
     table = table.finished()
     cfg: Settings = table.settings
     runs = table.frame()
-    columns = ["n_images", "selected_acc", "center_area", *[f"center_mass_{name}" for name in MAP_NAMES],
-               *[f"zero_maps_{name}" for name in MAP_NAMES]]
+    columns = [
+        "n_images",
+        "selected_acc",
+        "center_area",
+        *[f"center_mass_{name}" for name in MAP_NAMES],
+        *[f"zero_maps_{name}" for name in MAP_NAMES],
+    ]
     columns = [c for c in columns if c in runs]
     lines = [
         "## Saliency",
@@ -250,6 +255,10 @@ def _withheld_lines(table: TrialTable) -> list[str]:
 
 
 EXPERIMENT = Experiment(
-    name="saliency", settings=Settings, evaluates_model=True, run=run, report=report,
+    name="saliency",
+    settings=Settings,
+    evaluates_model=True,
+    run=run,
+    report=report,
     summary_metrics=("center_mass_*", "selected_acc"),
 )

@@ -58,7 +58,8 @@ class NoiseSettings(Strict):
     """The ``settings:`` section of a noise sweep. Variances in [0,1] pixel units (sigma = sqrt(variance))."""
 
     variances: list[float] = Field(
-        [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3], min_length=1,
+        [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3],
+        min_length=1,
         description="noise variances evaluated in one trial, each >= 0 ([0,1] pixel units)",
     )
     noise_seed: int = Field(0, ge=0, description="fixes the noise draw: the same seed gives every model identical noise")
@@ -77,7 +78,8 @@ class FgsmSettings(Strict):
     """The ``settings:`` section of an attack sweep. Epsilons in [0,1] pixel units (x255 = grey levels)."""
 
     epsilons: list[float] = Field(
-        [0.0, 0.001, 0.005, 0.007, 0.01, 0.05, 0.07, 0.1], min_length=1,
+        [0.0, 0.001, 0.005, 0.007, 0.01, 0.05, 0.07, 0.1],
+        min_length=1,
         description="attack radii evaluated in one trial, each in [0, 1]",
     )
     panel_epsilons: list[float] = Field([0.0, 0.01, 0.3], description="epsilons shown in the example panel (also scored)")
@@ -139,8 +141,9 @@ class BiasSettings(Strict):
         list(DEFAULT_ATTRIBUTES), min_length=1, description="group attributes to study (those the dataset lacks are skipped)"
     )
     reference: dict[str, str] = Field(
-        {}, description="reference group per attribute, e.g. {race: White}; differences are group - reference "
-        "(default: angle S, gender M when present, else the group with the most people)"
+        {},
+        description="reference group per attribute, e.g. {race: White}; differences are group - reference "
+        "(default: angle S, gender M when present, else the group with the most people)",
     )
     n_boot: int = Field(1000, ge=50, description="bootstrap replicates (subjects resampled within groups)")
     n_perm: int = Field(2000, ge=50, description="permutations of each subject-level test")
@@ -163,7 +166,6 @@ class TransferSettings(GeneratorConfig):
     panel_people: int = Field(4, ge=0, description="test people in the panel (0: no panel)")
     n_boot: int = Field(2000, ge=1, description="resamples of the subject-clustered bootstrap")
     batch_size_eval: int = Field(64, ge=1)
-
 
 
 GAMMA_WORDS = ("scale", "auto")
@@ -214,9 +216,16 @@ class SvmSettings(Strict):
 
 #: experiment kind -> its settings model
 SETTINGS: dict[str, type[BaseModel]] = {
-    "finetune": FinetuneSettings, "svm": SvmSettings, "evaluate": EvaluateSettings, "probe": ProbeSettings,
-    "noise": NoiseSettings, "fgsm": FgsmSettings, "tsne": TsneSettings, "saliency": SaliencySettings,
-    "bias": BiasSettings, "transfer": TransferSettings,
+    "finetune": FinetuneSettings,
+    "svm": SvmSettings,
+    "evaluate": EvaluateSettings,
+    "probe": ProbeSettings,
+    "noise": NoiseSettings,
+    "fgsm": FgsmSettings,
+    "tsne": TsneSettings,
+    "saliency": SaliencySettings,
+    "bias": BiasSettings,
+    "transfer": TransferSettings,
 }
 #: the kinds that evaluate a trained model (``source.model``); the others train their own
 EVALUATES_MODEL: frozenset[str] = frozenset({"svm", "evaluate", "noise", "fgsm", "tsne", "saliency", "bias", "transfer"})

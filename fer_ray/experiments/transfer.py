@@ -58,8 +58,14 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         reporter.epoch(record.metrics(), step=record.epoch)
 
     train_generator(
-        generator, data.train, group_positions(data.dataset, data.train), GeneratorConfig(**cfg.model_dump(include=set(GeneratorConfig.model_fields))),
-        val=data.val, val_pairs=val_pairs, device=device, on_epoch=on_epoch,
+        generator,
+        data.train,
+        group_positions(data.dataset, data.train),
+        GeneratorConfig(**cfg.model_dump(include=set(GeneratorConfig.model_fields))),
+        val=data.val,
+        val_pairs=val_pairs,
+        device=device,
+        on_epoch=on_epoch,
     )
     generator.cpu().eval()
     classifier = classifier.cpu()
@@ -69,23 +75,36 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 
     test = data.test
     scores = score_cases(
-        transfer, classifier, test, data.dataset.identities[test.indices], paired_cases(data.dataset, test),
-        mean_faces(data.train.images, data.train.labels, len(data.dataset.classes)), batch_size=cfg.batch_size_eval,
+        transfer,
+        classifier,
+        test,
+        data.dataset.identities[test.indices],
+        paired_cases(data.dataset, test),
+        mean_faces(data.train.images, data.train.labels, len(data.dataset.classes)),
+        batch_size=cfg.batch_size_eval,
     )
     metrics = summarize(scores, data.dataset.classes, n_boot=cfg.n_boot, seed=cfg.seed)
-    reporter.tags({
-        "fer_ray.dataset_fingerprint": data.fingerprint,
-        "fer_ray.protocol": data.protocol,
-        "fer_ray.transfer_embedding": EMBEDDING,
-        "fer_ray.transfer_units": "L1: mean |difference| per pixel and channel in [0,1] space",
-    })
+    reporter.tags(
+        {
+            "fer_ray.dataset_fingerprint": data.fingerprint,
+            "fer_ray.protocol": data.protocol,
+            "fer_ray.transfer_embedding": EMBEDDING,
+            "fer_ray.transfer_units": "L1: mean |difference| per pixel and channel in [0,1] space",
+        }
+    )
     path = reporter.work_dir / GENERATOR_FILE
     torch.save(generator_state(generator, data.dataset.classes), path)
     reporter.artifact(path, ARTIFACT_DIR)
     if cfg.panel_people > 0 and len(test) > 0:
         reporter.figure(
-            transfer_panel(transfer, classifier, data.dataset, test, people=cfg.panel_people,
-                           title=f"emotion transfer on test people (width {cfg.width}, {cfg.epochs} epochs)"),
+            transfer_panel(
+                transfer,
+                classifier,
+                data.dataset,
+                test,
+                people=cfg.panel_people,
+                title=f"emotion transfer on test people (width {cfg.width}, {cfg.epochs} epochs)",
+            ),
             "transfer_panel.png",
         )
     return metrics
@@ -102,8 +121,13 @@ def _evenly_spaced(pairs: TransferPairs, count: int) -> TransferPairs:
 # ----------------------------------------------------------------------------------------- report
 
 _COLUMNS = (
-    "transfer_target_acc", "transfer_identity_top1", "transfer_identity_top1_copy",
-    "transfer_l1_real", "transfer_l1_copy", "transfer_l1_mean", "test_acc",
+    "transfer_target_acc",
+    "transfer_identity_top1",
+    "transfer_identity_top1_copy",
+    "transfer_l1_real",
+    "transfer_l1_copy",
+    "transfer_l1_mean",
+    "test_acc",
 )
 
 
@@ -152,16 +176,18 @@ def _goals(record) -> list[str]:
         verdict = "met" if value >= goal else "NOT met"
         statements.append(f"{name.removeprefix('transfer_')} {value:.3f} vs >= {goal}: {verdict}")
     for baseline in ("copy", "mean"):
-        gain, low, high = (
-            record.metric(f"transfer_l1_gain_{baseline}{suffix}") for suffix in ("", "/subject_ci_low", "/subject_ci_high")
-        )
+        gain, low, high = (record.metric(f"transfer_l1_gain_{baseline}{suffix}") for suffix in ("", "/subject_ci_low", "/subject_ci_high"))
         verdict = "met" if low > 0 else "NOT met"
         statements.append(f"L1 below {baseline}: gain {gain:.4f} [{low:.4f}, {high:.4f}]: {verdict}")
     return statements
 
 
 EXPERIMENT = Experiment(
-    name="transfer", settings=Settings, evaluates_model=True, run=run, report=report,
+    name="transfer",
+    settings=Settings,
+    evaluates_model=True,
+    run=run,
+    report=report,
     history_metrics=("gen_train_loss", "gen_val_l1"),
     summary_metrics=("gen_val_l1", "transfer_target_acc", "transfer_identity_top1", "transfer_l1_gain_copy"),
     epochs=lambda trial: trial.settings.epochs,

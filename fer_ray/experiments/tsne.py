@@ -53,11 +53,13 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     labels = data.dataset.labels[rows]
     people = data.dataset.identities[rows]  # k-NN accuracy counts only other people's images as neighbours
     _check_sizes(cfg, len(rows))
-    reporter.tags({
-        "fer_ray.dataset_fingerprint": data.fingerprint,
-        "fer_ray.protocol": data.protocol,
-        "fer_ray.tsne_splits": "+".join(cfg.splits),
-    })
+    reporter.tags(
+        {
+            "fer_ray.dataset_fingerprint": data.fingerprint,
+            "fer_ray.protocol": data.protocol,
+            "fer_ray.tsne_splits": "+".join(cfg.splits),
+        }
+    )
 
     features = extract_features(model, images)
     test_metrics = classification_metrics(predict_proba(model, data.test.images), data.test.labels, data.dataset.classes)
@@ -92,8 +94,6 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-
-
 def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """Dataset rows (N,), uint8 images (N, 3, S, S) and the split name of each row, in ``splits`` order."""
     sides = [getattr(data, name) for name in splits]
@@ -123,15 +123,18 @@ def _marker_groups(data: PreparedData, rows: np.ndarray, split_of_row: np.ndarra
 
 def _save_embedding(path: Path, embeddings: dict, labels, groups, data: PreparedData, rows, split_of_row) -> Path:
     """The coordinates and what the plots need, as .npz (no pickles), written atomically."""
-    return atomic_write(path, lambda temporary: np.savez_compressed(
-        temporary,
-        **embeddings,
-        labels=np.asarray(labels, dtype=np.int64),
-        groups=np.asarray([] if groups is None else groups, dtype=str),
-        split=np.asarray(split_of_row, dtype=str),
-        files=np.asarray([data.dataset.images[int(r)].path.name for r in rows], dtype=str),
-        classes=np.asarray(data.dataset.classes, dtype=str),
-    ))
+    return atomic_write(
+        path,
+        lambda temporary: np.savez_compressed(
+            temporary,
+            **embeddings,
+            labels=np.asarray(labels, dtype=np.int64),
+            groups=np.asarray([] if groups is None else groups, dtype=str),
+            split=np.asarray(split_of_row, dtype=str),
+            files=np.asarray([data.dataset.images[int(r)].path.name for r in rows], dtype=str),
+            classes=np.asarray(data.dataset.classes, dtype=str),
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,9 +223,14 @@ def _side_by_side(table: TrialTable, marker_by: str) -> tuple[dict, int]:
     classes = list(loaded[0][1]["classes"])
     for dims in (2, 3):
         panels = [
-            {"coords": e[f"coords_{dims}d"], "labels": e["labels"], "groups": e["groups"] if e["groups"].size else None,
-             "title": f"perplexity {p:g}"}
-            for p, e in loaded if f"coords_{dims}d" in e
+            {
+                "coords": e[f"coords_{dims}d"],
+                "labels": e["labels"],
+                "groups": e["groups"] if e["groups"].size else None,
+                "title": f"perplexity {p:g}",
+            }
+            for p, e in loaded
+            if f"coords_{dims}d" in e
         ]
         if panels:
             figures[f"tsne_{dims}d_by_perplexity.png"] = embedding_grid_figure(panels, classes, marker_by)
@@ -230,6 +238,11 @@ def _side_by_side(table: TrialTable, marker_by: str) -> tuple[dict, int]:
 
 
 EXPERIMENT = Experiment(
-    name="tsne", settings=Settings, evaluates_model=True, run=run, report=report, report_artifacts=(EMBEDDING_ARTIFACT,),
+    name="tsne",
+    settings=Settings,
+    evaluates_model=True,
+    run=run,
+    report=report,
+    report_artifacts=(EMBEDDING_ARTIFACT,),
     summary_metrics=("trustworthiness_*", "knn_acc_*", "test_acc"),
 )

@@ -198,10 +198,7 @@ def check_tracking_for_cluster(uri: str, nodes: list[dict]) -> None:
     if not spans_machines(nodes):
         return
     head = head_address(nodes) or "<head private IP>"
-    fix = (
-        f"Run an MLflow tracking server on the head (cluster.yaml starts one on port 5000) and pass "
-        f"--tracking-uri http://{head}:5000"
-    )
+    fix = f"Run an MLflow tracking server on the head (cluster.yaml starts one on port 5000) and pass --tracking-uri http://{head}:5000"
     scheme = str(uri).split("://", 1)[0].split("+", 1)[0].lower() if "://" in str(uri) else ""
     if scheme == "sqlite":
         raise ClusterSetupError(

@@ -270,8 +270,14 @@ class SweepConsole(tune.Callback):
     (defaults: stdout; live when it is a terminal and the sweep is not verbose); min_interval_s and
     heartbeat_s pace the plain view's epoch lines (seconds)."""
 
-    def __init__(self, spec: SweepSpec, stream: TextIO | None = None, live: bool | None = None,
-                 min_interval_s: float = 5.0, heartbeat_s: float = 300.0):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        stream: TextIO | None = None,
+        live: bool | None = None,
+        min_interval_s: float = 5.0,
+        heartbeat_s: float = 300.0,
+    ):
         self.spec = spec
         self.stream = stream
         self.live = live

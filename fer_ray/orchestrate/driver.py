@@ -182,8 +182,9 @@ def plan_sweep(spec: SweepSpec, experiment: Experiment, tracker: Tracker) -> Swe
     return SweepPlan(spec, experiment, training_spec(spec, missing) if missing else None, models)
 
 
-def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None,
-              verbose: bool = False) -> SweepOutcome:
+def run_sweep(
+    spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None, verbose: bool = False
+) -> SweepOutcome:
     """Run (or resume) the sweep end to end and write its report: the training stage first when
     the plan has one, then the sweep over every model. verbose: Ray Tune's status tables and the INFO
     logs of Ray and MLflow beside the sweep's console (fer_ray.orchestrate.console)."""
@@ -244,16 +245,26 @@ def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tra
     rows = [_row(trial, started, spec) for trial in trials] + _unscheduled_rows(spec, trials)
     if was_interrupted(trials):
         tracker.finish(parent_id, "KILLED")
-        return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, None, rows, interrupted=True, experiment_id=tracker.experiment_id(),
-                            experiment=spec.experiment)
+        return SweepOutcome(
+            spec.name,
+            parent_id,
+            tracker.uri,
+            tune_path,
+            None,
+            rows,
+            interrupted=True,
+            experiment_id=tracker.experiment_id(),
+            experiment=spec.experiment,
+        )
     from fer_ray.orchestrate.report import write_report
 
     report_dir = write_report(spec, tracker, parent_id, _emptied(Path("reports") / spec.name))
     if spec.register:
         print(register_best(tracker, parent_id, spec.register))
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
-    return SweepOutcome(spec.name, parent_id, tracker.uri, tune_path, report_dir, rows, experiment_id=tracker.experiment_id(),
-                        experiment=spec.experiment)
+    return SweepOutcome(
+        spec.name, parent_id, tracker.uri, tune_path, report_dir, rows, experiment_id=tracker.experiment_id(), experiment=spec.experiment
+    )
 
 
 def _emptied(folder: Path) -> Path:
@@ -391,8 +402,7 @@ def changed_on_resume(given: SweepSpec, stored: SweepSpec) -> list[str]:
     return [
         f"{key}: started with {before.get(key)!r}, now {value!r}"
         for key, value in now.items()
-        if not key.startswith(("tracking.", "storage.")) and before.get(key) != value
-        and not (key == "resources.gpu" and value == "auto")
+        if not key.startswith(("tracking.", "storage.")) and before.get(key) != value and not (key == "resources.gpu" and value == "auto")
     ]
 
 
@@ -485,4 +495,8 @@ def _unscheduled_rows(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:
         missing = spec.search.optuna.num_samples - len(trials)
         return [{"name": "(not sampled yet)", "status": "not run", "metrics": {}}] * max(missing, 0)
     created = {trial_key(trial.config or {}) for trial in trials}
-    return [{"name": run_name(point, spec), "status": "not run", "metrics": {}} for point in grid_points(spec) if trial_key(point) not in created]
+    return [
+        {"name": run_name(point, spec), "status": "not run", "metrics": {}}
+        for point in grid_points(spec)
+        if trial_key(point) not in created
+    ]

@@ -58,15 +58,18 @@ def training_stage_lines(spec: SweepSpec) -> list[str]:
     found: dict[int, str | None] = {}
     for seed in seeds:
         seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
-        found[seed] = None if database is None else finished_run_with_tag(
-            database, spec.tracking.experiment, TAG_TRAIN_HASH, training_hash(seeded))
+        found[seed] = (
+            None if database is None else finished_run_with_tag(database, spec.tracking.experiment, TAG_TRAIN_HASH, training_hash(seeded))
+        )
     if any(run is None for run in found.values()):
         return [f"training stage: whether train seeds {seeds} are trained already is checked at start (in {spec.tracking.uri})"]
     missing = [seed for seed, run in found.items() if not run]
     lines = [f"training stage: reused for train seed {seed}: MLflow run {run}" for seed, run in found.items() if run]
     if missing:
-        lines.append(f"training stage: new: {spec.name}-train trains seed(s) {missing} first ({len(missing)} finetune "
-                     f"trial(s), {spec.train.epochs} epochs each), then the sweep evaluates every model")
+        lines.append(
+            f"training stage: new: {spec.name}-train trains seed(s) {missing} first ({len(missing)} finetune "
+            f"trial(s), {spec.train.epochs} epochs each), then the sweep evaluates every model"
+        )
     return lines
 
 
@@ -80,10 +83,12 @@ def time_estimate(spec: SweepSpec, plan: TrialPlan) -> str:
         return f"time: no estimate (no finished trial of sweep {spec.name} in {where} to time it by; a first run gives one)"
     median, count = timed
     waves = math.ceil(plan.n_trials / plan.concurrent)
-    return (f"time: about {_duration(waves * median)} for the sweep's trials: {waves} round(s) of up to {plan.concurrent} "
-            f"x median {_duration(median)} per trial, measured over {count} earlier finished trial(s) of {spec.name} in "
-            f"{spec.tracking.uri} on whatever machine ran them (their settings may differ); the training stage, "
-            f"if any, and start-up come on top")
+    return (
+        f"time: about {_duration(waves * median)} for the sweep's trials: {waves} round(s) of up to {plan.concurrent} "
+        f"x median {_duration(median)} per trial, measured over {count} earlier finished trial(s) of {spec.name} in "
+        f"{spec.tracking.uri} on whatever machine ran them (their settings may differ); the training stage, "
+        f"if any, and start-up come on top"
+    )
 
 
 def _duration(seconds: float) -> str:

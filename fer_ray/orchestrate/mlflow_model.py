@@ -74,9 +74,7 @@ def signature(image_size: int, num_classes: int) -> ModelSignature:
 
 def pinned_requirements() -> list[str]:
     """The packages (exact versions of this process) the pyfunc needs to load and predict."""
-    return [f"{name}=={metadata.version(name)}" for name in ("torch", "torchvision", "mlflow")] + [
-        f"fer_ray=={fer_ray_version()}"
-    ]
+    return [f"{name}=={metadata.version(name)}" for name in ("torch", "torchvision", "mlflow")] + [f"fer_ray=={fer_ray_version()}"]
 
 
 def fer_ray_version() -> str:
@@ -165,11 +163,13 @@ def resolve_registered(tracker: Tracker, uri: str) -> RegisteredModel:
     name, version, alias = match["name"], match["version"], match["alias"]
     client = tracker.client
     try:
-        found = (_retry_locked(client.get_model_version, name, version) if version
-                 else _retry_locked(client.get_model_version_by_alias, name, alias))
+        found = (
+            _retry_locked(client.get_model_version, name, version)
+            if version
+            else _retry_locked(client.get_model_version_by_alias, name, alias)
+        )
     except MlflowException as error:
-        raise SpecError(f"source.model: {uri!r} is not in the model registry at {tracker.uri}: "
-                        f"{_known_versions(tracker, name)}") from error
+        raise SpecError(f"source.model: {uri!r} is not in the model registry at {tracker.uri}: {_known_versions(tracker, name)}") from error
     return RegisteredModel(name=name, version=str(found.version), run_id=found.run_id or None, source=found.source)
 
 
@@ -180,8 +180,7 @@ def _known_versions(tracker: Tracker, name: str) -> str:
         versions = _retry_locked(tracker.client.search_model_versions, f"name = '{name}'")
     except MlflowException:
         return f"no registered model named {name!r}"
-    return (f"model {name!r} has versions {sorted(int(v.version) for v in versions)} "
-            f"and aliases {sorted(registered.aliases or {})}")
+    return f"model {name!r} has versions {sorted(int(v.version) for v in versions)} and aliases {sorted(registered.aliases or {})}"
 
 
 def download_registered(tracker: Tracker, model: RegisteredModel, folder: Path) -> Path:
@@ -202,5 +201,4 @@ def register_best(tracker: Tracker, parent_id: str, name: str) -> str:
         return f"register: no finished trial under parent run {parent_id}; nothing registered as {name!r}"
     best = finished.loc[finished["metrics.best_val_acc"].idxmax()]
     version = register(tracker, best["run_id"], name)
-    return (f"Registered models:/{name}/{version} (run {best['run_name']}, best_val_acc "
-            f"{best['metrics.best_val_acc']:.4f}) in {tracker.uri}")
+    return f"Registered models:/{name}/{version} (run {best['run_name']}, best_val_acc {best['metrics.best_val_acc']:.4f}) in {tracker.uri}"

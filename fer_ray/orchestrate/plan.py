@@ -42,5 +42,6 @@ def trial_plan(spec: SweepSpec, total_cpus: float, capacity: ClusterCapacity | N
         concurrent = concurrent_trials(Resources(spec.resources.cpu, float(spec.resources.gpu), ""), capacity)
     if spec.search.max_concurrent:
         concurrent = min(concurrent, spec.search.max_concurrent)
-    return TrialPlan(n_trials=n_trials, varying=varying, resources={"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-                     concurrent=concurrent)
+    return TrialPlan(
+        n_trials=n_trials, varying=varying, resources={"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}, concurrent=concurrent
+    )

@@ -65,8 +65,11 @@ def run_preflight(spec: SweepSpec, tracker: Tracker | None, prepare: bool = True
     prepare=False (--dry-run): the same checks with nothing fetched, built or looked up remotely.
     Raises PreflightError (or the SpecError of a model source or weights check) at the first problem.
     """
-    return [*check_model_source(spec, tracker if prepare else None), *check_weights(spec, prepare),
-            *(check_data(config, prepare) for config in data_configs(spec))]
+    return [
+        *check_model_source(spec, tracker if prepare else None),
+        *check_weights(spec, prepare),
+        *(check_data(config, prepare) for config in data_configs(spec)),
+    ]
 
 
 def check_model_source(spec: SweepSpec, tracker: Tracker | None) -> list[str]:
@@ -90,7 +93,9 @@ def check_weights(spec: SweepSpec, fetch: bool) -> list[str]:
     lines = []
     for value in _values(spec, "model.weights", spec.model.weights):
         if value not in ("none", "imagenet") and not Path(value).expanduser().is_file():
-            raise PreflightError(f"model.weights: file {value!r} not found; give the path of a state-dict file every node can read, 'imagenet' or 'none'")
+            raise PreflightError(
+                f"model.weights: file {value!r} not found; give the path of a state-dict file every node can read, 'imagenet' or 'none'"
+            )
         if value not in ("none", "imagenet"):
             lines.append(f"model.weights: {value}: found")
     archs = imagenet_archs(spec)
@@ -100,7 +105,9 @@ def check_weights(spec: SweepSpec, fetch: bool) -> list[str]:
         lines += [f"model.weights: imagenet {arch}: {path}" for arch, path in zip(archs, prefetch_weights(spec))]
     for arch in archs if not fetch else []:
         path = hub_checkpoints() / IMAGENET_FILES[arch]
-        found = "found (its hash is checked at start)" if path.is_file() else "missing: fetched at start when online, else place the file there"
+        found = (
+            "found (its hash is checked at start)" if path.is_file() else "missing: fetched at start when online, else place the file there"
+        )
         lines.append(f"model.weights: imagenet {arch}: {path} {found}")
     return lines
 
@@ -145,8 +152,7 @@ def check_data(config: DataConfig, prepare: bool) -> str:
         decoded = "every file decoded before (tensor cache found)"
     else:
         decoded = "tensor cache built" if prepare else "every file decodes (cache built at start)"
-    return (f"{_where(config)}: {_counts(dataset)}, {config.image_size} px; {decoded} "
-            f"[{store}] ({time.perf_counter() - started:.1f} s)")
+    return f"{_where(config)}: {_counts(dataset)}, {config.image_size} px; {decoded} [{store}] ({time.perf_counter() - started:.1f} s)"
 
 
 def _values(spec: SweepSpec, key: str, default: str) -> list[str]:

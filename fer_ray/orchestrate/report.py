@@ -93,19 +93,21 @@ def trial_table(spec: SweepSpec, tracker: Tracker, runs: list[Run], fetch_dir: P
         trial = trial_of(trial_spec(spec, values))
         tags = dict(run.data.tags)
         source = trial.model_source or tags.get(TAG_SOURCE_MODEL)
-        records.append(TrialRecord(
-            run_id=run.info.run_id,
-            run_name=run.info.run_name or "",
-            status=_status(run),
-            trial=trial,
-            values=values,
-            metrics={key: float(value) for key, value in run.data.metrics.items()},
-            tags={key: value for key, value in tags.items() if not key.startswith("mlflow.")},
-            source_model=source,
-            train_seed=_train_seed(tracker, tags.get(TAG_SOURCE_RUN), seeds) if experiment.evaluates_model else trial.train.seed,
-            history={name: tracker.metric_history(run.info.run_id, name) for name in experiment.history_metrics},
-            fetch=_fetcher(tracker, run.info.run_id, fetch_dir, experiment),
-        ))
+        records.append(
+            TrialRecord(
+                run_id=run.info.run_id,
+                run_name=run.info.run_name or "",
+                status=_status(run),
+                trial=trial,
+                values=values,
+                metrics={key: float(value) for key, value in run.data.metrics.items()},
+                tags={key: value for key, value in tags.items() if not key.startswith("mlflow.")},
+                source_model=source,
+                train_seed=_train_seed(tracker, tags.get(TAG_SOURCE_RUN), seeds) if experiment.evaluates_model else trial.train.seed,
+                history={name: tracker.metric_history(run.info.run_id, name) for name in experiment.history_metrics},
+                fetch=_fetcher(tracker, run.info.run_id, fetch_dir, experiment),
+            )
+        )
     prefix = f"{SETTINGS_SECTION}."
     return TrialTable(
         sweep=spec.name,
@@ -114,7 +116,7 @@ def trial_table(spec: SweepSpec, tracker: Tracker, runs: list[Run], fetch_dir: P
         data=spec.data,
         records=tuple(records),
         grid=dict(spec.search.grid),
-        settings_grid={k[len(prefix):]: v for k, v in spec.search.grid.items() if k.startswith(prefix)},
+        settings_grid={k[len(prefix) :]: v for k, v in spec.search.grid.items() if k.startswith(prefix)},
     )
 
 

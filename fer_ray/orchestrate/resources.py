@@ -143,7 +143,9 @@ def capacity_from_nodes(nodes: Sequence[Mapping[str, Any]], node_types: Iterable
         if not node.get("Alive", node.get("alive", False)):
             continue
         resources = node.get("Resources") or {}
-        shapes.append(NodeShape(str(node.get("NodeManagerAddress", "?")), float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))))
+        shapes.append(
+            NodeShape(str(node.get("NodeManagerAddress", "?")), float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0)))
+        )
     return ClusterCapacity(tuple(shapes), tuple(node_types))
 
 
@@ -262,6 +264,8 @@ def concurrent_trials(resources: Resources, capacity: ClusterCapacity) -> int:
     autoscaler's call)."""
     total = 0
     for node in capacity.nodes:
-        per_resource = [math.floor((have or 0.0) / ask + 1e-9) for have, ask in ((node.cpu, resources.cpu), (node.gpu, resources.gpu)) if ask > 0]
+        per_resource = [
+            math.floor((have or 0.0) / ask + 1e-9) for have, ask in ((node.cpu, resources.cpu), (node.gpu, resources.gpu)) if ask > 0
+        ]
         total += min(per_resource) if per_resource else 0
     return max(1, total)

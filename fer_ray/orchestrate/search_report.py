@@ -34,15 +34,17 @@ def search_trials(table: TrialTable, optuna: OptunaConfig) -> list[SearchTrial]:
     for order, record in enumerate(table):
         history = record.history.get(optuna.metric, ())
         epochs = len(history) if history else (int(record.metrics["epochs_run"]) if "epochs_run" in record.metrics else None)
-        trials.append(SearchTrial(
-            name=record.run_name or record.run_id,
-            order=order,
-            status=_STATUS[record.status],
-            values={key: record.values[key] for key in optuna.space if key in record.values},
-            metric=record.metric(optuna.metric),
-            test_acc=record.metric("test_acc") if record.status is TrialStatus.FINISHED else float("nan"),
-            epochs=epochs,
-        ))
+        trials.append(
+            SearchTrial(
+                name=record.run_name or record.run_id,
+                order=order,
+                status=_STATUS[record.status],
+                values={key: record.values[key] for key in optuna.space if key in record.values},
+                metric=record.metric(optuna.metric),
+                test_acc=record.metric("test_acc") if record.status is TrialStatus.FINISHED else float("nan"),
+                epochs=epochs,
+            )
+        )
     return trials
 
 
@@ -51,6 +53,8 @@ def search_report(table: TrialTable, optuna: OptunaConfig) -> tuple[Report, pd.D
     trials = search_trials(table, optuna)
     markdown, figures, metrics = summarise_search(trials, optuna.metric, optuna.mode)
     metrics = {f"best_{optuna.metric}" if key == "best_val_acc" else key: value for key, value in metrics.items()}
-    rows = [{"rank": rank, "trial": t.name, "status": t.status, optuna.metric: t.metric, "test_acc": t.test_acc,
-             "epochs": t.epochs, **t.values} for rank, t in rank_trials(trials, optuna.mode)]
+    rows = [
+        {"rank": rank, "trial": t.name, "status": t.status, optuna.metric: t.metric, "test_acc": t.test_acc, "epochs": t.epochs, **t.values}
+        for rank, t in rank_trials(trials, optuna.mode)
+    ]
     return Report(markdown, figures, metrics), pd.DataFrame(rows)

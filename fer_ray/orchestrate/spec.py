@@ -62,9 +62,7 @@ class Distribution(Strict):
     def _exactly_one(self) -> Distribution:
         set_keys = [k for k in ("loguniform", "uniform", "randint", "choice") if getattr(self, k) is not None]
         if len(set_keys) != 1:
-            raise ValueError(
-                f"give exactly one of loguniform/uniform/randint/choice (got {set_keys or 'none'})"
-            )
+            raise ValueError(f"give exactly one of loguniform/uniform/randint/choice (got {set_keys or 'none'})")
         bounds = self.loguniform or self.uniform or self.randint
         if bounds is not None and not bounds[0] < bounds[1]:
             raise ValueError(f"low must be < high, got {list(bounds)}")
@@ -113,8 +111,9 @@ class ResourcesConfig(Strict):
 
     cpu: float = Field(1.0, gt=0.0, description="CPUs per trial")
     gpu: float | Literal["auto"] = Field(
-        "auto", description="GPUs per trial; 0.25 = four trials share one GPU; 'auto' = a share sized by the "
-        "model where the cluster has GPUs, else 0"
+        "auto",
+        description="GPUs per trial; 0.25 = four trials share one GPU; 'auto' = a share sized by the "
+        "model where the cluster has GPUs, else 0",
     )
 
     @field_validator("gpu", mode="before")
@@ -192,7 +191,8 @@ class SweepSpec(Strict):
     storage: StorageConfig = StorageConfig()
     source: SourceConfig = SourceConfig()
     register: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]+$",
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
         description="finetune sweeps: register the trial model with the best best_val_acc under this name "
         "in the sweep's MLflow model registry (evaluate it later with source.model: models:/<name>/<version>)",
     )
@@ -209,8 +209,7 @@ class SweepSpec(Strict):
     @model_validator(mode="after")
     def _register_trains(self) -> SweepSpec:
         if self.register is not None and self.experiment != "finetune":
-            raise ValueError(f"register: {self.register!r} needs a training sweep (experiment finetune), "
-                             f"not {self.experiment!r}")
+            raise ValueError(f"register: {self.register!r} needs a training sweep (experiment finetune), not {self.experiment!r}")
         return self
 
     @property
@@ -243,12 +242,12 @@ def load_spec(path: str | Path, overrides: list[str] = (), profile: str | None =
     return resolve_spec(raw, overrides, profile, source=str(path))
 
 
-def resolve_spec(
-    raw: dict[str, Any], overrides: list[str] = (), profile: str | None = None, source: str = "<spec>"
-) -> SweepSpec:
+def resolve_spec(raw: dict[str, Any], overrides: list[str] = (), profile: str | None = None, source: str = "<spec>") -> SweepSpec:
     """file values < profile < overrides, validated. ``raw`` is not modified."""
     raw = rename_old_keys(json.loads(json.dumps(raw)), source)  # a deep copy of plain YAML data
-    parsed_overrides = [(renamed_key(key, f"{source} (--set)"), value) for key, value in (parse_override(item, source) for item in overrides)]
+    parsed_overrides = [
+        (renamed_key(key, f"{source} (--set)"), value) for key, value in (parse_override(item, source) for item in overrides)
+    ]
     for key, value in parsed_overrides:
         if key in ("profile",):
             raw["profile"] = value
@@ -305,8 +304,11 @@ def renamed_key(dotted: str, source: str) -> str:
     if head != OLD_SETTINGS_SECTION:
         return dotted
     new = SETTINGS_SECTION + dot + rest
-    warnings.warn(f"{source}: {dotted!r} is now {new!r} (the '{OLD_SETTINGS_SECTION}:' section is called '{SETTINGS_SECTION}:')",
-                  RenamedKeyWarning, stacklevel=3)
+    warnings.warn(
+        f"{source}: {dotted!r} is now {new!r} (the '{OLD_SETTINGS_SECTION}:' section is called '{SETTINGS_SECTION}:')",
+        RenamedKeyWarning,
+        stacklevel=3,
+    )
     return new
 
 
@@ -315,10 +317,15 @@ def rename_old_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
     and dotted keys under search.grid, search.optuna.space and profiles. Changes ``raw`` in place."""
     if OLD_SETTINGS_SECTION in raw:
         if SETTINGS_SECTION in raw:
-            raise SpecError(f"{source}: both '{OLD_SETTINGS_SECTION}:' and '{SETTINGS_SECTION}:' given; "
-                            f"'{OLD_SETTINGS_SECTION}:' is the old name of '{SETTINGS_SECTION}:', keep one")
-        warnings.warn(f"{source}: the '{OLD_SETTINGS_SECTION}:' section is now called '{SETTINGS_SECTION}:' (read as such)",
-                      RenamedKeyWarning, stacklevel=3)
+            raise SpecError(
+                f"{source}: both '{OLD_SETTINGS_SECTION}:' and '{SETTINGS_SECTION}:' given; "
+                f"'{OLD_SETTINGS_SECTION}:' is the old name of '{SETTINGS_SECTION}:', keep one"
+            )
+        warnings.warn(
+            f"{source}: the '{OLD_SETTINGS_SECTION}:' section is now called '{SETTINGS_SECTION}:' (read as such)",
+            RenamedKeyWarning,
+            stacklevel=3,
+        )
         raw[SETTINGS_SECTION] = raw.pop(OLD_SETTINGS_SECTION)
     search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
     optuna = search.get("optuna") if isinstance(search.get("optuna"), dict) else {}
@@ -383,7 +390,7 @@ def _schema_keys(parts: list[str], source: str) -> list[str]:
             raise SpecError(f"{source}: {'.'.join(parts)}: {_unknown(f'key at {where}', part, list(fields))}")
         keys.append(part)
         annotation = fields[part].annotation
-        rest = parts[i + 1:]
+        rest = parts[i + 1 :]
         if not rest:
             return keys
         if _is_mapping(annotation):
@@ -441,7 +448,11 @@ def trial_of(spec: SweepSpec) -> Trial:
     its values applied). model_source: the model an evaluation experiment evaluates; model_file is
     left for the trial to fill with its local copy."""
     return Trial(
-        sweep=spec.name, data=spec.data, model=spec.model, train=spec.train, settings=spec.experiment_settings(),
+        sweep=spec.name,
+        data=spec.data,
+        model=spec.model,
+        train=spec.train,
+        settings=spec.experiment_settings(),
         model_source=spec.source.model if spec.evaluates_model else None,
     )
 

@@ -24,25 +24,32 @@ def sqlite_path(uri: str) -> Path | None:
 def finished_run_with_tag(database: Path, experiment: str, key: str, value: str) -> str | None:
     """The id of the latest FINISHED, not deleted run of ``experiment`` tagged ``key=value``; "" when
     there is none (or no store yet); None when the store cannot be read."""
-    rows = _query(database, """
+    rows = _query(
+        database,
+        """
         select r.run_uuid from runs r join experiments e on e.experiment_id = r.experiment_id
         join tags t on t.run_uuid = r.run_uuid
         where e.name = ? and e.lifecycle_stage = 'active' and r.lifecycle_stage = 'active'
           and r.status = 'FINISHED' and t.key = ? and t.value = ?
-        order by r.end_time desc limit 1""", (experiment, key, value))
+        order by r.end_time desc limit 1""",
+        (experiment, key, value),
+    )
     return None if rows is None else (rows[0][0] if rows else "")
 
 
 def median_trial_seconds(database: Path, experiment: str, sweep: str) -> tuple[float, int] | None:
     """(median wall seconds, count) of the FINISHED trial (child) runs of sweep ``sweep`` in
     ``experiment``; None when there are none or the store cannot be read."""
-    rows = _query(database, """
+    rows = _query(
+        database,
+        """
         select (r.end_time - r.start_time) / 1000.0 from runs r join experiments e on e.experiment_id = r.experiment_id
         join tags t on t.run_uuid = r.run_uuid
         where e.name = ? and r.lifecycle_stage = 'active' and r.status = 'FINISHED' and r.end_time is not null
           and t.key = ? and t.value = ?
           and not exists (select 1 from tags p where p.run_uuid = r.run_uuid and p.key = ? and p.value = ?)""",
-                  (experiment, TAG_SWEEP, sweep, TAG_ROLE, ROLE_PARENT))
+        (experiment, TAG_SWEEP, sweep, TAG_ROLE, ROLE_PARENT),
+    )
     if not rows:
         return None
     return statistics.median(row[0] for row in rows), len(rows)

@@ -126,8 +126,7 @@ def normalize_uri(uri: str) -> str:
     if scheme == "sqlite":
         if not uri.startswith(_SQLITE_PREFIX) or uri == _SQLITE_PREFIX:
             raise TrackingError(
-                f"MLflow tracking URI {uri!r} is not a sqlite file URI; "
-                "write sqlite:///relative/mlflow.db or sqlite:////absolute/mlflow.db"
+                f"MLflow tracking URI {uri!r} is not a sqlite file URI; write sqlite:///relative/mlflow.db or sqlite:////absolute/mlflow.db"
             )
         db_path = Path(unquote(uri[len(_SQLITE_PREFIX) :])).expanduser()
         return _SQLITE_PREFIX + str(db_path.resolve())
@@ -342,7 +341,9 @@ class Tracker:
         if existing is None:
             try:
                 return _retry_locked(
-                    self.client.create_experiment, self.experiment, self._artifact_location(),
+                    self.client.create_experiment,
+                    self.experiment,
+                    self._artifact_location(),
                     tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                 )
             except MlflowException:
@@ -381,9 +382,7 @@ class Tracker:
         sha, package versions) and ``tags``. ``params`` (nested allowed) are flattened and logged;
         ParamConflictError if a reused run holds a different value.
         """
-        existing = self._find_single(
-            f"{tag_filter(TAG_SWEEP_ID, sweep_id)} and {tag_filter(TAG_ROLE, ROLE_PARENT)}"
-        )
+        existing = self._find_single(f"{tag_filter(TAG_SWEEP_ID, sweep_id)} and {tag_filter(TAG_ROLE, ROLE_PARENT)}")
         run_tags = {**(tags or {}), TAG_ROLE: ROLE_PARENT, TAG_SWEEP: sweep_name, TAG_SWEEP_ID: sweep_id}
         return self._open_run(existing, sweep_name, run_tags, params or {})
 
@@ -402,9 +401,7 @@ class Tracker:
         child runs can be filtered by sweep. A reused run is set RUNNING again and its tags updated.
         Params as in parent_run().
         """
-        existing = self._find_single(
-            f"{tag_filter(TAG_PARENT, parent_id)} and {tag_filter(TAG_TRIAL_KEY, trial_key)}"
-        )
+        existing = self._find_single(f"{tag_filter(TAG_PARENT, parent_id)} and {tag_filter(TAG_TRIAL_KEY, trial_key)}")
         inherited: dict[str, str] = {}
         if existing is None:
             parent_tags = _retry_locked(self.client.get_run, parent_id).data.tags
@@ -430,9 +427,7 @@ class Tracker:
             )
         return runs[0] if runs else None
 
-    def _open_run(
-        self, existing: Run | None, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any]
-    ) -> str:
+    def _open_run(self, existing: Run | None, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         all_tags = {**provenance_tags(), **tags}
         if existing is None:
             all_tags[TAG_ATTEMPTS] = "1"
@@ -460,9 +455,7 @@ class Tracker:
 
     # -- logging -------------------------------------------------------------------------------
 
-    def log_params(
-        self, run_id: str, params: Mapping[str, Any], known_run: Run | None = None
-    ) -> None:
+    def log_params(self, run_id: str, params: Mapping[str, Any], known_run: Run | None = None) -> None:
         """Log ``params`` (flattened, keys via mlflow_key, values as str) that the run lacks.
 
         A key already logged with the same value is skipped, so re-logging is harmless; a different
@@ -478,9 +471,7 @@ class Tracker:
         stored = {key: _truncate(value, MAX_PARAM_VAL_LENGTH) for key, value in wanted.items()}
         conflicts = [key for key, value in stored.items() if key in logged and logged[key] != value]
         if conflicts:
-            details = "; ".join(
-                f"{key!r}: logged {logged[key]!r}, now {stored[key]!r}" for key in sorted(conflicts)
-            )
+            details = "; ".join(f"{key!r}: logged {logged[key]!r}, now {stored[key]!r}" for key in sorted(conflicts))
             raise ParamConflictError(
                 f"MLflow run {run_id} already has different values for params {details}. "
                 "Params are write-once: a changed configuration needs a new sweep id / trial key"
@@ -494,10 +485,7 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set (overwrite) tags; keys via mlflow_key, values as str truncated to MAX_TAG_VAL_LENGTH."""
-        run_tags = [
-            RunTag(key, _truncate(str(value), MAX_TAG_VAL_LENGTH))
-            for key, value in _keyed(tags, "tag").items()
-        ]
+        run_tags = [RunTag(key, _truncate(str(value), MAX_TAG_VAL_LENGTH)) for key, value in _keyed(tags, "tag").items()]
         for batch in _chunks(run_tags, MAX_PARAMS_TAGS_PER_BATCH):
             _retry_locked(self.client.log_batch, run_id, tags=batch, synchronous=True)
 
@@ -508,15 +496,12 @@ class Tracker:
         """
         timestamp_ms = int(time.time() * 1000)
         batch_metrics = [
-            Metric(key, _metric_value(key, value), timestamp_ms, int(step or 0))
-            for key, value in _keyed(metrics, "metric").items()
+            Metric(key, _metric_value(key, value), timestamp_ms, int(step or 0)) for key, value in _keyed(metrics, "metric").items()
         ]
         for batch in _chunks(batch_metrics, MAX_METRICS_PER_BATCH):
             _retry_locked(self.client.log_batch, run_id, metrics=batch, synchronous=True)
 
-    def log_artifact(
-        self, run_id: str, local_path: str | Path, artifact_path: str | None = None
-    ) -> None:
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file, or a folder's contents, under ``artifact_path`` (default: the root)."""
         path = Path(local_path)
         if not path.exists():
@@ -562,9 +547,7 @@ class Tracker:
         """Download one artifact file or folder of a run into ``dst_dir`` (created); its local path."""
         dst = Path(dst_dir)
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(
-            _retry_locked(self.client.download_artifacts, run_id, artifact_path, str(dst.resolve()))
-        )
+        return Path(_retry_locked(self.client.download_artifacts, run_id, artifact_path, str(dst.resolve())))
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """(step, value) pairs of one metric, ordered by step; ``key`` is passed through mlflow_key."""

@@ -299,9 +299,7 @@ def finished_run(tracker: Tracker, parent_id: str, key: str) -> Run | None:
     """The FINISHED child run of trial ``key`` under ``parent_id``, or None. Tune saves its state at
     checkpoints and every ~10 s, so a driver killed just after a trial's end can leave that trial
     RUNNING in the saved state, and ``--resume`` starts it again."""
-    runs = tracker.find_runs(
-        f"{tag_filter(TAG_PARENT, parent_id)} and {tag_filter(TAG_TRIAL_KEY, key)} and attributes.status = 'FINISHED'"
-    )
+    runs = tracker.find_runs(f"{tag_filter(TAG_PARENT, parent_id)} and {tag_filter(TAG_TRIAL_KEY, key)} and attributes.status = 'FINISHED'")
     return runs[0] if runs else None
 
 
@@ -351,10 +349,16 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
         key,
         run_name=run_name(overrides, sweep),
         params=applicable_params(spec),
-        tags={"fer_ray.experiment": spec.experiment, "fer_ray.sweep": spec.name, "fer_ray.profile": spec.profile, "fer_ray.trial_id": tune.get_context().get_trial_id(),
-              "fer_ray.node_id": ray.get_runtime_context().get_node_id(), "fer_ray.gpu_ids": gpu_ids(),
-              TAG_RESOURCES: resources_tag(spec),
-              TAG_TRIAL_VALUES: json.dumps(overrides, sort_keys=True, default=str)},
+        tags={
+            "fer_ray.experiment": spec.experiment,
+            "fer_ray.sweep": spec.name,
+            "fer_ray.profile": spec.profile,
+            "fer_ray.trial_id": tune.get_context().get_trial_id(),
+            "fer_ray.node_id": ray.get_runtime_context().get_node_id(),
+            "fer_ray.gpu_ids": gpu_ids(),
+            TAG_RESOURCES: resources_tag(spec),
+            TAG_TRIAL_VALUES: json.dumps(overrides, sort_keys=True, default=str),
+        },
     )
     experiment = get_experiment(spec.experiment)
     # A run left open here (an exception, ASHA stopping the trial, a lost node) is closed by the driver

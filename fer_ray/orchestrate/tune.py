@@ -121,5 +121,3 @@ def set_tune_environment() -> None:
     """Apply TUNE_ENVIRONMENT; call before a Tuner is built or restored."""
     for name, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-
-

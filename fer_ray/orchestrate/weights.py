@@ -17,8 +17,11 @@ from fer_ray.orchestrate.spec import SpecError, SweepSpec
 #: torchvision's DEFAULT ImageNet weights file of each architecture (tests/test_weights.py checks them
 #: against torchvision), so --dry-run can look for them without importing torch
 IMAGENET_FILES = {
-    "resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth", "resnet50": "resnet50-11ad3fa6.pth",
-    "resnet101": "resnet101-cd907fc2.pth", "resnet152": "resnet152-f82ba261.pth",
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-11ad3fa6.pth",
+    "resnet101": "resnet101-cd907fc2.pth",
+    "resnet152": "resnet152-f82ba261.pth",
 }
 
 
@@ -33,6 +36,7 @@ def imagenet_archs(spec: SweepSpec) -> list[str]:
     """The architectures whose ImageNet weights the sweep's trials (or its training stage) build."""
     if spec.evaluates_model and spec.source.model != "train":
         return []  # it evaluates a trained model: no backbone is built from ImageNet weights
+
     def values(key: str, default: str) -> list[str]:  # what a grid or an Optuna choice can give ``key``
         space = spec.search.optuna.space if spec.search.optuna else {}
         choice = space[key].choice if key in space else None

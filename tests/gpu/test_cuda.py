@@ -24,10 +24,10 @@ def _trained(faces, tmp_path):
     train, val = faces
     torch.manual_seed(0)
     model = build_model(MODEL, num_classes=7)
-    cfg = TrainConfig(epochs=LEARN_EPOCHS, lr=LEARN_LR, batch_size=32, patience=None, seed=0,
-                      augment=AugmentConfig(enabled=True))
-    result = fit(model, train, val, cfg, device=CUDA, checkpoint_path=tmp_path / "checkpoint.pt",
-                 model_config=MODEL.model_dump(mode="json"))
+    cfg = TrainConfig(epochs=LEARN_EPOCHS, lr=LEARN_LR, batch_size=32, patience=None, seed=0, augment=AugmentConfig(enabled=True))
+    result = fit(
+        model, train, val, cfg, device=CUDA, checkpoint_path=tmp_path / "checkpoint.pt", model_config=MODEL.model_dump(mode="json")
+    )
     return model, result
 
 

@@ -19,9 +19,7 @@ from fer_ray.core.config import AugmentConfig
 _LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
-def augment_batch(
-    images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Randomly flip, rotate and color-jitter every sample of ``images`` independently.
 
     images: float (B, 3, H, W) in [0,1], any device; not modified. Returns a new float tensor, same
@@ -52,9 +50,7 @@ def augment_batch(
     return out.clamp_(0.0, 1.0)
 
 
-def color_jitter(
-    images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor
-) -> torch.Tensor:
+def color_jitter(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
     """Brightness, then contrast, then saturation with per-sample factors (B,), in one pass.
 
     images float (B, 3, H, W) in [0,1] -> a new tensor, clamped to [0,1]. Each step is linear in

@@ -78,7 +78,9 @@ def list_images(root: Path, folder_to_index: dict[str, int]) -> list[tuple[str, 
     samples = []
     for folder in sorted(folder_to_index):
         for where, _, names in sorted(os.walk(root / folder, followlinks=True)):
-            samples += [(os.path.join(where, name), folder_to_index[folder]) for name in sorted(names) if name.lower().endswith(IMG_EXTENSIONS)]
+            samples += [
+                (os.path.join(where, name), folder_to_index[folder]) for name in sorted(names) if name.lower().endswith(IMG_EXTENSIONS)
+            ]
     return samples
 
 
@@ -117,10 +119,7 @@ def _require_images_in_every_folder(root: Path, folder_to_class: dict[str, str],
     used = {Path(path).relative_to(root).parts[0] for path, _ in samples}
     empty = [folder for folder in folder_to_class if folder not in used]
     if empty:
-        raise DataError(
-            f"class folder(s) {[str(root / f) for f in empty]} hold no images "
-            f"(extensions: {', '.join(IMG_EXTENSIONS)})"
-        )
+        raise DataError(f"class folder(s) {[str(root / f) for f in empty]} hold no images (extensions: {', '.join(IMG_EXTENSIONS)})")
 
 
 def _identity(regex: re.Pattern, path: Path) -> str | None:
@@ -133,7 +132,4 @@ def _require_identities(root: Path, pattern: str | None, images: tuple[FaceImage
     if unmatched:
         listed = ", ".join(unmatched[:LISTED_FILES])
         more = f" and {len(unmatched) - LISTED_FILES} more" if len(unmatched) > LISTED_FILES else ""
-        raise DataError(
-            f"identity_pattern {pattern!r} finds no identity in {len(unmatched)} file name(s) "
-            f"under {root}: {listed}{more}"
-        )
+        raise DataError(f"identity_pattern {pattern!r} finds no identity in {len(unmatched)} file name(s) under {root}: {listed}{more}")

@@ -169,8 +169,7 @@ def _warn_unmatched(root: Path, unmatched: list[Path]) -> None:
     listed = ", ".join(str(p.relative_to(root)) for p in unmatched[:LISTED_NAMES])
     more = f" and {len(unmatched) - LISTED_NAMES} more" if len(unmatched) > LISTED_NAMES else ""
     warnings.warn(
-        f"{len(unmatched)} file(s) under {root} do not follow the KDEF naming "
-        f"(e.g. AF01HAS.JPG) and were skipped: {listed}{more}",
+        f"{len(unmatched)} file(s) under {root} do not follow the KDEF naming (e.g. AF01HAS.JPG) and were skipped: {listed}{more}",
         KdefNameWarning,
         stacklevel=3,
     )
@@ -181,6 +180,5 @@ def _require_every_class(root: Path, images, angles: frozenset[str], sessions: f
     missing = [c for c in EXPRESSIONS if c not in present]
     if missing:
         raise DataError(
-            f"KDEF folder {root} has no images of class(es) {missing} for angles "
-            f"{sorted(angles)} and sessions {sorted(sessions)}"
+            f"KDEF folder {root} has no images of class(es) {missing} for angles {sorted(angles)} and sessions {sorted(sessions)}"
         )

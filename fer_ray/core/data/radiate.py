@@ -76,9 +76,7 @@ def _checked_label_map(label_map: dict[str, str]) -> dict[str, str]:
     """The map with lower-case keys; every target must be a KDEF class."""
     bad = {label: target for label, target in label_map.items() if target not in EXPRESSIONS}
     if bad:
-        raise DataError(
-            f"data.radiate.label_map maps to unknown class(es) {bad}; targets must be in {list(EXPRESSIONS)}"
-        )
+        raise DataError(f"data.radiate.label_map maps to unknown class(es) {bad}; targets must be in {list(EXPRESSIONS)}")
     if not label_map:
         raise DataError("data.radiate.label_map is empty: no RADIATE label would be kept")
     return {label.strip().lower(): target for label, target in label_map.items()}
@@ -92,13 +90,8 @@ def _read_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
         found = [name.strip() for name in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in {f.lower() for f in found}]
         if missing:
-            raise DataError(
-                f"RADIATE metadata CSV {csv_path} lacks column(s) {missing}; columns found: {found}"
-            )
-        rows = [
-            (reader.line_num, {(k or "").strip().lower(): (v or "") for k, v in row.items()})
-            for row in reader
-        ]
+            raise DataError(f"RADIATE metadata CSV {csv_path} lacks column(s) {missing}; columns found: {found}")
+        rows = [(reader.line_num, {(k or "").strip().lower(): (v or "") for k, v in row.items()}) for row in reader]
     if not rows:
         raise DataError(f"RADIATE metadata CSV {csv_path} has no data rows")
     return rows
@@ -122,9 +115,7 @@ def _require_files_on_disk(csv_path: Path, images: list[FaceImage]) -> None:
     if missing:
         listed = ", ".join(missing[:LISTED_FILES])
         more = f" and {len(missing) - LISTED_FILES} more" if len(missing) > LISTED_FILES else ""
-        raise DataError(
-            f"{len(missing)} image file(s) listed in {csv_path} are missing on disk: {listed}{more}"
-        )
+        raise DataError(f"{len(missing)} image file(s) listed in {csv_path} are missing on disk: {listed}{more}")
 
 
 def _require_every_class(csv_path: Path, images: list[FaceImage], classes: tuple[str, ...]) -> None:
@@ -132,6 +123,5 @@ def _require_every_class(csv_path: Path, images: list[FaceImage], classes: tuple
     empty = [c for c in classes if c not in present]
     if empty:
         raise DataError(
-            f"RADIATE metadata CSV {csv_path} has no images of class(es) {empty} "
-            "after mapping labels with data.radiate.label_map"
+            f"RADIATE metadata CSV {csv_path} has no images of class(es) {empty} after mapping labels with data.radiate.label_map"
         )

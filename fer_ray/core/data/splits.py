@@ -90,9 +90,7 @@ def _split_identities(
     return train, val, test
 
 
-def _carve_groups(
-    rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _carve_groups(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``rows`` into (kept, carved) with about ``fraction`` of the groups carved off.
 
     Chosen: sklearn StratifiedGroupKFold (shuffled, seeded) with k = n_splits = round(1/fraction) and
@@ -114,8 +112,7 @@ def _carve_groups(
             folds = [fold for _, fold in folder.split(rows, labels, groups)]
     except ValueError as error:  # sklearn: more folds than groups, or than members of every class
         raise DataError(
-            f"cannot carve {fraction:.3f} of {len(np.unique(groups))} identities "
-            f"({len(rows)} images) into a side of its own: {error}"
+            f"cannot carve {fraction:.3f} of {len(np.unique(groups))} identities ({len(rows)} images) into a side of its own: {error}"
         ) from error
     folds = [fold for fold in folds if len(fold)]  # (a fold left empty by the greedy filing cannot be a side)
     # a second stream of the same seed, so the fold choice does not depend on sklearn's use of it
@@ -127,23 +124,15 @@ def _carve_groups(
     return rows[in_fold], rows[~in_fold]
 
 
-def _split_images(
-    rows: np.ndarray, labels: np.ndarray, cfg: SplitConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split_images(rows: np.ndarray, labels: np.ndarray, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     _require_enough(len(rows), "images", cfg)
     try:
-        rest, test = train_test_split(
-            rows, test_size=cfg.test, stratify=labels, random_state=cfg.seed
-        )
+        rest, test = train_test_split(rows, test_size=cfg.test, stratify=labels, random_state=cfg.seed)
         if cfg.val == 0.0:
             return rest, rows[:0], test
-        train, val = train_test_split(
-            rest, test_size=cfg.val / (1.0 - cfg.test), stratify=labels[rest], random_state=cfg.seed
-        )
+        train, val = train_test_split(rest, test_size=cfg.val / (1.0 - cfg.test), stratify=labels[rest], random_state=cfg.seed)
     except ValueError as error:  # sklearn: a class too small to stratify, or a side would be empty
-        raise DataError(
-            f"cannot split {len(rows)} images by image into val={cfg.val}, test={cfg.test}: {error}"
-        ) from error
+        raise DataError(f"cannot split {len(rows)} images by image into val={cfg.val}, test={cfg.test}: {error}") from error
     return train, val, test
 
 

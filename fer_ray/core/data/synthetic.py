@@ -52,11 +52,22 @@ _SUPERSAMPLE = 2  # draw at 2x and box-downsample: ImageDraw itself does not ant
 
 RGB = tuple[float, float, float]
 _SKIN_TONES: tuple[RGB, ...] = (
-    (250, 222, 198), (238, 196, 168), (224, 174, 140), (200, 140, 105),
-    (165, 108, 78), (120, 78, 54), (90, 60, 44),
+    (250, 222, 198),
+    (238, 196, 168),
+    (224, 174, 140),
+    (200, 140, 105),
+    (165, 108, 78),
+    (120, 78, 54),
+    (90, 60, 44),
 )
 _HAIR_COLOURS: tuple[RGB, ...] = (
-    (22, 18, 16), (55, 38, 28), (92, 62, 40), (150, 110, 66), (205, 172, 110), (125, 55, 32), (150, 148, 145),
+    (22, 18, 16),
+    (55, 38, 28),
+    (92, 62, 40),
+    (150, 110, 66),
+    (205, 172, 110),
+    (125, 55, 32),
+    (150, 148, 145),
 )
 _IRIS_COLOURS: tuple[RGB, ...] = ((70, 45, 30), (40, 28, 22), (70, 110, 150), (80, 110, 70), (110, 85, 50))
 
@@ -164,8 +175,15 @@ def render_synthetic_face(name: KdefName, cfg: SyntheticConfig) -> Image.Image:
     person = _draw_person(np.random.default_rng([cfg.seed, 0, gender_index, name.person_id]), name.gender)
     shoot = np.random.default_rng([cfg.seed, 1, gender_index, name.person_id, SESSIONS.index(name.session)])
     image_rng = np.random.default_rng(
-        [cfg.seed, 2, gender_index, name.person_id, SESSIONS.index(name.session),
-         EXPRESSIONS.index(name.expression), ANGLES.index(name.angle)]
+        [
+            cfg.seed,
+            2,
+            gender_index,
+            name.person_id,
+            SESSIONS.index(name.session),
+            EXPRESSIONS.index(name.expression),
+            ANGLES.index(name.angle),
+        ]
     )
     # A session is a second photo shoot: its own colour cast and side light; brightness and the side
     # light's strength vary from photo to photo.
@@ -184,9 +202,7 @@ def render_synthetic_face(name: KdefName, cfg: SyntheticConfig) -> Image.Image:
     )
     canvas = _draw(person, shape, pose, light, cfg.width * _SUPERSAMPLE, cfg.height * _SUPERSAMPLE)
     # Roll after downsampling: rotating the 4x larger canvas would cost most of the render time.
-    rolled = canvas.reduce(_SUPERSAMPLE).rotate(
-        pose.roll_deg, resample=Image.Resampling.BILINEAR, fillcolor=_background(light)
-    )
+    rolled = canvas.reduce(_SUPERSAMPLE).rotate(pose.roll_deg, resample=Image.Resampling.BILINEAR, fillcolor=_background(light))
     pixels = np.asarray(rolled, dtype=np.float32)  # (height, width, 3), 0..255
     pixels = pixels * _side_light(light.side, cfg.width)
     noisy = pixels + image_rng.normal(0, image_rng.uniform(2.0, 5.0), pixels.shape)
@@ -284,9 +300,7 @@ def _performed(shape: ExpressionShape, expressiveness: float, rng: np.random.Gen
 # --- drawing ---------------------------------------------------------------------------------
 
 
-def _draw(
-    person: _Person, shape: ExpressionShape, pose: _Pose, light: _Lighting, width: int, height: int
-) -> Image.Image:
+def _draw(person: _Person, shape: ExpressionShape, pose: _Pose, light: _Lighting, width: int, height: int) -> Image.Image:
     """The face on a width x height RGB canvas (supersampled; the caller reduces and rolls it)."""
     canvas = Image.new("RGB", (width, height), _background(light))
     draw = ImageDraw.Draw(canvas)
@@ -428,8 +442,7 @@ def _draw_hair_on_back_of_head(draw, head: _Head, person: _Person, paint: _Palet
         return
     span = turn * (95.0 + (55.0 if person.hair_length > 0 else 0.0))  # degrees clockwise from the crown
     widen = 1.0 + 0.12 * turn
-    box = [head.cx - widen * head.rx, head.cy - (1.0 + person.hair_volume) * head.ry,
-           head.cx + widen * head.rx, head.cy + head.ry]
+    box = [head.cx - widen * head.rx, head.cy - (1.0 + person.hair_volume) * head.ry, head.cx + widen * head.rx, head.cy + head.ry]
     if head.yaw < 0:  # face turned to the image's left: the back of the head is on the right
         draw.pieslice(box, 270.0, 270.0 + span, fill=paint.hair)
     else:
@@ -516,9 +529,7 @@ def _draw_nose(draw, head: _Head, person: _Person, shape: ExpressionShape, paint
     tip_x = head.cx + (head.half_width(tip_y) + 0.2 * head.rx * person.nose_length) * turn
     base_x, _ = head.place(0.0, tip_y + head.px(0.06))
     stroke = _stroke(head, 0.022)
-    draw.polygon(
-        [(bridge_x, bridge_y), (tip_x, tip_y), (base_x, tip_y + head.px(0.06))], fill=paint.skin, outline=paint.shadow
-    )
+    draw.polygon([(bridge_x, bridge_y), (tip_x, tip_y), (base_x, tip_y + head.px(0.06))], fill=paint.skin, outline=paint.shadow)
     draw.line([(bridge_x, bridge_y), (tip_x, tip_y)], fill=paint.shadow, width=stroke)
     for side in (-1, 1):
         nx, facing = head.place(side * 0.11, tip_y)
@@ -547,8 +558,7 @@ def _draw_forehead_lines(draw, head: _Head, shape: ExpressionShape, paint: _Pale
         x0, f0 = head.place(-0.35, y)
         x1, f1 = head.place(0.35, y)
         if min(f0, f1) > 0.1:
-            draw.line([(x0, y), ((x0 + x1) / 2, y - head.px(0.02)), (x1, y)], fill=paint.shadow,
-                      width=_stroke(head, 0.02), joint="curve")
+            draw.line([(x0, y), ((x0 + x1) / 2, y - head.px(0.02)), (x1, y)], fill=paint.shadow, width=_stroke(head, 0.02), joint="curve")
 
 
 def _draw_mouth(draw, head: _Head, person: _Person, shape: ExpressionShape, paint: _Palette) -> None:

@@ -31,6 +31,10 @@ from fer_ray.experiments.svm import report, trial
 from fer_ray.experiments.svm.settings import Settings
 
 EXPERIMENT = Experiment(
-    name="svm", settings=Settings, evaluates_model=True, run=trial.run, report=report.report,
+    name="svm",
+    settings=Settings,
+    evaluates_model=True,
+    run=trial.run,
+    report=report.report,
     summary_metrics=("cv_acc_mean", "test_acc", "cnn_test_acc"),
 )

@@ -41,4 +41,3 @@ def cv_design(data: PreparedData, cfg: Settings) -> CvDesign:
     pool_rows = np.sort(np.concatenate(sides)).astype(np.int64)
     folds = subject_folds(data.dataset.labels[pool_rows], data.dataset.identities[pool_rows], cfg.folds, cfg.seed)
     return CvDesign(pool_rows=pool_rows, folds=folds, test_rows=np.sort(data.test.indices).astype(np.int64))
-

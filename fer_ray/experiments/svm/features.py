@@ -63,12 +63,10 @@ def _feature_key(data: PreparedData, cfg: Settings, model_sha: str | None) -> di
     return key
 
 
-
 def describe_features(cfg: Settings, n_features: int) -> str:
     if cfg.features == "pixels":
         return f"pixels: grayscale {cfg.pixel_size}x{cfg.pixel_size} px ({n_features} values)"
     return f"model: CNN penultimate features ({n_features} values)"
-
 
 
 def _cache_file(data_cfg: DataConfig, kind: str, key: dict[str, Any], suffix: str = ".json") -> Path:
@@ -80,4 +78,3 @@ def _cache_file(data_cfg: DataConfig, kind: str, key: dict[str, Any], suffix: st
 def _save_npy(array: np.ndarray, path: Path) -> None:
     with open(path, "wb") as handle:  # a file handle: np.save would append .npy to a path
         np.save(handle, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-

@@ -38,15 +38,17 @@ def grid_results(table: TrialTable) -> pd.DataFrame:
         point = record.settings.point()
         if _point_key(point) not in index:
             raise ValueError(f"run {record.run_id}: point {point} is not in the sweep's grid {points}")
-        rows.append({
-            **point,
-            "grid_index": index[_point_key(point)],
-            "source": record.source_model or "",
-            "run_id": record.run_id,
-            **record.metrics,
-            TAG_CONFUSION: record.tags.get(TAG_CONFUSION),
-            TAG_CLASSES: record.tags.get(TAG_CLASSES),
-        })
+        rows.append(
+            {
+                **point,
+                "grid_index": index[_point_key(point)],
+                "source": record.source_model or "",
+                "run_id": record.run_id,
+                **record.metrics,
+                TAG_CONFUSION: record.tags.get(TAG_CONFUSION),
+                TAG_CLASSES: record.tags.get(TAG_CLASSES),
+            }
+        )
     table = pd.DataFrame(rows).sort_values(["source", "grid_index"], kind="stable").reset_index(drop=True)
     table["rank"] = 0
     for _, group in table.groupby("source", sort=False):
@@ -89,14 +91,19 @@ def report(trials: TrialTable) -> Report:
     figures = {
         "svm_cv_heatmap.png": cv_heatmap_figure(
             {_point_key(p): float(mean_cv[i]) for i, p in enumerate(points) if i in mean_cv.index},
-            axes["C"], axes["gamma"], axes["kernel"], best=_point_key(overall),
+            axes["C"],
+            axes["gamma"],
+            axes["kernel"],
+            best=_point_key(overall),
             title=f"SVM: mean {cfg.folds}-fold subject-disjoint CV accuracy",
         ),
-        "svm_vs_cnn.png": baseline_bars_figure({
-            "fine-tuned CNN": headline["cnn_test_acc"],
-            "tuned SVM": headline["svm_tuned_test_acc"],
-            "untuned SVM": headline["svm_untuned_test_acc"],
-        }),
+        "svm_vs_cnn.png": baseline_bars_figure(
+            {
+                "fine-tuned CNN": headline["cnn_test_acc"],
+                "tuned SVM": headline["svm_tuned_test_acc"],
+                "untuned SVM": headline["svm_untuned_test_acc"],
+            }
+        ),
     }
     if best[TAG_CONFUSION].map(lambda value: isinstance(value, str)).all():
         # counts summed over source models (one test split): the rows, normalised, average them
@@ -110,16 +117,16 @@ def report(trials: TrialTable) -> Report:
 
 def _report_markdown(cfg: Settings, table: pd.DataFrame, best: pd.DataFrame, headline: dict, features: list[str]) -> str:
     n_models = len(best)
-    chosen = "; ".join(
-        f"{_point_text(row)} (mean CV acc {row['cv_acc_mean']:.3f} ± {row['cv_acc_std']:.3f})" for _, row in best.iterrows()
-    )
+    chosen = "; ".join(f"{_point_text(row)} (mean CV acc {row['cv_acc_mean']:.3f} ± {row['cv_acc_std']:.3f})" for _, row in best.iterrows())
     lines = [
         "## SVM baseline",
         "",
         f"- features: {features[0] if features else cfg.features}; standardisation"
-        + (f" + PCA({cfg.pca_components})" if cfg.pca_components else "") + " fitted inside each fold",
+        + (f" + PCA({cfg.pca_components})" if cfg.pca_components else "")
+        + " fitted inside each fold",
         f"- selection: {cfg.folds}-fold cross-validation, folds grouped by identity (no person on both sides), over the "
-        + ("training + validation" if cfg.include_val else "training") + " identities; the point with the best mean CV "
+        + ("training + validation" if cfg.include_val else "training")
+        + " identities; the point with the best mean CV "
         "accuracy wins, ties to the first in grid order (GridSearchCV's rule); the test split is never used to choose",
         f"- chosen point{'s' if n_models > 1 else ''}: {chosen}",
         "",
@@ -157,4 +164,3 @@ def _point_key(point) -> tuple:
 
 def _point_text(point) -> str:
     return f"C={point['C']:g}, gamma={point['gamma']}, kernel={point['kernel']}"
-

@@ -63,14 +63,16 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     )
     cnn_key = {"model_sha256": model_sha, "fingerprint": data.fingerprint, "test_rows": design.test_key()}
     cnn = node_cached_json(_cache_file(trial.data, "cnn", cnn_key), lambda: _cnn_scores(trial.model_file, data))
-    reporter.tags({
-        "fer_ray.dataset_fingerprint": data.fingerprint,
-        "fer_ray.protocol": data.protocol,
-        TAG_FEATURES: describe_features(cfg, features.shape[1]),
-        TAG_CONFUSION: json.dumps(tuned["confusion"]),
-        TAG_UNTUNED_CONFUSION: json.dumps(untuned["confusion"]),
-        TAG_CLASSES: json.dumps(classes),
-    })
+    reporter.tags(
+        {
+            "fer_ray.dataset_fingerprint": data.fingerprint,
+            "fer_ray.protocol": data.protocol,
+            TAG_FEATURES: describe_features(cfg, features.shape[1]),
+            TAG_CONFUSION: json.dumps(tuned["confusion"]),
+            TAG_UNTUNED_CONFUSION: json.dumps(untuned["confusion"]),
+            TAG_CLASSES: json.dumps(classes),
+        }
+    )
     metrics = {
         "cv_acc_mean": cv["mean_test_score"],
         "cv_acc_std": cv["std_test_score"],
@@ -89,7 +91,6 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items()}
 
 
-
 def _scores(result: dict) -> dict:
     """The JSON-able part of a classification result: accuracy, macro-F1, confusion."""
     return {"accuracy": float(result["accuracy"]), "macro_f1": float(result["macro_f1"]), "confusion": result["confusion"]}
@@ -99,4 +100,3 @@ def _cnn_scores(model_file: Path, data: PreparedData) -> dict:
     """The CNN's accuracy, macro-F1 and confusion on the test split (as the fine-tuning trial scores it)."""
     model, _ = load_model(model_file)
     return _scores(evaluate_model(model.to(pick_device()), data.test, data.dataset))
-
