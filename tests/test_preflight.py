@@ -186,6 +186,7 @@ def test_bad_input_inside_a_trial_fails_once_and_is_never_retried(search, tmp_pa
             "search.seeds=[0]",
             *search,
             "failure.max_retries=2",
+            "resources.gpu=0",  # run_stage takes a resolved spec (run_sweep resolves gpu: auto)
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"storage.path={tmp_path / 'ray_results'}",
         ],
