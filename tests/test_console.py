@@ -258,3 +258,26 @@ def test_verbose_adds_tunes_status_table_and_info_logs(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:]
     assert "== Status ==" in done.stdout and "Started a local Ray instance" in done.stdout
     assert re.search(r"^\[\d+:\d\d\] value=1,seed=0: done ", done.stdout, re.MULTILINE), "the sweep's own lines too"
+
+
+def test_optuna_sweeps_keep_optunas_list_choice_warning_and_info_line_off_the_console(monkeypatch):
+    """hpo.yaml searches list-valued choices (model.head); Optuna warns about each when its study is
+    built, and logs the study's creation at INFO: both used to land between the sweep's lines."""
+    import warnings
+
+    import optuna
+
+    from fer_ray.orchestrate.spec import load_spec
+    from fer_ray.orchestrate.trial import VERBOSE_ENV
+    from fer_ray.orchestrate.tune import _tune_config
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    level = optuna.logging.get_verbosity()
+    try:
+        _tune_config(load_spec(SWEEPS / "hpo.yaml", ["resources.gpu=0"]))
+        with warnings.catch_warnings(record=True) as caught:
+            optuna.distributions.CategoricalDistribution([[512], [512, 128]])
+        assert not [w for w in caught if "categorical distribution" in str(w.message)]
+        assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+    finally:
+        optuna.logging.set_verbosity(level)

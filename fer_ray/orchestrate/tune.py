@@ -4,6 +4,7 @@ storage. (The trial plan that ``--dry-run`` prints is in plan.py, which imports 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 from ray import tune
@@ -15,7 +16,7 @@ from fer_ray.orchestrate.console import SweepConsole, tune_reporter
 from fer_ray.orchestrate.resources import AUTO
 from fer_ray.orchestrate.spec import Distribution, SweepSpec
 from fer_ray.orchestrate.tracking import Tracker
-from fer_ray.orchestrate.trial import run_trial
+from fer_ray.orchestrate.trial import is_verbose, run_trial
 
 
 def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -77,6 +78,7 @@ def _tune_config(spec: SweepSpec) -> tune.TuneConfig:
             grace_period=min(optuna.asha.grace_period, spec.train.epochs),
             reduction_factor=optuna.asha.reduction_factor,
         )
+    _quiet_optuna()
     return tune.TuneConfig(
         metric=optuna.metric,
         mode=optuna.mode,
@@ -121,3 +123,14 @@ def set_tune_environment() -> None:
     """Apply TUNE_ENVIRONMENT; call before a Tuner is built or restored."""
     for name, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+
+
+def _quiet_optuna() -> None:
+    """Keep Optuna's chatter off the sweep's console: its warning that list-valued categorical choices
+    (e.g. ``model.head: [[512], [512, 128]]``) cannot go to persistent storage (Tune's searcher keeps
+    its study in memory, so they are fine), and, unless --verbose, its INFO line on creating the study."""
+    import optuna
+
+    warnings.filterwarnings("ignore", message="Choices for a categorical distribution should be", category=UserWarning)
+    if not is_verbose():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
