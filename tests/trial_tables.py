@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fer_ray.experiments.results import TrialRecord, TrialStatus, TrialTable
-from fer_ray.orchestrate.spec import SETTINGS_SECTION, SweepSpec, trial_of, trial_spec
+from fer_ray.orchestrate.report import table_of
+from fer_ray.orchestrate.spec import SweepSpec, trial_of, trial_spec
 
 
 def record(
@@ -34,13 +35,4 @@ def record(
 
 
 def table(spec: SweepSpec, records: list[TrialRecord]) -> TrialTable:
-    prefix = f"{SETTINGS_SECTION}."
-    return TrialTable(
-        sweep=spec.name,
-        experiment=spec.experiment,
-        settings=spec.experiment_settings(),
-        data=spec.data,
-        records=tuple(records),
-        grid=dict(spec.search.grid),
-        settings_grid={k[len(prefix) :]: v for k, v in spec.search.grid.items() if k.startswith(prefix)},
-    )
+    return table_of(spec, records)

@@ -32,7 +32,7 @@ from fer_ray.core.transfer import (
     train_generator,
     translate,
 )
-from fer_ray.core.transfer_metrics import EMBEDDING, score_cases, summarize
+from fer_ray.core.transfer_metrics import EMBEDDING, HEADLINE, score_cases, summarize
 from fer_ray.core.transfer_plots import transfer_panel
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
@@ -120,15 +120,7 @@ def _evenly_spaced(pairs: TransferPairs, count: int) -> TransferPairs:
 
 # ----------------------------------------------------------------------------------------- report
 
-_COLUMNS = (
-    "transfer_target_acc",
-    "transfer_identity_top1",
-    "transfer_identity_top1_copy",
-    "transfer_l1_real",
-    "transfer_l1_copy",
-    "transfer_l1_mean",
-    "test_acc",
-)
+_COLUMNS = (*HEADLINE, "test_acc")
 
 
 def report(table: TrialTable) -> Report:

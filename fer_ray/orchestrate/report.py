@@ -108,6 +108,11 @@ def trial_table(spec: SweepSpec, tracker: Tracker, runs: list[Run], fetch_dir: P
                 fetch=_fetcher(tracker, run.info.run_id, fetch_dir, experiment),
             )
         )
+    return table_of(spec, records)
+
+
+def table_of(spec: SweepSpec, records: list[TrialRecord]) -> TrialTable:
+    """The TrialTable of ``spec`` holding ``records`` (its grid, and the grid's settings keys without their section)."""
     prefix = f"{SETTINGS_SECTION}."
     return TrialTable(
         sweep=spec.name,
