@@ -85,5 +85,5 @@ def test_one_seed_gives_no_interval_and_no_bound_metrics(tmp_path):
     spec = load_spec(SWEEPS / "quickstart.yaml")
     records = [r for r in _records(spec, tmp_path) if r.values["train.seed"] == 0]
     result = report(trial_tables.table(spec, records))
-    assert result.markdown.splitlines()[0] == "**best: train.lr=0.001, test_acc 0.500 [-] over 1 seed**"
+    assert result.markdown.splitlines()[0] == "**best: train.lr=0.001, test_acc 0.500 from one seed (no interval)**"
     assert "best_test_acc/ci_low" not in result.metrics and result.metrics["best_test_acc"] == 0.5

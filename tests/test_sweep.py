@@ -104,7 +104,7 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
     assert {"learning_curves.png", "best_confusion_matrix.png"} <= set(named)
     assert {f"report/{name}" for name in named} <= parent_artifacts, "every figure the report names is on the parent run"
     best_line = next(line for line in report.splitlines() if line.startswith("**best: "))
-    assert f"test_acc {parent.data.metrics['best_test_acc']:.3f} [-] over 1 seed" in best_line
+    assert f"test_acc {parent.data.metrics['best_test_acc']:.3f} from one seed (no interval)" in best_line
     # children: only the params that apply, no metric named like a param, the profile tag
     params = children.filter(like="params.").dropna(axis=1, how="all")
     assert not [c for c in params if c.startswith("params.data.radiate")] and "params.data.root" not in params
@@ -248,6 +248,7 @@ def test_interrupt_during_an_evaluation_sweeps_training_stage_exits_130(workdir)
     code, out, running = _interrupt_mid_trial(args, workdir, uri, epochs, after_one_finished=False)
     assert code == 130, out[-3000:]
     assert "did not finish" not in out
+    assert "run the same command again (without --resume)" in out and "--resume\n" not in out, out[-3000:]
     runs = _runs(uri)
     parents = runs[runs["tags.fer_ray.role"] == "parent"]
     assert list(parents["tags.fer_ray.sweep"]) == ["evaluate-train"], "no evaluation stage started"

@@ -81,10 +81,13 @@ def best_metrics(summary: pd.DataFrame) -> dict[str, float]:
 
 
 def best_line(keys: list[str], best: pd.Series) -> str:
-    """``best: train.lr=0.001, test_acc 0.510 [0.420–0.600] over 2 seeds`` (the CI as in the table)."""
+    """``best: train.lr=0.001, test_acc 0.510 [0.420–0.600] over 2 seeds`` (the CI as in the table), or
+    ``best: ..., test_acc 0.510 from one seed (no interval)``."""
     seeds = int(best["n_seeds"])
+    if seeds == 1:
+        return f"**best: {_label(keys, best)}, test_acc {best['test_acc']:.3f} from one seed (no interval)**"
     cell = mean_interval_cell(best["test_acc"], best["test_acc_low"], best["test_acc_high"])
-    return f"**best: {_label(keys, best)}, test_acc {cell} over {seeds} seed{'s' if seeds != 1 else ''}**"
+    return f"**best: {_label(keys, best)}, test_acc {cell} over {seeds} seeds**"
 
 
 def _label(keys: list[str], row: Mapping[str, Any]) -> str:

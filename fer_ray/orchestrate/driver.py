@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,9 @@ class SweepOutcome:
     experiment_id: str | None = None
     #: the experiment kind: its summary metrics are the table's columns
     experiment: str = "finetune"
+    #: True for an evaluation sweep's training stage: it is finished by running the sweep again (the
+    #: models that finished are found by their recipe's hash and reused), not by --resume
+    training_stage: bool = False
 
     @property
     def all_succeeded(self) -> bool:
@@ -108,7 +111,12 @@ class SweepOutcome:
         ]
         if self.report_dir is not None:
             lines.append(f"Report:            {self.report_dir}/report.md")
-        if self.interrupted:
+        if self.interrupted and self.training_stage:
+            lines.append(
+                "Interrupted in the training stage: run the same command again (without --resume); the models "
+                "that finished are reused, the others are trained"
+            )
+        elif self.interrupted:
             lines.append("Interrupted: finish it with  python -m fer_ray.sweep <this sweep file> --resume")
         return "\n".join(lines)
 
@@ -209,7 +217,7 @@ def run_sweep(
         print(f"Training stage: {plan.training.name} ({len(plan.training.search.seeds)} model(s); reused later by hash)")
         outcome = run_stage(plan.training, None, None, tracker)
         if outcome.interrupted:  # Ctrl-C: the caller prints the summary and exits 130
-            return outcome
+            return replace(outcome, training_stage=True)
         print(outcome.summary())
         if not outcome.all_succeeded:
             raise SweepFailed(f"training stage {plan.training.name} did not finish; its runs are under parent {outcome.parent_run_id}")
