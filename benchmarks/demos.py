@@ -125,15 +125,18 @@ def run_sweep(name: str, workdir: Path, num_cpus: int, log_dir: Path) -> dict:
 
 
 def child_runs(tracking_uri: str, sweep: str) -> pd.DataFrame:
-    """The finished child runs of every sweep whose name is ``sweep`` (one row per trial)."""
+    """The child runs of every sweep whose name is ``sweep`` that ran to the end or were stopped early
+    by ASHA (MLflow status KILLED; their metrics up to the stop are real), one row per trial, in the
+    order they started."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(
+    runs = mlflow.search_runs(
         experiment_names=[EXPERIMENT],
-        filter_string=f"tags.`fer_ray.sweep` = '{sweep}' and tags.`fer_ray.role` = 'child' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`fer_ray.sweep` = '{sweep}' and tags.`fer_ray.role` = 'child'",
         order_by=["attributes.start_time ASC"],
     )
+    return runs[runs["status"].isin(["FINISHED", "KILLED"])] if len(runs) else runs
 
 
 def _column(runs: pd.DataFrame, metric: str) -> pd.Series:
