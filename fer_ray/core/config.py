@@ -35,6 +35,12 @@ class SyntheticConfig(Strict):
     width: int = Field(112, ge=16, description="JPEG width in px (KDEF is 562)")
     height: int = Field(152, ge=16, description="JPEG height in px (KDEF is 762)")
     seed: int = 0
+    feature_scale: float = Field(
+        1.0,
+        ge=0.5,
+        le=2.0,
+        description="size of the eyes, brows and mouth (shapes, movements, strokes) relative to the head; > 1: expressions read at 32 px",
+    )
 
 
 #: How each ``split.by`` divides people, as every run and report labels it.
