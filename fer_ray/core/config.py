@@ -134,6 +134,11 @@ class ModelConfig(Strict):
     head: list[int] = Field([256], description="hidden widths of the dense head ([] = linear)")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     trainable: str = Field("all", description="'none', 'all', or '+'-joined blocks, e.g. 'layer4' or 'layer3+layer4'")
+    zero_init_residual: bool = Field(
+        False,
+        description="random init (weights: none): zero the last BatchNorm of every residual block (torchvision's "
+        "zero_init_residual), so deep ResNets start as shallow ones; loaded weights replace it",
+    )
 
     @field_validator("trainable")
     @classmethod
