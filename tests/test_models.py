@@ -52,6 +52,22 @@ def test_parameter_count_is_torchvision_backbone_plus_head(arch):
     assert counts == {"total": backbone_params + head_params, "trainable": backbone_params + head_params}
 
 
+@pytest.mark.parametrize(("arch", "last_norm"), [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_zeroes_the_last_norm_of_every_block_only_when_asked(arch, last_norm):
+    torch.manual_seed(0)
+    default = build_model(ModelConfig(arch=arch, weights="none"))
+    torch.manual_seed(0)
+    zeroed = build_model(ModelConfig(arch=arch, weights="none", zero_init_residual=True))
+
+    last = [name for name, _ in zeroed.named_parameters() if name.endswith(f"{last_norm}.weight")]
+    assert len(last) == (8 if arch == "resnet18" else 16)  # one per residual block
+    zero_state, default_state = zeroed.state_dict(), default.state_dict()
+    assert all(torch.count_nonzero(zero_state[name]) == 0 for name in last)
+    assert all(torch.equal(default_state[name], torch.ones_like(default_state[name])) for name in last)
+    # everything else is drawn the same way from the same seed
+    assert all(torch.equal(zero_state[name], value) for name, value in default_state.items() if name not in last)
+
+
 def test_head_layers_follow_the_config():
     model = build_model(ModelConfig(head=[32, 16], dropout=0.25), num_classes=5)
 

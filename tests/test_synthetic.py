@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -65,6 +66,46 @@ def test_generation_is_deterministic_and_people_are_stable(tmp_path):
     # ... and another seed draws other people.
     other_seed = _files(generate_synthetic_kdef(tmp_path / "four", TINY.model_copy(update={"seed": 4})))
     assert all(other_seed[name] != data for name, data in first.items())
+
+
+#: sha256 over the RGB pixels of every TINY face (synthetic_names order) and TINY's cache key, as
+#: generator version 2 drew them before feature_scale existed: the default must stay byte-identical.
+TINY_PIXELS_SHA256 = "f5ef3dafa0e509628d689d043dea89c3472a45624eb782883a1661e5dfd14384"
+TINY_CONFIG_HASH = "7868347718fe7048"
+
+
+def _pixel_digest(cfg: SyntheticConfig) -> str:
+    digest = hashlib.sha256()
+    for name in synthetic.synthetic_names(cfg):
+        digest.update(synthetic.render_synthetic_face(name, cfg).tobytes())
+    return digest.hexdigest()
+
+
+def test_default_feature_scale_keeps_the_images_and_the_cache_key():
+    assert TINY.feature_scale == 1.0
+    assert _pixel_digest(TINY) == TINY_PIXELS_SHA256
+    assert synthetic.config_hash(TINY) == TINY_CONFIG_HASH
+    assert synthetic.config_hash(TINY.model_copy(update={"feature_scale": 1.0})) == TINY_CONFIG_HASH
+
+
+def test_feature_scale_draws_larger_expressions_under_its_own_cache_key(tmp_path):
+    bold = TINY.model_copy(update={"feature_scale": 1.4})
+    assert synthetic.config_hash(bold) != TINY_CONFIG_HASH
+    assert synthetic.config_hash(bold) != synthetic.config_hash(TINY.model_copy(update={"feature_scale": 1.2}))
+    assert synthetic_root(bold, tmp_path) != synthetic_root(TINY, tmp_path)
+    plain, large = (generate_synthetic_kdef(tmp_path / label, cfg) for label, cfg in (("plain", TINY), ("large", bold)))
+    # Every face changes, and expressions of one person differ more from neutral (same person, session, angle).
+    expression_gap = {"plain": [], "large": []}
+    for person in ("AF01", "AF02", "AM01", "AM02"):
+        for angle in ("S", "HR"):
+            for root, label in ((plain, "plain"), (large, "large")):
+                neutral = _gray32(root / person / f"{person}NE{angle}.JPG")
+                for code in ("AF", "AN", "DI", "HA", "SA", "SU"):
+                    expression_gap[label].append(np.abs(_gray32(root / person / f"{person}{code}{angle}.JPG") - neutral).mean())
+            for code in ("AF", "NE", "SU"):
+                file = f"{person}/{person}{code}{angle}.JPG"
+                assert (plain / file).read_bytes() != (large / file).read_bytes()
+    assert np.mean(expression_gap["large"]) > 1.05 * np.mean(expression_gap["plain"])  # 0.050 vs 0.045
 
 
 def test_angle_changes_the_image_more_than_the_session(tmp_path):

@@ -35,6 +35,12 @@ class SyntheticConfig(Strict):
     width: int = Field(112, ge=16, description="JPEG width in px (KDEF is 562)")
     height: int = Field(152, ge=16, description="JPEG height in px (KDEF is 762)")
     seed: int = 0
+    feature_scale: float = Field(
+        1.0,
+        ge=0.5,
+        le=2.0,
+        description="size of the eyes, brows and mouth (shapes, movements, strokes) relative to the head; > 1: expressions read at 32 px",
+    )
 
 
 #: How each ``split.by`` divides people, as every run and report labels it.
@@ -128,6 +134,11 @@ class ModelConfig(Strict):
     head: list[int] = Field([256], description="hidden widths of the dense head ([] = linear)")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     trainable: str = Field("all", description="'none', 'all', or '+'-joined blocks, e.g. 'layer4' or 'layer3+layer4'")
+    zero_init_residual: bool = Field(
+        False,
+        description="random init (weights: none): zero the last BatchNorm of every residual block (torchvision's "
+        "zero_init_residual), so deep ResNets start as shallow ones; loaded weights replace it",
+    )
 
     @field_validator("trainable")
     @classmethod

@@ -118,9 +118,10 @@ def build_model(cfg: ModelConfig, num_classes: int = 7) -> FerNet:
     'imagenet' -> torchvision's DEFAULT ImageNet weights (IMAGENET1K_V1 for resnet18/34,
     IMAGENET1K_V2 for resnet50/101/152), read only from the local torch hub cache;
     a path -> a torchvision ResNet state dict or a fer_ray model/checkpoint file (backbone taken).
+    cfg.zero_init_residual: the random backbone's residual blocks start at zero (torchvision's option).
     The head is always freshly initialised. Raises WeightsNotFoundError / WeightsError.
     """
-    backbone = torchvision.models.get_model(cfg.arch, weights=None)
+    backbone = torchvision.models.get_model(cfg.arch, weights=None, zero_init_residual=cfg.zero_init_residual)
     if cfg.weights == "imagenet":
         _load_backbone(backbone, imagenet_weights_file(cfg.arch), cfg.arch)
     elif cfg.weights != "none":

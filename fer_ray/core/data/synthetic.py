@@ -20,6 +20,10 @@ bolder (thicker, darker brows and lips, larger brow and mouth movements, express
 0.77-1.27 of the prototype instead of 0.61-1.23), so ResNets learn the expressions across people in a
 few CPU epochs; identity, gender, angle and lighting vary as before (lighting a little more).
 
+``SyntheticConfig.feature_scale`` (default 1.0: the images above, byte for byte, under the same cache
+key) draws the eyes, brows and mouth larger relative to the head -- their shapes, movements and stroke
+widths -- so an expression covers more pixels at 32 px; everything that varies still varies.
+
 Everything is seeded from (cfg.seed, person, session, expression, angle), so the same config gives
 byte-identical files, and a person looks the same whatever the number of people generated.
 """
@@ -166,6 +170,8 @@ def config_hash(cfg: SyntheticConfig) -> str:
         "height": cfg.height,
         "seed": cfg.seed,
     }
+    if cfg.feature_scale != 1.0:  # only when set, so the default's folders keep their names
+        canonical["feature_scale"] = cfg.feature_scale
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -200,7 +206,7 @@ def render_synthetic_face(name: KdefName, cfg: SyntheticConfig) -> Image.Image:
         scale=float(image_rng.uniform(0.98, 1.02)),
         roll_deg=float(image_rng.normal(0, 1.0)),
     )
-    canvas = _draw(person, shape, pose, light, cfg.width * _SUPERSAMPLE, cfg.height * _SUPERSAMPLE)
+    canvas = _draw(person, shape, pose, light, cfg.width * _SUPERSAMPLE, cfg.height * _SUPERSAMPLE, cfg.feature_scale)
     # Roll after downsampling: rotating the 4x larger canvas would cost most of the render time.
     rolled = canvas.reduce(_SUPERSAMPLE).rotate(pose.roll_deg, resample=Image.Resampling.BILINEAR, fillcolor=_background(light))
     pixels = np.asarray(rolled, dtype=np.float32)  # (height, width, 3), 0..255
@@ -300,8 +306,14 @@ def _performed(shape: ExpressionShape, expressiveness: float, rng: np.random.Gen
 # --- drawing ---------------------------------------------------------------------------------
 
 
-def _draw(person: _Person, shape: ExpressionShape, pose: _Pose, light: _Lighting, width: int, height: int) -> Image.Image:
-    """The face on a width x height RGB canvas (supersampled; the caller reduces and rolls it)."""
+def _draw(
+    person: _Person, shape: ExpressionShape, pose: _Pose, light: _Lighting, width: int, height: int, feature_scale: float = 1.0
+) -> Image.Image:
+    """The face on a width x height RGB canvas (supersampled; the caller reduces and rolls it).
+
+    feature_scale: size of the eyes, brows and mouth (their shapes, movements and strokes) relative to
+    the head; 1.0 draws them as version 2 always did.
+    """
     canvas = Image.new("RGB", (width, height), _background(light))
     draw = ImageDraw.Draw(canvas)
     head = _Head(
@@ -312,6 +324,7 @@ def _draw(person: _Person, shape: ExpressionShape, pose: _Pose, light: _Lighting
         jaw_exponent=person.jaw_exponent,
         jaw_drop=0.12 * max(0.0, shape.mouth_open),
         yaw=pose.yaw,
+        features=feature_scale,
     )
     paint = _palette(person, light)
     _draw_body_and_hair_behind(draw, head, person, paint)
@@ -340,6 +353,7 @@ class _Head:
     jaw_exponent: float
     jaw_drop: float  # an open mouth lowers the chin by this fraction of ry
     yaw: float
+    features: float = 1.0  # SyntheticConfig.feature_scale: eyes, brows and mouth grow by this factor
 
     @property
     def mouth_y(self) -> float:
@@ -485,14 +499,14 @@ def _draw_eye(canvas, head: _Head, person: _Person, shape: ExpressionShape, pain
     x, facing = head.place(side * person.eye_u, y)
     if facing < 0.15:
         return
-    half_w = head.rx * 0.19 * person.eye_size * facing
-    half_h = head.rx * 0.095 * person.eye_size * max(0.2, shape.eye_open)
+    half_w = head.rx * 0.19 * person.eye_size * facing * head.features
+    half_h = head.rx * 0.095 * person.eye_size * max(0.2, shape.eye_open) * head.features
     box = (int(x - half_w) - 1, int(y - half_h) - 1, int(x + half_w) + 2, int(y + half_h) + 2)
     size = (box[2] - box[0], box[3] - box[1])
     eye = Image.new("RGB", size, (238, 236, 232))
     eye_draw = ImageDraw.Draw(eye)
     ox, oy = x - box[0], y - box[1]
-    iris_r = head.rx * 0.085 * person.eye_size
+    iris_r = head.rx * 0.085 * person.eye_size * head.features
     _ellipse(eye_draw, ox, oy, iris_r * facing, iris_r, paint.iris)
     _ellipse(eye_draw, ox, oy, 0.45 * iris_r * facing, 0.45 * iris_r, (15, 12, 12))
     mask = Image.new("L", size, 0)
@@ -501,16 +515,20 @@ def _draw_eye(canvas, head: _Head, person: _Person, shape: ExpressionShape, pain
     lid_top = y - 0.87 * half_h
     lid = [(x - half_w, y), (x - 0.5 * half_w, lid_top), (x + 0.5 * half_w, lid_top), (x + half_w, y)]
     lid_width = 0.02 if person.gender == "F" else 0.012
-    ImageDraw.Draw(canvas).line(lid, fill=(35, 25, 25), width=_stroke(head, lid_width), joint="curve")
+    ImageDraw.Draw(canvas).line(lid, fill=(35, 25, 25), width=_stroke(head, lid_width * head.features), joint="curve")
 
 
 def _draw_brow(draw, head: _Head, person: _Person, shape: ExpressionShape, paint: _Palette, side: int) -> None:
-    base_y = head.cy + head.px(person.eye_level - person.brow_gap + 0.17 * shape.brow_raise)
-    tilt = head.px(0.13 * shape.brow_tilt)
+    scale = head.features
+    level = person.eye_level - person.brow_gap + 0.17 * shape.brow_raise
+    if scale != 1.0:  # the brow's distance from the eye grows with the features
+        level = person.eye_level + scale * (level - person.eye_level)
+    base_y = head.cy + head.px(level)
+    tilt = head.px(0.13 * shape.brow_tilt) * scale
     stops = (  # (u across the face, height offset): inner end, arch, outer end
-        (person.eye_u - 0.2, -tilt),
-        (person.eye_u + 0.02, -head.px(person.brow_arch) - 0.3 * tilt),
-        (person.eye_u + 0.24, 0.3 * tilt),
+        (person.eye_u + scale * -0.2, -tilt),
+        (person.eye_u + scale * 0.02, -head.px(person.brow_arch) * scale - 0.3 * tilt),
+        (person.eye_u + scale * 0.24, 0.3 * tilt),
     )
     points = []
     for u, offset in stops:
@@ -518,7 +536,7 @@ def _draw_brow(draw, head: _Head, person: _Person, shape: ExpressionShape, paint
         if facing < 0.1:
             return
         points.append((x, base_y + offset))
-    draw.line(points, fill=paint.brow, width=_stroke(head, person.brow_thickness), joint="curve")
+    draw.line(points, fill=paint.brow, width=_stroke(head, person.brow_thickness * scale), joint="curve")
 
 
 def _draw_nose(draw, head: _Head, person: _Person, shape: ExpressionShape, paint: _Palette) -> None:
@@ -545,7 +563,7 @@ def _draw_nose(draw, head: _Head, person: _Person, shape: ExpressionShape, paint
         mouth_y = head.mouth_y
         for side in (-1, 1):
             start = head.place(side * 0.2, tip_y)
-            end = head.place(side * (0.42 * person.mouth_width * shape.mouth_width + 0.06), mouth_y)
+            end = head.place(side * (0.42 * person.mouth_width * shape.mouth_width * head.features + 0.06), mouth_y)
             if min(start[1], end[1]) > 0.2:
                 draw.line([(start[0], tip_y), (end[0], mouth_y)], fill=paint.shadow, width=stroke)
 
@@ -558,21 +576,26 @@ def _draw_forehead_lines(draw, head: _Head, shape: ExpressionShape, paint: _Pale
         x0, f0 = head.place(-0.35, y)
         x1, f1 = head.place(0.35, y)
         if min(f0, f1) > 0.1:
-            draw.line([(x0, y), ((x0 + x1) / 2, y - head.px(0.02)), (x1, y)], fill=paint.shadow, width=_stroke(head, 0.02), joint="curve")
+            draw.line(
+                [(x0, y), ((x0 + x1) / 2, y - head.px(0.02)), (x1, y)],
+                fill=paint.shadow,
+                width=_stroke(head, 0.02 * head.features),
+                joint="curve",
+            )
 
 
 def _draw_mouth(draw, head: _Head, person: _Person, shape: ExpressionShape, paint: _Palette) -> None:
     """Lips along a parabola (corners up = smile); an open mouth is a dark lens between two lips."""
     mouth_y = head.mouth_y
     mouth_x, facing = head.place(0.0, mouth_y)
-    half_w = head.rx * 0.4 * person.mouth_width * max(0.3, shape.mouth_width) * max(0.3, facing)
+    half_w = head.rx * 0.4 * person.mouth_width * max(0.3, shape.mouth_width) * max(0.3, facing) * head.features
     t = np.linspace(-1.0, 1.0, 17)
     xs = mouth_x + half_w * t
-    lip_line = mouth_y - head.px(0.13 * shape.mouth_curve) * t**2 - head.px(0.05 * shape.asymmetry) * t
-    opening = head.px(0.42 * max(0.0, shape.mouth_open)) * (1 - t**2)
+    lip_line = mouth_y - head.px(0.13 * shape.mouth_curve) * head.features * t**2 - head.px(0.05 * shape.asymmetry) * head.features * t
+    opening = head.px(0.42 * max(0.0, shape.mouth_open)) * head.features * (1 - t**2)
     upper = lip_line - shape.upper_lift * opening
     lower = lip_line + (1 - shape.upper_lift) * opening
-    lip = _stroke(head, person.lip_thickness * (1 - 0.55 * min(1.0, max(0.0, shape.lip_press))))
+    lip = _stroke(head, person.lip_thickness * head.features * (1 - 0.55 * min(1.0, max(0.0, shape.lip_press))))
     if shape.mouth_open < 0.12:
         draw.line(list(zip(xs, lip_line)), fill=paint.lips, width=lip, joint="curve")
         return
