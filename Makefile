@@ -27,13 +27,17 @@ install: $(VENV)/.installed
 quickstart: install
 	$(PY) -m fer_ray.sweep sweeps/quickstart.yaml
 
-## the test suite (real Ray, real MLflow, real torch; about 10 minutes on 2 cores)
-test: install
-	$(PY) -m pytest
+# Two pytest-xdist workers: one runs the `slow` end-to-end tests one after another (they form one
+# xdist group, tests/conftest.py: two sweeps never start Ray at once), the other the unit tests.
+XDIST := -n 2 --dist loadgroup
 
-## the unit tests without Ray/MLflow end-to-end runs (marker `slow`), for iteration: under 2 minutes
+## the test suite (real Ray, real MLflow, real torch; about 15 minutes on 2 cores)
+test: install
+	$(PY) -m pytest $(XDIST)
+
+## the unit tests without Ray/MLflow end-to-end runs (marker `slow`), for iteration: a few minutes on 2 cores
 test-fast: install
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest $(XDIST) -m "not slow" -q
 
 ## tidy the code as tests/test_lint.py checks it: ruff's lint fixes, then its formatter
 format: install

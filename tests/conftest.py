@@ -26,6 +26,15 @@ collect_ignore_glob = [] if __import__("torch").cuda.is_available() else ["gpu/t
 os.environ.setdefault("FER_RAY_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``), the ``slow`` tests form one
+    group that one worker runs one after another: two end-to-end sweeps never start Ray at the same
+    time (each would take both cores), while the other worker runs the unit tests beside them."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("end_to_end"))
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A small synthetic KDEF folder: 12 people per gender, sessions A+B, straight-on, 64x88 px."""
