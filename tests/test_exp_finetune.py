@@ -12,7 +12,7 @@ from fer_ray.core.evaluate import predict_proba
 from fer_ray.core.group_stats import accuracy_ci
 from fer_ray.core.model_file import load_model
 from fer_ray.experiments import finetune
-from fer_ray.experiments.finetune_report import CONFUSION_DIR, CONFUSION_FILE
+from fer_ray.experiments.finetune import CONFUSION_DIR, CONFUSION_FILE
 
 
 def test_run_logs_a_subject_clustered_interval_of_its_test_accuracy(tiny_training):

@@ -15,7 +15,7 @@ from fer_ray.core.data.cache import load_image_tensors
 from fer_ray.core.data.prepare import prepare_data
 from fer_ray.core.data.records import DataError
 from fer_ray.core.evaluate import predict_logits
-from fer_ray.core.saliency_maps import grad_cam
+from fer_ray.core.saliency_maps import center_mass_fraction, grad_cam
 from fer_ray.core.stats import mean_ci
 from fer_ray.experiments import saliency
 from fer_ray.experiments.base import LocalReporter, Trial, load_model_and_data
@@ -77,8 +77,8 @@ def test_center_mass_fraction():
     maps = torch.zeros(3, 8, 8)
     maps[0] = 1.0  # even: the central 4 x 4 box holds a quarter
     maps[1, 3, 4] = 2.0  # all inside the box
-    assert saliency.center_mass_fraction(maps[:2], 0.5).tolist() == [0.25, 1.0]
-    assert math.isnan(saliency.center_mass_fraction(maps[2:], 0.5)[0]), "an empty map has no mass to place"
+    assert center_mass_fraction(maps[:2], 0.5).tolist() == [0.25, 1.0]
+    assert math.isnan(center_mass_fraction(maps[2:], 0.5)[0]), "an empty map has no mass to place"
 
 
 def test_report_puts_the_mean_central_mass_over_models_on_the_parent():

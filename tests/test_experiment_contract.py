@@ -6,11 +6,14 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments import REGISTRY, evaluates_model, experiment_names, get_experiment, settings_model
 from fer_ray.experiments.base import Trial
 from fer_ray.experiments.contract import Experiment
@@ -34,7 +37,6 @@ def test_registered_experiment_describes_itself(name):
     experiment = get_experiment(name)
     assert isinstance(experiment, Experiment) and experiment.name == name
     experiment.settings.model_validate({})  # the defaults validate: a sweep file may omit the section
-    # what a sweep file is validated by without importing the experiment (experiments/settings.py)
     assert experiment.settings is settings_model(name) and experiment.evaluates_model == evaluates_model(name)
     run = inspect.signature(experiment.run)
     assert list(run.parameters) == ["trial", "reporter"], f"{REGISTRY[name]}.run{run}"
@@ -52,6 +54,37 @@ def test_registered_experiment_describes_itself(name):
     if experiment.epochs is not None:  # the console's "epoch n/N"
         epochs = experiment.epochs(trial_of(resolve_spec({"name": "t", "experiment": name}, [])))
         assert isinstance(epochs, int) and epochs >= 1, f"{name}: epochs {epochs!r}"
+
+
+def test_every_experiment_module_imports_its_science_stack_only_when_a_trial_or_report_runs():
+    """A sweep file is validated with its experiment's Settings, so importing an experiment module
+    (which ``--dry-run`` and every spec error do) must not load torch, scikit-learn, matplotlib,
+    pandas or scipy: seconds each on 2 cores. One fresh interpreter imports them all."""
+    heavy = {"torch", "torchvision", "sklearn", "matplotlib", "pandas", "scipy"}
+    modules = " ".join(REGISTRY[name] for name in experiment_names())
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}.split(): importlib.import_module(name).EXPERIMENT\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split())
+    assert not heavy & loaded, f"importing the experiment modules loads {sorted(heavy & loaded)}"
+    assert "fer_ray" in loaded
+
+
+def test_a_lazy_module_imports_on_first_use_and_names_a_missing_module_then():
+    code = (
+        "import sys\n"
+        "from fer_ray.core.lazy_import import lazy_module\n"
+        "stats = lazy_module('fer_ray.core.stats')\n"
+        "before = 'fer_ray.core.stats' in sys.modules\n"
+        "value = stats.mean_ci([0.5, 0.7, 0.6])['mean']\n"
+        "print(before, 'fer_ray.core.stats' in sys.modules, round(value, 3))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "True", "0.6"]
+    with pytest.raises(ModuleNotFoundError, match="fer_ray.core.no_such_module"):
+        lazy_module("fer_ray.core.no_such_module").anything
 
 
 def test_summary_patterns_select_metric_names_by_number_and_stop_at_slashes():

@@ -54,6 +54,9 @@ def test_cli_answers_help_and_spec_errors_without_ray_mlflow_or_torch():
 
 
 def test_probe_experiment_imports_torch_but_not_the_rest():
-    modules = imported_by("import fer_ray.experiments.probe")
+    """Importing an experiment loads no science stack (tests/test_experiment_contract.py); what its
+    trial uses comes on first use: the probe's device and torch, nothing else."""
+    assert "torch" not in imported_by("import fer_ray.experiments.probe")
+    modules = imported_by("import fer_ray.experiments.probe as probe; probe.core_device.pick_device(); probe.torch.zeros(1)")
     assert "torch" in modules
     assert not {"torchvision", "sklearn", "matplotlib", "mlflow", "ray"} & modules

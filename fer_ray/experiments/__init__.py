@@ -2,9 +2,13 @@
 :class:`~fer_ray.experiments.contract.Experiment` (its settings model, trial function, report
 function, the artifacts its report reads), registered in :data:`REGISTRY`.
 
-A new experiment is one module here (ending in ``EXPERIMENT = Experiment(...)``), one YAML file in
-sweeps/ and one line in REGISTRY. Modules are imported on first use only: a trial process imports
-its own experiment and nothing else (tests/test_import_weight.py). Experiments use the science core
+A new experiment is one module here (its ``Settings`` model, its trial and report functions, and
+``EXPERIMENT = Experiment(...)``), one YAML file in sweeps/ and one line in REGISTRY. Modules are
+imported on first use only: a trial process imports its own experiment and nothing else
+(tests/test_import_weight.py). An experiment module imports its science stack (torch, scikit-learn,
+matplotlib, pandas, scipy) lazily (fer_ray/core/lazy_import.py), so that validating a sweep file,
+which imports the experiment for its settings model, takes milliseconds and never loads torch
+(tests/test_experiment_contract.py checks every registered module). Experiments use the science core
 and never import ray, mlflow or the orchestrator: the orchestrator hands them a Reporter and, for
 their report, a TrialTable (fer_ray.experiments.results).
 """
@@ -16,7 +20,6 @@ import importlib
 from pydantic import BaseModel
 
 from fer_ray.experiments.contract import Experiment
-from fer_ray.experiments.settings import EVALUATES_MODEL, SETTINGS
 
 #: experiment kind -> the module holding its ``EXPERIMENT``. The one table of experiments.
 REGISTRY: dict[str, str] = {
@@ -38,14 +41,13 @@ def experiment_names() -> list[str]:
 
 
 def settings_model(name: str) -> type[BaseModel]:
-    """The settings model of experiment ``name`` (KeyError for an unknown kind), without importing the
-    experiment's module (experiments/settings.py)."""
-    return SETTINGS[name]
+    """The settings model of experiment ``name`` (KeyError for an unknown kind)."""
+    return get_experiment(name).settings
 
 
 def evaluates_model(name: str) -> bool:
-    """Whether experiment ``name`` evaluates a trained model, without importing its module."""
-    return name in EVALUATES_MODEL
+    """Whether experiment ``name`` evaluates a trained model (KeyError for an unknown kind)."""
+    return get_experiment(name).evaluates_model
 
 
 def get_experiment(name: str) -> Experiment:
@@ -55,6 +57,4 @@ def get_experiment(name: str) -> Experiment:
     experiment = getattr(module, "EXPERIMENT", None)
     if not isinstance(experiment, Experiment) or experiment.name != name:
         raise TypeError(f"{REGISTRY[name]} must define EXPERIMENT = Experiment(name={name!r}, ...)")
-    if experiment.settings is not SETTINGS[name] or experiment.evaluates_model != evaluates_model(name):
-        raise TypeError(f"{REGISTRY[name]}: EXPERIMENT's settings and evaluates_model must be those of experiments/settings.py")
     return experiment

@@ -27,24 +27,53 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from fer_ray.core.evaluate import UNKNOWN_GROUP, predict_proba
+from fer_ray.core.config import Strict
 from fer_ray.core.formatting import interval_text
-from fer_ray.core.group_plots import group_accuracy_figure
-from fer_ray.core.group_stats import (
-    COMPARISON_COVERS,
-    GroupStatsError,
-    compare_groups,
-    group_rates,
-    rate_outcomes,
-)
-from fer_ray.core.stats import SEEDS_COVER, mean_ci
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
-from fer_ray.experiments.settings import BiasSettings as Settings
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+evaluate = lazy_module("fer_ray.core.evaluate")
+group_plots = lazy_module("fer_ray.core.group_plots")
+group_stats = lazy_module("fer_ray.core.group_stats")
+stats = lazy_module("fer_ray.core.stats")
+
+
+#: the group attributes a bias sweep studies by default, in report order
+DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "race", "angle")
+
+
+class Settings(Strict):
+    """The ``settings:`` section of a bias sweep."""
+
+    attributes: list[Literal["gender", "race", "angle", "session"]] = Field(
+        list(DEFAULT_ATTRIBUTES), min_length=1, description="group attributes to study (those the dataset lacks are skipped)"
+    )
+    reference: dict[str, str] = Field(
+        {},
+        description="reference group per attribute, e.g. {race: White}; differences are group - reference "
+        "(default: angle S, gender M when present, else the group with the most people)",
+    )
+    n_boot: int = Field(1000, ge=50, description="bootstrap replicates (subjects resampled within groups)")
+    n_perm: int = Field(2000, ge=50, description="permutations of each subject-level test")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    class_rates: bool = Field(True, description="per-class TPR / FPR per group and their gaps")
+    seed: int = Field(0, description="seed of the bootstrap and the permutations")
+
+    @field_validator("attributes")
+    @classmethod
+    def _no_repeats(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"attributes must not repeat, got {values}")
+        return values
+
 
 TAG_STUDIED = "fer_ray.bias_attributes"
 TAG_SKIPPED = "fer_ray.bias_skipped"
@@ -71,7 +100,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     cfg: Settings = trial.settings
     model, data = load_model_and_data(trial)
     y_true = data.test.labels.numpy()
-    y_pred = predict_proba(model, data.test.images).argmax(dim=1).numpy()
+    y_pred = evaluate.predict_proba(model, data.test.images).argmax(dim=1).numpy()
     subjects = data.dataset.identities[data.test.indices]
     metrics = {"test_acc": float(np.mean(y_true == y_pred)), "n_test": float(len(y_true))}
     studied, skipped, references, designs, group_names = [], {}, {}, {}, {}
@@ -101,7 +130,9 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     if studied:
         bars = {a: _group_rows(metrics.__getitem__, a, group_names[a]) for a in studied}
         reporter.figure(
-            group_accuracy_figure(bars, f"{trial.sweep}: test accuracy per group ({cfg.confidence * 100:g} % subject bootstrap CI)"),
+            group_plots.group_accuracy_figure(
+                bars, f"{trial.sweep}: test accuracy per group ({cfg.confidence * 100:g} % subject bootstrap CI)"
+            ),
             "bias_accuracy.png",
         )
     return {name: value for name, value in metrics.items() if np.isfinite(value)}
@@ -123,8 +154,8 @@ def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes,
         "seed": cfg.seed,
         "confidence": cfg.confidence,
     }
-    rates = group_rates(y_true, y_pred, groups, classes)
-    comparison = compare_groups(y_true == y_pred, groups, subjects, **options)
+    rates = group_stats.group_rates(y_true, y_pred, groups, classes)
+    comparison = group_stats.compare_groups(y_true == y_pred, groups, subjects, **options)
     metrics: dict[str, float] = {f"p_omnibus/{attribute}": comparison["omnibus_p"]}
     for row in comparison["groups"]:
         name = f"{attribute}/{metric_part(row['group'])}"
@@ -143,10 +174,10 @@ def attribute_metrics(attribute: str, y_true, y_pred, groups, subjects, classes,
     if cfg.class_rates:
         for index, name in enumerate(classes):
             for rate in ("tpr", "fpr"):
-                rows, successes = rate_outcomes(y_true, y_pred, rate, index)
+                rows, successes = group_stats.rate_outcomes(y_true, y_pred, rate, index)
                 if len(set(groups[rows].tolist())) != len(comparison["groups"]):  # a group has no image to measure it on
                     continue
-                per_class = compare_groups(successes, groups[rows], subjects[rows], **options)
+                per_class = group_stats.compare_groups(successes, groups[rows], subjects[rows], **options)
                 metrics[f"{rate}_p_omnibus/{attribute}/{metric_part(name)}"] = per_class["omnibus_p"]
                 metrics.update(_difference_metrics(rate, attribute, f"/{metric_part(name)}", per_class))
     return metrics, comparison
@@ -180,7 +211,7 @@ def _reference(cfg: Settings, attribute: str, groups: np.ndarray):
     present = sorted({str(g) for g in groups})
     matches = [g for g in set(groups.tolist()) if str(g) == wanted]
     if not matches:
-        raise GroupStatsError(f"settings.reference.{attribute}={wanted!r} is not a group of the test split; groups: {present}")
+        raise group_stats.GroupStatsError(f"settings.reference.{attribute}={wanted!r} is not a group of the test split; groups: {present}")
     return matches[0]
 
 
@@ -193,7 +224,7 @@ def metric_part(value) -> str:
 
 
 def _keys(groups) -> list:
-    return [UNKNOWN_GROUP if g is None else g for g in groups]
+    return [evaluate.UNKNOWN_GROUP if g is None else g for g in groups]
 
 
 def _skip_reason(groups) -> str | None:
@@ -246,9 +277,9 @@ def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]]
     attributes = [a for a in cfg.attributes if a in references]
     one = len(models) == 1
     covers = (
-        f"{level} intervals {COMPARISON_COVERS} ({cfg.n_boot} replicates, {cfg.n_perm} permutations)"
+        f"{level} intervals {group_stats.COMPARISON_COVERS} ({cfg.n_boot} replicates, {cfg.n_perm} permutations)"
         if one
-        else f"cells: means over the {len(models)} models; {level} intervals {SEEDS_COVER}; p-values: one per model, subject-level permutation"
+        else f"cells: means over the {len(models)} models; {level} intervals {stats.SEEDS_COVER}; p-values: one per model, subject-level permutation"
     )
     lines = [
         "## Demographic bias (test split)",
@@ -300,7 +331,7 @@ def summarise(models: Sequence[dict[str, float]], tags: Sequence[dict[str, str]]
         if cfg.class_rates:
             classes = sorted(set().union(*(json.loads(t.get(TAG_CLASSES) or "[]") for t in tags)))
             lines += _class_rate_lines(models, attribute, reference, groups, classes, level)
-    figure = group_accuracy_figure(bars, f"Test accuracy per group ({level} CI {'over test people' if one else 'over models'})")
+    figure = group_plots.group_accuracy_figure(bars, f"Test accuracy per group ({level} CI {'over test people' if one else 'over models'})")
     return "\n".join(lines) + "\n", {"bias_accuracy_by_group.png": figure}, parent_metrics
 
 
@@ -340,7 +371,7 @@ def _cell(models: Sequence[dict[str, float]], name: str, metric: str, bounds: tu
     if len(models) == 1:
         low, high = _values(models, f"{metric}_low/{name}"), _values(models, f"{metric}_high/{name}")
         return _mean(values), _mean(low), _mean(high)
-    summary = mean_ci(values, bounds=bounds)
+    summary = stats.mean_ci(values, bounds=bounds)
     return summary["mean"], summary["low"], summary["high"]
 
 

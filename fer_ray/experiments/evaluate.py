@@ -7,13 +7,22 @@ the model first and hand its file to ``run`` as ``trial.model_file``.
 
 from __future__ import annotations
 
-from fer_ray.core.evaluate import evaluate_model
-from fer_ray.core.models import count_parameters
-from fer_ray.core.plots import confusion_matrix_figure
+from pydantic import Field
+
+from fer_ray.core.config import Strict
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.finetune import final_metrics
-from fer_ray.experiments.settings import EvaluateSettings as Settings
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+evaluate = lazy_module("fer_ray.core.evaluate")
+models = lazy_module("fer_ray.core.models")
+plots = lazy_module("fer_ray.core.plots")
+
+
+class Settings(Strict):
+    confusion_matrix: bool = Field(True, description="log the test confusion matrix PNG")
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
@@ -21,10 +30,10 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     model, data = load_model_and_data(trial)
     classes = data.dataset.classes
     reporter.tags({"fer_ray.dataset_fingerprint": data.fingerprint, "fer_ray.protocol": data.protocol})
-    evaluation = evaluate_model(model, data.test, data.dataset)
+    evaluation = evaluate.evaluate_model(model, data.test, data.dataset)
     if trial.settings.confusion_matrix:
-        reporter.figure(confusion_matrix_figure(evaluation["confusion"], classes, title="test confusion"), "confusion_matrix.png")
-    metrics = final_metrics(evaluation, best_val_acc=float("nan"), epochs_run=0, n_params=count_parameters(model)["total"])
+        reporter.figure(plots.confusion_matrix_figure(evaluation["confusion"], classes, title="test confusion"), "confusion_matrix.png")
+    metrics = final_metrics(evaluation, best_val_acc=float("nan"), epochs_run=0, n_params=models.count_parameters(model)["total"])
     return {k: v for k, v in metrics.items() if k not in ("best_val_acc", "epochs_run")}
 
 

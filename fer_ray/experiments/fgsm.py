@@ -19,21 +19,56 @@ models], the reference study's number) and curve.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
+from pydantic import Field, field_validator
+
+from fer_ray.core.config import Strict
 from fer_ray.core.formatting import summary_cell
-from fer_ray.core.plots import prediction_labels
-from fer_ray.core.robustness import fgsm_accuracy, pgd_accuracy
-from fer_ray.core.robustness_plots import (
-    accuracy_curve_figure,
-    image_panel_figure,
-    top_k_caption,
-)
-from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.correctness import save_correctness
 from fer_ray.experiments.results import Report, TrialTable
-from fer_ray.experiments.settings import FgsmSettings as Settings
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+plots = lazy_module("fer_ray.core.plots")
+robustness = lazy_module("fer_ray.core.robustness")
+robustness_plots = lazy_module("fer_ray.core.robustness_plots")
+stats = lazy_module("fer_ray.core.stats")
+
+
+def _check_epsilons(values: list[float]) -> list[float]:
+    for value in values:
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(
+                f"epsilon {value} is outside [0, 1]: epsilon is in the [0,1] pixel space "
+                f"(epsilon * 255 = {value * 255:g} grey levels; 0.01 = 2.55 levels)"
+            )
+    return [float(v) for v in values]
+
+
+class Settings(Strict):
+    """The ``settings:`` section of an attack sweep. Epsilons in [0,1] pixel units (x255 = grey levels)."""
+
+    epsilons: list[float] = Field(
+        [0.0, 0.001, 0.005, 0.007, 0.01, 0.05, 0.07, 0.1],
+        min_length=1,
+        description="attack radii evaluated in one trial, each in [0, 1]",
+    )
+    panel_epsilons: list[float] = Field([0.0, 0.01, 0.3], description="epsilons shown in the example panel (also scored)")
+    attack: Literal["fgsm", "pgd"] = "fgsm"
+    pgd_steps: int = Field(10, ge=1, description="attack: pgd: signed gradient steps per epsilon")
+    pgd_step_size: float | None = Field(None, gt=0, description="pgd: step in [0,1] units (default 2.5 * epsilon / steps)")
+    pgd_random_start: bool = Field(False, description="pgd: start from a seeded uniform point of the epsilon-ball")
+    n_panel_images: int = Field(4, ge=0, description="test images in the panel (0: no panel)")
+    batch_size: int = Field(128, ge=1)
+
+    @field_validator("epsilons", "panel_epsilons")
+    @classmethod
+    def _epsilons_valid(cls, values: list[float]) -> list[float]:
+        return _check_epsilons(values)
+
 
 CORRECTNESS_FILE = "attack_correct.npz"
 ARTIFACT_DIR = "attack"
@@ -77,7 +112,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         reporter.figure(panel_figure(results, cfg.panel_epsilons, test.labels, classes, cfg.attack), "adversarial_panel.png")
     scored = sorted({*cfg.epsilons, *cfg.panel_epsilons})
     reporter.figure(
-        accuracy_curve_figure(
+        robustness_plots.accuracy_curve_figure(
             scored,
             [results[e]["accuracy"] for e in scored],
             [math.nan] * len(scored),
@@ -96,8 +131,8 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 def attack_accuracy(model, images, labels, epsilons: list[float], cfg: Settings) -> dict[float, dict]:
     """fgsm_accuracy or pgd_accuracy per cfg.attack, with the panel's first images kept."""
     if cfg.attack == "fgsm":
-        return fgsm_accuracy(model, images, labels, epsilons, batch_size=cfg.batch_size, return_examples=cfg.n_panel_images)
-    return pgd_accuracy(
+        return robustness.fgsm_accuracy(model, images, labels, epsilons, batch_size=cfg.batch_size, return_examples=cfg.n_panel_images)
+    return robustness.pgd_accuracy(
         model,
         images,
         labels,
@@ -118,10 +153,10 @@ def panel_figure(results: dict[float, dict], panel_epsilons: list[float], labels
         entry = results[epsilon]
         title = "original (ε 0)" if epsilon == 0 else f"ε {epsilon_label(epsilon)} ({epsilon * 255:.3g}/255)"
         columns[title] = entry["examples"]
-        captions[title] = [top_k_caption(classes, c, p) for c, p in zip(entry["top3_classes"], entry["top3_probs"])]
+        captions[title] = [robustness_plots.top_k_caption(classes, c, p) for c, p in zip(entry["top3_classes"], entry["top3_probs"])]
         shown = len(entry["examples"])
-        predictions[title] = prediction_labels(classes, labels[:shown], [int(top[0]) for top in entry["top3_classes"]])
-    return image_panel_figure(
+        predictions[title] = plots.prediction_labels(classes, labels[:shown], [int(top[0]) for top in entry["top3_classes"]])
+    return robustness_plots.image_panel_figure(
         columns,
         captions,
         title=f"{attack.upper()} examples: true / predicted class, top-3 class probabilities",
@@ -164,7 +199,7 @@ def report(table: TrialTable) -> Report:
             per_model = group.groupby("source_model", sort=False)[column].mean().dropna()
             if per_model.empty:
                 continue
-            summary = mean_ci(per_model, bounds=ACCURACY_BOUNDS)
+            summary = stats.mean_ci(per_model, bounds=stats.ACCURACY_BOUNDS)
             curve.append((epsilon, summary))
             parent_metrics[f"mean_{accuracy_key(epsilon)}" + ("" if attack == "fgsm" else f"/{attack}")] = summary["mean"]
             reference = REFERENCE_FGSM.get(epsilon) if attack == "fgsm" else None
@@ -173,7 +208,7 @@ def report(table: TrialTable) -> Report:
                 f"{'-' if reference is None else reference} |"
             )
         if len(curve) > 1:
-            figures[f"accuracy_vs_epsilon_{attack}.png"] = accuracy_curve_figure(
+            figures[f"accuracy_vs_epsilon_{attack}.png"] = robustness_plots.accuracy_curve_figure(
                 [e for e, _ in curve],
                 [s["mean"] for _, s in curve],
                 [s["low"] for _, s in curve],

@@ -10,31 +10,45 @@ from __future__ import annotations
 
 import json
 
-import torch
+from pydantic import Field
 
 from fer_ray.core.artifacts import MODEL_ARTIFACT_DIR, MODEL_FILE
-from fer_ray.core.data.prepare import prepare_data
-from fer_ray.core.evaluate import evaluate_model
-from fer_ray.core.group_stats import accuracy_ci
-from fer_ray.core.model_file import save_model
-from fer_ray.core.models import build_model, count_parameters
-from fer_ray.core.plots import confusion_matrix_figure
-from fer_ray.core.train import fit
+from fer_ray.core.config import Strict
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial
 from fer_ray.experiments.contract import Experiment
-from fer_ray.experiments.finetune_report import (
-    CONFUSION_ARTIFACT,
-    CONFUSION_DIR,
-    CONFUSION_FILE,
-    CURVE_METRIC,
-    report,
-)
-from fer_ray.experiments.settings import FinetuneSettings as Settings
+from fer_ray.experiments.results import Report, TrialTable
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+torch = lazy_module("torch")
+prepare = lazy_module("fer_ray.core.data.prepare")
+evaluate = lazy_module("fer_ray.core.evaluate")
+group_stats = lazy_module("fer_ray.core.group_stats")
+model_file = lazy_module("fer_ray.core.model_file")
+models = lazy_module("fer_ray.core.models")
+plots = lazy_module("fer_ray.core.plots")
+train = lazy_module("fer_ray.core.train")
+finetune_report = lazy_module("fer_ray.experiments.finetune_report")
+
+
+class Settings(Strict):
+    """What the fine-tuning trial produces besides its metrics."""
+
+    confusion_matrix: bool = Field(True, description="log the test confusion matrix PNG")
+    save_model: bool = Field(True, description="log the trained model file (needed by evaluation sweeps)")
+
+
+#: the artifact with a trial's test confusion counts, summed over seeds by the report: JSON
+#: {"classes": [C names], "counts": C x C ints, rows = true class}
+CONFUSION_DIR, CONFUSION_FILE = "test_confusion", "counts.json"
+CONFUSION_ARTIFACT = f"{CONFUSION_DIR}/{CONFUSION_FILE}"
+#: the per-epoch metric of the report's learning curves
+CURVE_METRIC = "val_acc"
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Train on the trial's data/model/train config; returns the final (test) metrics."""
-    data = prepare_data(trial.data)
+    data = prepare.prepare_data(trial.data)
     reporter.tags(
         {
             "fer_ray.dataset_fingerprint": data.fingerprint,
@@ -45,9 +59,9 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         }
     )
     torch.manual_seed(trial.train.seed)  # the new head's (and a random backbone's) initial weights
-    model = build_model(trial.model, num_classes=len(data.dataset.classes))
+    model = models.build_model(trial.model, num_classes=len(data.dataset.classes))
     checkpoint_path = reporter.work_dir / "checkpoint.pt"
-    result = fit(
+    result = train.fit(
         model,
         data.train,
         data.val,
@@ -57,9 +71,9 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         resume_from=reporter.resume_checkpoint(),
         model_config=trial.model.model_dump(mode="json"),
     )
-    evaluation = evaluate_model(model, data.test, data.dataset)
+    evaluation = evaluate.evaluate_model(model, data.test, data.dataset)
     if trial.settings.confusion_matrix:
-        figure = confusion_matrix_figure(evaluation["confusion"], data.dataset.classes, title=f"{trial.sweep}: test confusion")
+        figure = plots.confusion_matrix_figure(evaluation["confusion"], data.dataset.classes, title=f"{trial.sweep}: test confusion")
         reporter.figure(figure, "confusion_matrix.png")
     confusion_path = reporter.work_dir / CONFUSION_FILE  # the counts, summed over seeds by the report
     confusion_path.write_text(
@@ -68,9 +82,9 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     reporter.artifact(confusion_path, CONFUSION_DIR)
     if trial.settings.save_model:
         model_path = reporter.work_dir / MODEL_FILE
-        save_model(model_path, model, trial.model, data.dataset.classes)
+        model_file.save_model(model_path, model, trial.model, data.dataset.classes)
         reporter.artifact(model_path, MODEL_ARTIFACT_DIR)
-    metrics = final_metrics(evaluation, result.best_val_acc, result.epochs_run, count_parameters(model)["total"])
+    metrics = final_metrics(evaluation, result.best_val_acc, result.epochs_run, models.count_parameters(model)["total"])
     return metrics | accuracy_interval_metrics(evaluation, data)
 
 
@@ -79,7 +93,7 @@ def accuracy_interval_metrics(evaluation: dict, data) -> dict[str, float]:
     (subject-clustered bootstrap, fer_ray.core.group_stats.accuracy_ci), so a one-seed result carries an
     uncertainty too. It does not cover seed-to-seed variation."""
     correct = (evaluation["probs"].argmax(dim=1) == data.test.labels).numpy()
-    low, high = accuracy_ci(correct, data.dataset.identities[data.test.indices])
+    low, high = group_stats.accuracy_ci(correct, data.dataset.identities[data.test.indices])
     return {"test_acc/ci_low": low, "test_acc/ci_high": high}
 
 
@@ -109,6 +123,11 @@ def final_metrics(evaluation: dict, best_val_acc: float, epochs_run: int, n_para
         for value, group in evaluation.get(f"per_{attribute}", {}).items():
             metrics[f"test_acc/{attribute}/{value}"] = float(group["acc"])
     return metrics
+
+
+def report(table: TrialTable) -> Report:
+    """The sweep's report: fer_ray.experiments.finetune_report.report (tables, curves, confusion)."""
+    return finetune_report.report(table)
 
 
 EXPERIMENT = Experiment(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,18 +25,13 @@ import pandas as pd
 from fer_ray.core.formatting import mean_interval_cell
 from fer_ray.core.plots import confusion_matrix_figure, metric_curve_figure
 from fer_ray.core.stats import ACCURACY_BOUNDS, SEEDS_COVER, mean_ci
+from fer_ray.experiments.finetune import CONFUSION_ARTIFACT, CURVE_METRIC
 from fer_ray.experiments.results import Report, TrialRecord, TrialTable
 
 #: metrics summarised when a run has them, in this order
 REPORT_METRICS = ("test_acc", "test_macro_f1", "val_acc", "n_params")
 #: grid keys the mean and CI run over (not rows of the table)
 SEED_KEYS = ("train.seed", "source.model")
-#: the artifact a fine-tuning trial logs with its test confusion counts (finetune.run writes it):
-#: JSON {"classes": [C names], "counts": C x C ints, rows = true class}
-CONFUSION_DIR, CONFUSION_FILE = "test_confusion", "counts.json"
-CONFUSION_ARTIFACT = f"{CONFUSION_DIR}/{CONFUSION_FILE}"
-#: the metric of the learning curves (its history is requested by the finetune Experiment)
-CURVE_METRIC = "val_acc"
 
 
 def configuration_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list]:
@@ -55,7 +50,7 @@ def report(table: TrialTable) -> Report:
     best = summary.loc[summary["test_acc"].idxmax()]
     keys = list(grid)
     best_records = _records_of(finished, keys, [best[key] for key in keys])
-    figures = study_figures(summary, keys)
+    figures = study_figures(summary, keys, chance_accuracy(finished))
     curves = learning_curves_figure(finished, grid)
     if curves is not None:
         figures["learning_curves.png"] = curves
@@ -157,8 +152,16 @@ def _cell(mean: float, low: float, high: float, metric: str) -> str:
 # ------------------------------------------------------------------------------------ figures
 
 
-def study_figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
-    """The reference study's graphs: accuracy vs training fraction, accuracy vs model size (parameters)."""
+def chance_accuracy(records: Iterable[TrialRecord]) -> float | None:
+    """1 / the number of classes, read from the per-class recalls (``test_recall/<class>``) the trials
+    reported; None when no trial reported two or more."""
+    classes = max((sum(name.startswith("test_recall/") for name in record.metrics) for record in records), default=0)
+    return 1.0 / classes if classes >= 2 else None
+
+
+def study_figures(table: pd.DataFrame, keys: list[str], chance: float | None = None) -> dict[str, object]:
+    """The reference study's graphs: accuracy vs training fraction, accuracy vs model size (parameters);
+    chance: the guessing accuracy, drawn as a dashed line (chance_accuracy)."""
     if len(keys) != 1 or "test_acc" not in table:
         return {}
     key = keys[0]
@@ -171,6 +174,7 @@ def study_figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
             xlabel="training identities used (%)",
             ylabel="test accuracy",
             title="Accuracy vs dataset size",
+            chance=chance,
         )
         return {"accuracy_vs_fraction.png": figure}
     if key == "model.arch" and "n_params" in table:
@@ -182,6 +186,7 @@ def study_figures(table: pd.DataFrame, keys: list[str]) -> dict[str, object]:
             ylabel="test accuracy",
             title="Accuracy vs model size",
             point_labels=list(table[key]),
+            chance=chance,
         )
         return {"accuracy_vs_model_size.png": figure}
     return {}

@@ -28,30 +28,56 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
+from pydantic import Field, field_validator
 
-from fer_ray.core.data.prepare import prepare_data
+from fer_ray.core.config import Strict
 from fer_ray.core.data.records import DataError
-from fer_ray.core.evaluate import predict_logits
 from fer_ray.core.formatting import interval_text, source_labels, summary_cell
-from fer_ray.core.group_stats import accuracy_ci
-from fer_ray.core.plots import prediction_labels
-from fer_ray.core.robustness import (
-    add_gaussian_noise,
-    noisy_accuracy,
-    variance_to_sigma,
-)
-from fer_ray.core.robustness_plots import (
-    accuracy_curve_figure,
-    image_panel_figure,
-    repeats_boxplot_figure,
-)
-from fer_ray.core.stats import ACCURACY_BOUNDS, bootstrap_ci, mcnemar, mean_ci
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data, number_label
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.correctness import save_correctness
 from fer_ray.experiments.results import Report, TrialTable
-from fer_ray.experiments.settings import NoiseSettings as Settings
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+pd = lazy_module("pandas")
+prepare = lazy_module("fer_ray.core.data.prepare")
+evaluate = lazy_module("fer_ray.core.evaluate")
+group_stats = lazy_module("fer_ray.core.group_stats")
+plots = lazy_module("fer_ray.core.plots")
+robustness = lazy_module("fer_ray.core.robustness")
+robustness_plots = lazy_module("fer_ray.core.robustness_plots")
+stats = lazy_module("fer_ray.core.stats")
+
+
+def _check_variances(values: list[float]) -> list[float]:
+    """Each noise variance a finite number >= 0 (core.robustness.variance_to_sigma's rule, which
+    imports torch)."""
+    for value in values:
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"noise variance must be a finite number >= 0 (in [0,1] pixel units), got {value}")
+    return [float(v) for v in values]
+
+
+class Settings(Strict):
+    """The ``settings:`` section of a noise sweep. Variances in [0,1] pixel units (sigma = sqrt(variance))."""
+
+    variances: list[float] = Field(
+        [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3],
+        min_length=1,
+        description="noise variances evaluated in one trial, each >= 0 ([0,1] pixel units)",
+    )
+    noise_seed: int = Field(0, ge=0, description="fixes the noise draw: the same seed gives every model identical noise")
+    example_variances: list[float] = Field([0.01, 0.2], description="variances shown beside the clean images in the panel")
+    n_examples: int = Field(4, ge=0, description="test images in the example panel (0: no panel)")
+    n_boot: int = Field(2000, ge=1, description="resamples of the subject-clustered bootstrap CI")
+    batch_size: int = Field(128, ge=1)
+
+    @field_validator("variances", "example_variances")
+    @classmethod
+    def _variances_valid(cls, values: list[float]) -> list[float]:
+        return _check_variances(values)
+
 
 CORRECTNESS_FILE = "noise_correct.npz"
 ARTIFACT_DIR = "noise"
@@ -77,7 +103,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     classes = data.dataset.classes
     test = data.test
     variances = sorted({0.0, *cfg.variances})
-    results = noisy_accuracy(model, test.images, test.labels, variances, seed=cfg.noise_seed, batch_size=cfg.batch_size)
+    results = robustness.noisy_accuracy(model, test.images, test.labels, variances, seed=cfg.noise_seed, batch_size=cfg.batch_size)
     identities = data.dataset.identities[test.indices].astype(str)
     clean = results[0.0]["correct"]
 
@@ -94,7 +120,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
             "fer_ray.n_test": str(len(test)),
             "fer_ray.noise_seed": str(cfg.noise_seed),
             "fer_ray.noise_units": "variance and sigma in [0,1] pixel space (sigma*255 grey levels)",
-            **{f"fer_ray.sigma_var_{variance_label(v)}": f"{variance_to_sigma(v):.4g}" for v in cfg.variances},
+            **{f"fer_ray.sigma_var_{variance_label(v)}": f"{robustness.variance_to_sigma(v):.4g}" for v in cfg.variances},
         }
     )
     correctness = save_correctness(
@@ -114,7 +140,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, identities: np.ndarray, cfg: Settings) -> dict[str, float]:
     """McNemar against clean on the same images, and the subject-clustered CI of the noisy accuracy."""
     label = variance_label(variance)
-    test = mcnemar(clean, noisy)
+    test = stats.mcnemar(clean, noisy)
     interval = subject_bootstrap_ci(noisy, identities, n_boot=cfg.n_boot, seed=cfg.noise_seed)
     return {
         f"mcnemar_b_var_{label}": float(test["b"]),
@@ -128,7 +154,7 @@ def _paired_metrics(variance: float, clean: np.ndarray, noisy: np.ndarray, ident
 def subject_bootstrap_ci(correct: np.ndarray, identities: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     """95 % CI of an accuracy over test people: fer_ray.core.group_stats.accuracy_ci (people resampled with
     all their images; expanded percentile). correct: bool (N,) per image; identities: (N,)."""
-    low, high = accuracy_ci(np.asarray(correct, dtype=bool), identities, n_boot=n_boot, seed=seed)
+    low, high = group_stats.accuracy_ci(np.asarray(correct, dtype=bool), identities, n_boot=n_boot, seed=seed)
     return {"low": low, "high": high}
 
 
@@ -137,7 +163,9 @@ def noise_examples(images, variances: list[float], seed: int) -> dict[str, objec
     the accuracy was measured on: images are the first of the test split, so first_index 0)."""
     columns = {"clean": images}
     for variance in variances:
-        columns[f"var {variance_label(variance)} (σ {variance_to_sigma(variance):.3g})"] = add_gaussian_noise(images, variance, seed)
+        columns[f"var {variance_label(variance)} (σ {robustness.variance_to_sigma(variance):.3g})"] = robustness.add_gaussian_noise(
+            images, variance, seed
+        )
     return columns
 
 
@@ -148,10 +176,10 @@ def examples_figure(model, test, classes, cfg: Settings):
     columns = noise_examples(images, cfg.example_variances, cfg.noise_seed)
     device = next(model.parameters()).device
     predictions = {
-        title: prediction_labels(classes, labels, predict_logits(model, pictures, device=device).argmax(dim=1))
+        title: plots.prediction_labels(classes, labels, evaluate.predict_logits(model, pictures, device=device).argmax(dim=1))
         for title, pictures in columns.items()
     }
-    return image_panel_figure(
+    return robustness_plots.image_panel_figure(
         columns,
         title=f"Gaussian noise (noise seed {cfg.noise_seed}; [0,1] pixel units): true / predicted class",
         predictions=predictions,
@@ -202,17 +230,17 @@ def _curve_section(runs: pd.DataFrame, variances: list[float], figures: dict) ->
     rows = []
     for variance in variances:
         per_model = runs.groupby("_model", sort=False)[accuracy_key(variance)].mean()
-        summary = mean_ci(per_model, bounds=ACCURACY_BOUNDS)
+        summary = stats.mean_ci(per_model, bounds=stats.ACCURACY_BOUNDS)
         p_column = f"mcnemar_p_var_{variance_label(variance)}"
         p_max = runs[p_column].max() if p_column in runs else float("nan")
-        sigma = variance_to_sigma(variance)
+        sigma = robustness.variance_to_sigma(variance)
         rows.append((variance, summary))
         lines.append(
             f"| {variance_label(variance)} | {sigma:.4g} | {sigma * 255:.3g} | {summary_cell(summary)} | {summary['n']} | "
             f"{'-' if math.isnan(p_max) else f'{p_max:.3g}'} |"
         )
     if len(variances) > 1:
-        figures["accuracy_vs_variance.png"] = accuracy_curve_figure(
+        figures["accuracy_vs_variance.png"] = robustness_plots.accuracy_curve_figure(
             [v for v, _ in rows],
             [s["mean"] for _, s in rows],
             [s["low"] for _, s in rows],
@@ -228,7 +256,7 @@ def _repeats_section(runs: pd.DataFrame, variance: float, figures: dict, parent_
     key, label = accuracy_key(variance), variance_label(variance)
     n_boot = settings.n_boot
     lines = [
-        f"### Repeats at variance {label} (σ {variance_to_sigma(variance):.4g})",
+        f"### Repeats at variance {label} (σ {robustness.variance_to_sigma(variance):.4g})",
         "",
         "Each repeat is one trial with its own noise seed, on the same test images. Bootstrap CI: 95 %,"
         " percentile, over repeats. Subject CI: 95 % cluster bootstrap over test identities within one"
@@ -241,7 +269,7 @@ def _repeats_section(runs: pd.DataFrame, variance: float, figures: dict, parent_
     for model, group in runs.sort_values("_seed").groupby("_model", sort=False):
         accuracies = group[key].astype(float).to_numpy()
         values[model] = accuracies
-        median, mean = bootstrap_ci(accuracies, np.median, n_boot=n_boot), bootstrap_ci(accuracies, np.mean, n_boot=n_boot)
+        median, mean = stats.bootstrap_ci(accuracies, np.median, n_boot=n_boot), stats.bootstrap_ci(accuracies, np.mean, n_boot=n_boot)
         first = group.iloc[0]
         subject = (first.get(f"{key}/subject_ci_low", np.nan), first.get(f"{key}/subject_ci_high", np.nan))
         lines.append(
@@ -270,7 +298,7 @@ def _repeats_section(runs: pd.DataFrame, variance: float, figures: dict, parent_
             f"{REFERENCE_LABEL}: median {reference['median']}, min {reference['min']}, max {reference['max']} — not comparable one to one (their split let the same people into train and test).",
         ]
     name = f"repeats_var_{label}.png"
-    figures[name] = repeats_boxplot_figure(
+    figures[name] = robustness_plots.repeats_boxplot_figure(
         values,
         ylabel=f"test accuracy at variance {label}",
         title=f"Accuracy over noise repeats (variance {label})",
@@ -312,14 +340,14 @@ def _examples_section(table: TrialTable, figures: dict) -> list[str]:
     if cfg.n_examples == 0 or not cfg.example_variances:
         return []
     try:
-        data = prepare_data(table.data)
+        data = prepare.prepare_data(table.data)
     except DataError as error:
         return [f"(No example panel: the data is not readable where the report is written: {error})", ""]
     test = data.test
     columns = noise_examples(test.images[: cfg.n_examples], cfg.example_variances, cfg.noise_seed)
     classes = data.dataset.classes
     true = [f"true {classes[int(label)]}" for label in test.labels[: cfg.n_examples]]
-    figures["noise_examples.png"] = image_panel_figure(
+    figures["noise_examples.png"] = robustness_plots.image_panel_figure(
         columns, row_labels=true, title=f"Gaussian noise examples (noise seed {cfg.noise_seed})"
     )
     return ["### Examples", "", "Each trial also logs its own panel labelled with the model's predictions (noise_examples.png).", ""]

@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import platform
 
-import torch
+from pydantic import Field
 
-from fer_ray.core.device import pick_device
+from fer_ray.core.config import Strict
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial
 from fer_ray.experiments.contract import Experiment
-from fer_ray.experiments.settings import ProbeSettings as Settings
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+torch = lazy_module("torch")
+core_device = lazy_module("fer_ray.core.device")
+
+
+class Settings(Strict):
+    steps: int = Field(3, ge=1, le=1000, description="instant 'epochs' reported per trial")
+    checkpoint: bool = Field(True, description="write a tiny checkpoint each step (exercises Tune storage)")
+    value: float = Field(0.0, description="a number to sweep over; reported back as 'value'")
 
 
 def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Report ``steps`` epochs of a fake metric; tag the node and device the trial ran on."""
-    device = pick_device()
+    device = core_device.pick_device()
     reporter.tags({"fer_ray.node": platform.node(), "fer_ray.device": str(device)})
     for step in range(1, trial.settings.steps + 1):
         checkpoint = None

@@ -22,29 +22,48 @@ puts the means over models (and each model's central mass) on the parent run (pa
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import Literal
 
-from fer_ray.core.data.cache import load_image_tensors
-from fer_ray.core.data.prepare import PreparedData
+import numpy as np
+from pydantic import Field, model_validator
+
+from fer_ray.core.config import Strict
 from fer_ray.core.data.records import DataError
-from fer_ray.core.evaluate import as_float_images, predict_proba
 from fer_ray.core.formatting import model_label, summary_cell
-from fer_ray.core.plots import prediction_labels
-from fer_ray.core.saliency_maps import (
-    center_mass_fraction,
-    center_mass_summary,
-    grad_cam_with_resolution,
-    guided_backprop,
-    saliency_panels,
-    vanilla_saliency,
-)
-from fer_ray.core.saliency_plots import saliency_row_figure
-from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci, mean_ci_metrics
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
-from fer_ray.experiments.settings import SaliencySettings as Settings
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+torch = lazy_module("torch")
+cache = lazy_module("fer_ray.core.data.cache")
+prepare = lazy_module("fer_ray.core.data.prepare")
+evaluate = lazy_module("fer_ray.core.evaluate")
+plots = lazy_module("fer_ray.core.plots")
+saliency_maps = lazy_module("fer_ray.core.saliency_maps")
+saliency_plots = lazy_module("fer_ray.core.saliency_plots")
+stats = lazy_module("fer_ray.core.stats")
+
+
+class Settings(Strict):
+    """The ``settings:`` section of a saliency sweep."""
+
+    images: list[str] = Field([], description="file name stems (e.g. AF01HAS), case-insensitive; any split")
+    per_class: int | None = Field(None, ge=1, description="first N test images of each class (neither given: 1)")
+    target: Literal["true_class", "predicted_class"] = Field("true_class", description="class whose score is explained")
+    gradcam_layer: str = Field("layer4", description="Grad-CAM layer, a module name of the model or its backbone")
+    center_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="side of the central box / image side")
+
+    @model_validator(mode="after")
+    def _one_way_of_choosing(self) -> Settings:
+        if self.images and self.per_class is not None:
+            raise ValueError(
+                f"give settings.images ({self.images}) or settings.per_class ({self.per_class}), not both; "
+                "to pick images by name from a sweep file that sets per_class, add settings.per_class=null"
+            )
+        return self
+
 
 #: the maps whose central mass is reported, in report order
 MAP_NAMES = ("vanilla", "guided", "gradcam")
@@ -57,7 +76,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     cfg: Settings = trial.settings
     model, data = load_model_and_data(trial)
     rows = select_by_name(data, cfg.images) if cfg.images else select_per_class(data, cfg.per_class or 1)
-    images = load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)[torch.from_numpy(rows)]
+    images = cache.load_image_tensors(data.dataset, trial.data.image_size, trial.data.cache_dir)[torch.from_numpy(rows)]
     labels = torch.from_numpy(data.dataset.labels[rows])
     reporter.tags(
         {
@@ -68,17 +87,17 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         }
     )
 
-    probs = predict_proba(model, images)
+    probs = evaluate.predict_proba(model, images)
     predicted = probs.argmax(dim=1)
     target = labels if cfg.target == "true_class" else predicted
-    guided = guided_backprop(model, images, target)
-    cams, cam_size = grad_cam_with_resolution(model, images, target, cfg.gradcam_layer)
-    maps = {"vanilla": vanilla_saliency(model, images, target), "guided": guided.abs().sum(dim=1), "gradcam": cams}
-    panels = saliency_panels(guided)
-    verdicts = prediction_labels(data.dataset.classes, labels, predicted)
+    guided = saliency_maps.guided_backprop(model, images, target)
+    cams, cam_size = saliency_maps.grad_cam_with_resolution(model, images, target, cfg.gradcam_layer)
+    maps = {"vanilla": saliency_maps.vanilla_saliency(model, images, target), "guided": guided.abs().sum(dim=1), "gradcam": cams}
+    panels = saliency_maps.saliency_panels(guided)
+    verdicts = plots.prediction_labels(data.dataset.classes, labels, predicted)
     for i, row in enumerate(rows):
-        figure = saliency_row_figure(
-            as_float_images(images[i]),
+        figure = saliency_plots.saliency_row_figure(
+            evaluate.as_float_images(images[i]),
             {
                 "vanilla": maps["vanilla"][i],
                 "guided grayscale": panels["grayscale"][i],
@@ -94,10 +113,10 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         reporter.figure(figure, f"saliency_{_file_key(data, rows, i)}.png")
 
     metrics = {"n_images": float(len(rows)), "selected_acc": float((predicted == labels).float().mean())}
-    metrics["center_area"] = float(center_mass_fraction(torch.ones_like(maps["vanilla"][:1]), cfg.center_fraction)[0])
+    metrics["center_area"] = float(saliency_maps.center_mass_fraction(torch.ones_like(maps["vanilla"][:1]), cfg.center_fraction)[0])
     withheld = {}
     for name in MAP_NAMES:
-        summary = center_mass_summary(maps[name], cfg.center_fraction, cam_size if name == "gradcam" else None)
+        summary = saliency_maps.center_mass_summary(maps[name], cfg.center_fraction, cam_size if name == "gradcam" else None)
         metrics[f"zero_maps_{name}"] = float(summary["n_zero_maps"])
         if np.isfinite(summary["center_mass"]):
             metrics[f"center_mass_{name}"] = summary["center_mass"]
@@ -112,7 +131,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def select_by_name(data: PreparedData, names: list[str]) -> np.ndarray:
+def select_by_name(data: prepare.PreparedData, names: list[str]) -> np.ndarray:
     """Dataset rows (int64, in ``names`` order) of the files whose stem (or full name) matches each
     name, case-insensitive. Raises DataError listing every unknown name, or a name matching several
     files."""
@@ -135,7 +154,7 @@ def select_by_name(data: PreparedData, names: list[str]) -> np.ndarray:
     return np.array([index[name.casefold()][0] for name in names], dtype=np.int64)
 
 
-def select_per_class(data: PreparedData, per_class: int) -> np.ndarray:
+def select_per_class(data: prepare.PreparedData, per_class: int) -> np.ndarray:
     """The first ``per_class`` test images of each class (test split order = dataset order), class by
     class: dataset rows, int64. A class with fewer test images gives what it has."""
     test_rows, test_labels = data.test.indices, data.test.labels.numpy()
@@ -149,14 +168,14 @@ def select_per_class(data: PreparedData, per_class: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _split_of(data: PreparedData, row: int) -> str:
+def _split_of(data: prepare.PreparedData, row: int) -> str:
     for name in ("test", "val", "train"):
         if row in getattr(data.split, name):
             return name
     return "unused"
 
 
-def _title(data: PreparedData, row: int, predicted: int, probability: float, target: str) -> str:
+def _title(data: prepare.PreparedData, row: int, predicted: int, probability: float, target: str) -> str:
     """The figure's title; the image's own title says true / predicted class (prediction_labels)."""
     classes = data.dataset.classes
     return (
@@ -165,7 +184,7 @@ def _title(data: PreparedData, row: int, predicted: int, probability: float, tar
     )
 
 
-def _file_key(data: PreparedData, rows: np.ndarray, i: int) -> str:
+def _file_key(data: prepare.PreparedData, rows: np.ndarray, i: int) -> str:
     """The PNG name part of image i: its file stem, plus its position when stems repeat."""
     stems = [data.dataset.images[int(r)].path.stem for r in rows]
     return stems[i] if stems.count(stems[i]) == 1 else f"{stems[i]}_{i}"
@@ -217,8 +236,8 @@ def report(table: TrialTable) -> Report:
     if len(runs) > 1:
         cells = []
         for column in columns:
-            bounds = None if column.startswith(("n_", "zero_")) else ACCURACY_BOUNDS
-            cells.append(summary_cell(mean_ci(runs[column].astype(float), bounds=bounds)))
+            bounds = None if column.startswith(("n_", "zero_")) else stats.ACCURACY_BOUNDS
+            cells.append(summary_cell(stats.mean_ci(runs[column].astype(float), bounds=bounds)))
         lines.append("| mean [95 % CI over models] | " + " | ".join(cells) + " |")
     if has_sources:
         lines += ["", *[f"- {label}: {source}" for label, source in zip(labels, runs["source_model"])]]
@@ -239,8 +258,8 @@ def parent_metrics(runs, columns: list[str], labels: list[str]) -> dict[str, flo
         if column == "center_area":
             metrics[column] = float(runs[column].iloc[0])
             continue
-        bounds = None if column.startswith("zero_") else ACCURACY_BOUNDS
-        metrics.update(mean_ci_metrics(f"mean_{column}", runs[column].astype(float), bounds))
+        bounds = None if column.startswith("zero_") else stats.ACCURACY_BOUNDS
+        metrics.update(stats.mean_ci_metrics(f"mean_{column}", runs[column].astype(float), bounds))
         if column.startswith("center_mass_") and len(set(labels)) == len(labels):  # one trial per model
             for label, value in zip(labels, runs[column].astype(float)):
                 if np.isfinite(value):

@@ -18,26 +18,30 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+from pydantic import Field
 
-from fer_ray.core.device import pick_device
-from fer_ray.core.transfer import (
-    GeneratorConfig,
-    TransferPairs,
-    build_generator,
-    generator_state,
-    group_positions,
-    mean_faces,
-    paired_cases,
-    train_generator,
-    translate,
-)
-from fer_ray.core.transfer_metrics import EMBEDDING, HEADLINE, score_cases, summarize
-from fer_ray.core.transfer_plots import transfer_panel
+from fer_ray.core.config import GeneratorConfig
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
-from fer_ray.experiments.settings import TransferSettings as Settings
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+torch = lazy_module("torch")
+core_device = lazy_module("fer_ray.core.device")
+core_transfer = lazy_module("fer_ray.core.transfer")
+transfer_metrics = lazy_module("fer_ray.core.transfer_metrics")
+transfer_plots = lazy_module("fer_ray.core.transfer_plots")
+
+
+class Settings(GeneratorConfig):
+    """The ``settings:`` section: the generator's size and training (GeneratorConfig) plus the evaluation."""
+
+    val_pairs: int = Field(128, ge=0, description="val-identity pairs scored after each epoch (gen_val_l1)")
+    panel_people: int = Field(4, ge=0, description="test people in the panel (0: no panel)")
+    n_boot: int = Field(2000, ge=1, description="resamples of the subject-clustered bootstrap")
+    batch_size_eval: int = Field(64, ge=1)
+
 
 ARTIFACT_DIR = "transfer"
 GENERATOR_FILE = "generator.pt"
@@ -49,19 +53,19 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     """Train one generator with the trial's settings and score it on the test people (module doc)."""
     cfg: Settings = trial.settings
     classifier, data = load_model_and_data(trial)
-    device = pick_device()
+    device = core_device.pick_device()
     torch.manual_seed(cfg.seed)
-    generator = build_generator(cfg, len(data.dataset.classes), int(data.train.images.shape[-1]))
-    val_pairs = _evenly_spaced(paired_cases(data.dataset, data.val), cfg.val_pairs)
+    generator = core_transfer.build_generator(cfg, len(data.dataset.classes), int(data.train.images.shape[-1]))
+    val_pairs = _evenly_spaced(core_transfer.paired_cases(data.dataset, data.val), cfg.val_pairs)
 
     def on_epoch(record) -> None:
         reporter.epoch(record.metrics(), step=record.epoch)
 
-    train_generator(
+    core_transfer.train_generator(
         generator,
         data.train,
-        group_positions(data.dataset, data.train),
-        GeneratorConfig(**cfg.model_dump(include=set(GeneratorConfig.model_fields))),
+        core_transfer.group_positions(data.dataset, data.train),
+        core_transfer.GeneratorConfig(**cfg.model_dump(include=set(core_transfer.GeneratorConfig.model_fields))),
         val=data.val,
         val_pairs=val_pairs,
         device=device,
@@ -71,33 +75,33 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     classifier = classifier.cpu()
 
     def transfer(images, targets):
-        return translate(generator, images, targets, batch_size=cfg.batch_size_eval)
+        return core_transfer.translate(generator, images, targets, batch_size=cfg.batch_size_eval)
 
     test = data.test
-    scores = score_cases(
+    scores = transfer_metrics.score_cases(
         transfer,
         classifier,
         test,
         data.dataset.identities[test.indices],
-        paired_cases(data.dataset, test),
-        mean_faces(data.train.images, data.train.labels, len(data.dataset.classes)),
+        core_transfer.paired_cases(data.dataset, test),
+        core_transfer.mean_faces(data.train.images, data.train.labels, len(data.dataset.classes)),
         batch_size=cfg.batch_size_eval,
     )
-    metrics = summarize(scores, data.dataset.classes, n_boot=cfg.n_boot, seed=cfg.seed)
+    metrics = transfer_metrics.summarize(scores, data.dataset.classes, n_boot=cfg.n_boot, seed=cfg.seed)
     reporter.tags(
         {
             "fer_ray.dataset_fingerprint": data.fingerprint,
             "fer_ray.protocol": data.protocol,
-            "fer_ray.transfer_embedding": EMBEDDING,
+            "fer_ray.transfer_embedding": transfer_metrics.EMBEDDING,
             "fer_ray.transfer_units": "L1: mean |difference| per pixel and channel in [0,1] space",
         }
     )
     path = reporter.work_dir / GENERATOR_FILE
-    torch.save(generator_state(generator, data.dataset.classes), path)
+    torch.save(core_transfer.generator_state(generator, data.dataset.classes), path)
     reporter.artifact(path, ARTIFACT_DIR)
     if cfg.panel_people > 0 and len(test) > 0:
         reporter.figure(
-            transfer_panel(
+            transfer_plots.transfer_panel(
                 transfer,
                 classifier,
                 data.dataset,
@@ -110,39 +114,38 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
     return metrics
 
 
-def _evenly_spaced(pairs: TransferPairs, count: int) -> TransferPairs:
+def _evenly_spaced(pairs: core_transfer.TransferPairs, count: int) -> core_transfer.TransferPairs:
     """At most ``count`` pairs spread evenly over ``pairs`` (every person and target represented)."""
     if len(pairs) <= count:
         return pairs
     keep = np.linspace(0, len(pairs) - 1, count).round().astype(np.int64)
-    return TransferPairs(pairs.source[keep], pairs.target[keep], pairs.target_label[keep], pairs.subject[keep])
+    return core_transfer.TransferPairs(pairs.source[keep], pairs.target[keep], pairs.target_label[keep], pairs.subject[keep])
 
 
 # ----------------------------------------------------------------------------------------- report
-
-_COLUMNS = (*HEADLINE, "test_acc")
 
 
 def report(table: TrialTable) -> Report:
     """One row per trial: what it varied, each headline metric with its subject-clustered CI, and
     whether the issue's goals hold, each stated met / NOT met with its numbers (_goals)."""
+    columns = (*transfer_metrics.HEADLINE, "test_acc")
     lines = [
         "## Emotion transfer",
         "",
         "Cases: every test image to every other expression (test people never seen by the generator)."
         " Intervals: 95 % cluster bootstrap over test people. L1 in [0,1] pixel space. Identity embedding:"
-        f" the {EMBEDDING} (identity_top1_copy: the unchanged source's score, the"
+        f" the {transfer_metrics.EMBEDDING} (identity_top1_copy: the unchanged source's score, the"
         " bar to clear; the real target photo scores 1). test_acc: the classifier on the real test photos."
         " Goals (issue 16): target_acc >= 0.6, identity_top1 >= 0.8 (point estimates, CI shown), L1 below each"
         " baseline with the 95 % CI of the per-person gain above 0.",
         "",
-        "| trial | varied | " + " | ".join(_COLUMNS) + " | goals |",
-        "|---|---|" + "---|" * len(_COLUMNS) + "---|",
+        "| trial | varied | " + " | ".join(columns) + " | goals |",
+        "|---|---|" + "---|" * len(columns) + "---|",
     ]
     metrics: dict[str, float] = {}
     for record in table.finished():
         varied = ", ".join(f"{key}={value}" for key, value in record.values.items()) or "-"
-        cells = [_cell(record, name) for name in _COLUMNS]
+        cells = [_cell(record, name) for name in columns]
         lines.append(f"| {record.run_name} | {varied} | " + " | ".join(cells) + f" | {'; '.join(_goals(record))} |")
         for name in GOALS:
             metrics[f"best_{name}"] = max(metrics.get(f"best_{name}", -math.inf), record.metric(name))

@@ -14,28 +14,48 @@ perplexity) and every model's k-NN accuracy on the parent run (parent_metrics).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import pandas as pd
-import torch
+from pydantic import Field, field_validator
 from threadpoolctl import threadpool_limits
 
-from fer_ray.core.data.prepare import PreparedData
-from fer_ray.core.embedding import (
-    EmbeddingError,
-    embed_tsne,
-    embedding_quality,
-    extract_features,
-)
-from fer_ray.core.embedding_plots import embedding_figure, embedding_grid_figure
-from fer_ray.core.evaluate import classification_metrics, predict_proba
+from fer_ray.core.config import Strict
 from fer_ray.core.files import atomic_write
 from fer_ray.core.formatting import source_labels, summary_cell
-from fer_ray.core.stats import ACCURACY_BOUNDS, mean_ci, mean_ci_metrics
+from fer_ray.core.lazy_import import lazy_module
 from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
-from fer_ray.experiments.settings import TsneSettings as Settings
+
+# the science stack, imported on first use (fer_ray/core/lazy_import.py)
+pd = lazy_module("pandas")
+torch = lazy_module("torch")
+prepare = lazy_module("fer_ray.core.data.prepare")
+embedding = lazy_module("fer_ray.core.embedding")
+embedding_plots = lazy_module("fer_ray.core.embedding_plots")
+evaluate = lazy_module("fer_ray.core.evaluate")
+stats = lazy_module("fer_ray.core.stats")
+
+
+class Settings(Strict):
+    """The ``settings:`` section of a t-SNE sweep (the sweep's grid usually varies ``perplexity``)."""
+
+    perplexity: float = Field(30.0, gt=0, description="t-SNE perplexity; must be below the number of images embedded")
+    dims: list[Literal[2, 3]] = Field([2, 3], min_length=1, description="embedding dimensions, each embedded separately")
+    splits: list[Literal["test", "train", "val"]] = Field(["test"], min_length=1, description="whose features to embed")
+    marker_by: Literal["gender", "angle", "race", "session", "split", "none"] = Field("gender", description="marker of the scatter plots")
+    pca_dims: int = Field(50, ge=2, description="PCA dimensions before t-SNE")
+    k_neighbors: int = Field(5, ge=1, description="k of trustworthiness and k-NN accuracy")
+    seed: int = Field(0, description="seed of PCA and t-SNE")
+
+    @field_validator("dims", "splits")
+    @classmethod
+    def _no_repeats(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must not repeat, got {values}")
+        return values
+
 
 EMBEDDING_FOLDER = "tsne"
 EMBEDDING_FILE = "embedding.npz"
@@ -61,13 +81,13 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         }
     )
 
-    features = extract_features(model, images)
-    test_metrics = classification_metrics(predict_proba(model, data.test.images), data.test.labels, data.dataset.classes)
+    features = embedding.extract_features(model, images)
+    test_metrics = evaluate.classification_metrics(evaluate.predict_proba(model, data.test.images), data.test.labels, data.dataset.classes)
     metrics = {
         "n_images": float(len(rows)),
         "feature_dim": float(features.shape[1]),
         "test_acc": test_metrics["accuracy"],
-        "knn_acc_features": embedding_quality(features, features, labels, people, cfg.k_neighbors)["knn_accuracy"],
+        "knn_acc_features": embedding.embedding_quality(features, features, labels, people, cfg.k_neighbors)["knn_accuracy"],
     }
     groups = _marker_groups(data, rows, split_of_row, cfg.marker_by)
     embeddings = {}
@@ -76,15 +96,17 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         # a busy node their threads spin against each other (28 images: 26 s with 2 threads vs 0.3 s
         # with 1; 700 images: 87 s vs 13 s, on 2 loaded cores). One thread is quick at these sizes.
         with threadpool_limits(limits=1):
-            coords = embed_tsne(features, perplexity=cfg.perplexity, dims=dims, seed=cfg.seed, pca_dims=cfg.pca_dims)
-            quality = embedding_quality(features, coords, labels, people, cfg.k_neighbors)
+            coords = embedding.embed_tsne(features, perplexity=cfg.perplexity, dims=dims, seed=cfg.seed, pca_dims=cfg.pca_dims)
+            quality = embedding.embedding_quality(features, coords, labels, people, cfg.k_neighbors)
         metrics[f"trustworthiness_{dims}d"] = quality["trustworthiness"]
         metrics[f"knn_acc_{dims}d"] = quality["knn_accuracy"]
         title = (
             f"{trial.sweep}: t-SNE {dims}-D, perplexity {cfg.perplexity:g} ({'+'.join(cfg.splits)}, {len(rows)} images)\n"
             f"trustworthiness {quality['trustworthiness']:.3f}, {cfg.k_neighbors}-NN accuracy {quality['knn_accuracy']:.3f}"
         )
-        reporter.figure(embedding_figure(coords, labels, data.dataset.classes, groups, cfg.marker_by, title), f"tsne_{dims}d.png")
+        reporter.figure(
+            embedding_plots.embedding_figure(coords, labels, data.dataset.classes, groups, cfg.marker_by, title), f"tsne_{dims}d.png"
+        )
         embeddings[f"coords_{dims}d"] = coords.astype(np.float32)
     path = _save_embedding(reporter.work_dir / EMBEDDING_FILE, embeddings, labels, groups, data, rows, split_of_row)
     reporter.artifact(path, EMBEDDING_FOLDER)
@@ -94,7 +116,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+def _gather_splits(data: prepare.PreparedData, splits: list[str]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """Dataset rows (N,), uint8 images (N, 3, S, S) and the split name of each row, in ``splits`` order."""
     sides = [getattr(data, name) for name in splits]
     rows = np.concatenate([side.indices for side in sides])
@@ -105,15 +127,17 @@ def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, t
 
 def _check_sizes(cfg: Settings, n_images: int) -> None:
     if not cfg.perplexity < n_images:
-        raise EmbeddingError(
+        raise embedding.EmbeddingError(
             f"settings.perplexity={cfg.perplexity:g} must be below the number of images embedded "
             f"({n_images}, splits {cfg.splits}); lower it or add splits (settings.splits: [test, train])"
         )
     if not cfg.k_neighbors < n_images / 2:
-        raise EmbeddingError(f"settings.k_neighbors={cfg.k_neighbors} must be below half the number of images embedded ({n_images})")
+        raise embedding.EmbeddingError(
+            f"settings.k_neighbors={cfg.k_neighbors} must be below half the number of images embedded ({n_images})"
+        )
 
 
-def _marker_groups(data: PreparedData, rows: np.ndarray, split_of_row: np.ndarray, marker_by: str) -> np.ndarray | None:
+def _marker_groups(data: prepare.PreparedData, rows: np.ndarray, split_of_row: np.ndarray, marker_by: str) -> np.ndarray | None:
     """The marker value of every embedded image (str, "unknown" where the dataset does not say)."""
     if marker_by == "none":
         return None
@@ -121,7 +145,7 @@ def _marker_groups(data: PreparedData, rows: np.ndarray, split_of_row: np.ndarra
     return np.array(["unknown" if v is None else str(v) for v in values], dtype=object)
 
 
-def _save_embedding(path: Path, embeddings: dict, labels, groups, data: PreparedData, rows, split_of_row) -> Path:
+def _save_embedding(path: Path, embeddings: dict, labels, groups, data: prepare.PreparedData, rows, split_of_row) -> Path:
     """The coordinates and what the plots need, as .npz (no pickles), written atomically."""
     return atomic_write(
         path,
@@ -188,20 +212,20 @@ def parent_metrics(runs: pd.DataFrame, columns: list[str]) -> dict[str, float]:
     for column in columns:
         if column in ("knn_acc_features", "test_acc"):  # the model's, whatever the perplexity
             per_model = runs.groupby("_model", sort=False)[column].mean().dropna()
-            metrics.update(mean_ci_metrics(f"mean_{column}", per_model, ACCURACY_BOUNDS))
+            metrics.update(stats.mean_ci_metrics(f"mean_{column}", per_model, stats.ACCURACY_BOUNDS))
             if column == "knn_acc_features":
                 metrics.update({f"{column}/{model}": float(value) for model, value in per_model.items()})
             continue
         for perplexity, group in runs.groupby("perplexity", sort=True):
             per_model = group.groupby("_model", sort=False)[column].mean().dropna()
-            metrics.update(mean_ci_metrics(f"mean_{column}/perplexity_{perplexity:g}", per_model, ACCURACY_BOUNDS))
+            metrics.update(stats.mean_ci_metrics(f"mean_{column}/perplexity_{perplexity:g}", per_model, stats.ACCURACY_BOUNDS))
             if column.startswith("knn_acc_"):
                 metrics.update({f"{column}/{model}/perplexity_{perplexity:g}": float(value) for model, value in per_model.items()})
     return metrics
 
 
 def _mean_ci_cell(values: pd.Series) -> str:
-    return summary_cell(mean_ci(values.astype(float), bounds=ACCURACY_BOUNDS))  # every t-SNE column is a fraction
+    return summary_cell(stats.mean_ci(values.astype(float), bounds=stats.ACCURACY_BOUNDS))  # every t-SNE column is a fraction
 
 
 def _side_by_side(table: TrialTable, marker_by: str) -> tuple[dict, int]:
@@ -233,7 +257,7 @@ def _side_by_side(table: TrialTable, marker_by: str) -> tuple[dict, int]:
             if f"coords_{dims}d" in e
         ]
         if panels:
-            figures[f"tsne_{dims}d_by_perplexity.png"] = embedding_grid_figure(panels, classes, marker_by)
+            figures[f"tsne_{dims}d_by_perplexity.png"] = embedding_plots.embedding_grid_figure(panels, classes, marker_by)
     return figures, missing
 
 

@@ -26,15 +26,32 @@ feature cache), trial (run), report (the sweep report).
 
 from __future__ import annotations
 
+from fer_ray.core.lazy_import import lazy_module
+from fer_ray.experiments.base import Reporter, Trial
 from fer_ray.experiments.contract import Experiment
-from fer_ray.experiments.svm import report, trial
+from fer_ray.experiments.results import Report, TrialTable
 from fer_ray.experiments.svm.settings import Settings
+
+# scikit-learn and torch, imported on first use (fer_ray/core/lazy_import.py)
+svm_trial = lazy_module("fer_ray.experiments.svm.trial")
+svm_report = lazy_module("fer_ray.experiments.svm.report")
+
+
+def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
+    """One grid point: trial.run."""
+    return svm_trial.run(trial, reporter)
+
+
+def sweep_report(table: TrialTable) -> Report:
+    """The sweep's report: report.report (a function of its own name: ``report`` is the submodule)."""
+    return svm_report.report(table)
+
 
 EXPERIMENT = Experiment(
     name="svm",
     settings=Settings,
     evaluates_model=True,
-    run=trial.run,
-    report=report.report,
+    run=run,
+    report=sweep_report,
     summary_metrics=("cv_acc_mean", "test_acc", "cnn_test_acc"),
 )
