@@ -87,3 +87,25 @@ def test_one_seed_gives_no_interval_and_no_bound_metrics(tmp_path):
     result = report(trial_tables.table(spec, records))
     assert result.markdown.splitlines()[0] == "**best: train.lr=0.001, test_acc 0.500 from one seed (no interval)**"
     assert "best_test_acc/ci_low" not in result.metrics and result.metrics["best_test_acc"] == 0.5
+
+
+def test_dataset_fraction_curve_draws_chance_from_the_reported_classes(tmp_path):
+    """accuracy_vs_fraction.png: the mean over seeds per fraction, and a dashed chance line at
+    1 / (number of per-class recalls the trials reported): 1/7 for KDEF's seven expressions."""
+    spec = load_spec(SWEEPS / "dataset_fraction.yaml")
+    recalls = {f"test_recall/{name}": 0.5 for name in CLASSES}
+    rows = [(0.1, 0, 0.2), (0.1, 1, 0.18), (0.8, 0, 0.6), (0.8, 1, 0.58)]
+    records = [
+        trial_tables.record(spec, {"data.train_fraction": fraction, "train.seed": seed}, {"test_acc": acc, **recalls}, run_id=f"r{i}")
+        for i, (fraction, seed, acc) in enumerate(rows)
+    ]
+    table = trial_tables.table(spec, records)
+    assert finetune_report.chance_accuracy(table) == pytest.approx(1 / 7)
+    axis = report(table).figures["accuracy_vs_fraction.png"].axes[0]
+    mean_line, chance_line = axis.lines[0], axis.lines[1]
+    assert list(mean_line.get_ydata()) == pytest.approx([0.19, 0.59])
+    assert list(chance_line.get_ydata()) == pytest.approx([1 / 7, 1 / 7]) and chance_line.get_linestyle() == "--"
+    assert "chance (0.143)" in [text.get_text() for text in axis.get_legend().get_texts()]
+    without_recalls = [replace(r, metrics={"test_acc": r.metrics["test_acc"]}) for r in records]
+    assert finetune_report.chance_accuracy(without_recalls) is None
+    assert len(report(trial_tables.table(spec, without_recalls)).figures["accuracy_vs_fraction.png"].axes[0].lines) == 1

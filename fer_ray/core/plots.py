@@ -94,11 +94,23 @@ def prediction_labels(classes, true, predicted) -> list[tuple[str, str]]:
     ]
 
 
-def metric_curve_figure(x, mean, low, high, xlabel: str, ylabel: str, title: str, point_labels: list[str] | None = None) -> Figure:
+def metric_curve_figure(
+    x,
+    mean,
+    low,
+    high,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    point_labels: list[str] | None = None,
+    chance: float | None = None,
+) -> Figure:
     """A metric against a swept value with its confidence band (the reference study's accuracy-vs-size graphs).
 
     x, mean, low, high: 1-D sequences of equal length (low/high may be NaN where one seed gives no
     interval; the band is then left out at that point). point_labels annotate the points (e.g. arch).
+    chance: the accuracy of guessing (1 / number of classes), drawn as a dashed line so a reader sees
+    which points are above it; None: no line.
     """
     x, mean, low, high = (np.asarray(v, dtype=float) for v in (x, mean, low, high))
     order = np.argsort(x)
@@ -109,6 +121,8 @@ def metric_curve_figure(x, mean, low, high, xlabel: str, ylabel: str, title: str
     has_band = np.isfinite(low) & np.isfinite(high)
     if has_band.any():
         axis.fill_between(x[has_band], low[has_band], high[has_band], color="tab:blue", alpha=0.2, label="95 % CI")
+    if chance is not None:
+        axis.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
     if point_labels is not None:
         for xi, yi, text in zip(x, mean, np.asarray(point_labels, dtype=object)[order]):
             axis.annotate(str(text), (xi, yi), textcoords="offset points", xytext=(4, 6), fontsize=8)

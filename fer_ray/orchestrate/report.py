@@ -25,6 +25,7 @@ from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.finetune_report import (
     aggregate,
     best_metrics,
+    chance_accuracy,
     configuration_grid,
     study_figures,
     table_markdown,
@@ -62,7 +63,9 @@ def write_report(spec: SweepSpec, tracker: Tracker, parent_id: str, out_dir: Pat
     elif experiment.report is not None:  # the experiment's own tables, statistics and figures replace the generic table
         report = experiment.report(table)
     else:
-        report = Report(table_markdown(summary, list(grid)) + "\n", study_figures(summary, list(grid)), best_metrics(summary))
+        report = Report(
+            table_markdown(summary, list(grid)) + "\n", study_figures(summary, list(grid), chance_accuracy(finished)), best_metrics(summary)
+        )
     summary.to_csv(out_dir / "summary.csv", index=False)
     if report.metrics:  # sweep-level numbers (best configuration, the SVM's refit test accuracy) on the parent run
         tracker.log_metrics(parent_id, dict(report.metrics))
