@@ -212,6 +212,26 @@ def test_mlflow_download_bars_stay_off_the_console(quiet, bar, tmp_path):
     assert ("Downloading artifacts" in done.stderr) is bar, done.stderr[-3000:]
 
 
+@pytest.mark.parametrize(
+    ("quiet", "shown"), [("", True), ("from fer_ray.orchestrate.console import quiet_console; quiet_console()", False)]
+)
+def test_tunes_slow_operation_warnings_stay_off_the_console(quiet, shown):
+    """Ray Tune's own warn_if_slow (on a fresh interpreter, past Tune's 60-s start-up grace)."""
+    code = (
+        "import logging, ray.tune.utils.util as util\n"
+        f"{quiet}\n"
+        "logging.basicConfig()\n"
+        "util.START_OF_TIME -= 120\n"
+        "with util.warn_if_slow('process_trial_save', threshold=1e-9):\n"
+        "    pass\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("process_trial_save" in done.stderr) is shown, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_plain_console_of_a_sweep_names_trials_as_mlflow_does(tmp_path):
     import mlflow

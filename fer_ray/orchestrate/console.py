@@ -41,6 +41,9 @@ QUIET_LOGGERS = {
     "mlflow": logging.WARNING,  # "Creating initial MLflow database tables...", "Updating database tables"
     "ray.tune": logging.WARNING,  # "Total run time: ...", result-file notes
     "ray.train": logging.WARNING,  # per-checkpoint notes
+    # Tune timing its own steps: "The `process_trial_save` operation took 0.66 s, which may be a
+    # performance bottleneck" (a ResNet-152 checkpoint on 2 cores), not something a user can act on
+    "ray.tune.utils.util": logging.ERROR,
     # "Token authentication is enabled for this Ray cluster": the sweep turned it on (orchestrate.cluster)
     "ray._private.authentication.authentication_token_setup": logging.ERROR,
 }
