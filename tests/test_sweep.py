@@ -261,6 +261,35 @@ def test_interrupt_during_an_evaluation_sweeps_training_stage_exits_130(workdir)
     assert seeds[children.loc[running, "tags.mlflow.runName"]] == "killed"
 
 
+def test_interrupt_while_the_report_is_written_leaves_the_parent_killed_and_resume_writes_it(workdir, local_ray, monkeypatch):
+    """Ctrl-C after every trial finished, inside the report (here: write_report raises it once): the
+    parent run is KILLED, not left RUNNING, and --resume writes the report without rerunning a trial."""
+    import fer_ray.orchestrate.report as report_module
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    args = [str(SWEEPS / "probe.yaml"), "--num-cpus", "2", "--tracking-uri", uri, "--set", "settings.steps=1"]
+    write_report = report_module.write_report
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(report_module, "write_report", write_report)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "write_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    runs = _runs(uri)
+    assert list(runs.loc[runs["tags.fer_ray.role"] == "parent", "status"]) == ["KILLED"]
+    children = _children(runs)
+    assert len(children) >= 1 and set(children["status"]) == {"FINISHED"}
+    assert not (workdir / "reports" / "probe" / "report.md").exists()
+
+    assert main(args + ["--resume"]) == 0
+    runs = _runs(uri)
+    assert list(runs.loc[runs["tags.fer_ray.role"] == "parent", "status"]) == ["FINISHED"]
+    assert sorted(_children(runs)["run_id"]) == sorted(children["run_id"]), "no trial ran again"
+    assert (workdir / "reports" / "probe" / "report.md").exists()
+
+
 def test_optuna_sweep_with_asha_early_stopping(workdir, local_ray, capsys):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     code = main(

@@ -266,9 +266,13 @@ def run_stage(spec: SweepSpec, parent_id: str | None, tune_path: str | None, tra
         )
     from fer_ray.orchestrate.report import write_report
 
-    report_dir = write_report(spec, tracker, parent_id, _emptied(Path("reports") / spec.name))
-    if spec.register:
-        print(register_best(tracker, parent_id, spec.register))
+    try:
+        report_dir = write_report(spec, tracker, parent_id, _emptied(Path("reports") / spec.name))
+        if spec.register:
+            print(register_best(tracker, parent_id, spec.register))
+    except KeyboardInterrupt:  # Ctrl-C after the trials, while the report is written: --resume writes it
+        tracker.finish(parent_id, "KILLED")
+        raise
     tracker.finish(parent_id, "FINISHED" if all(r["status"] != "error" for r in rows) else "FAILED")
     return SweepOutcome(
         spec.name, parent_id, tracker.uri, tune_path, report_dir, rows, experiment_id=tracker.experiment_id(), experiment=spec.experiment
