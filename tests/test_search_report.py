@@ -26,12 +26,16 @@ def test_search_report_ranks_every_trial_and_chooses_on_validation():
     records = []
     for index, (lr, status, val_acc, test_acc) in enumerate(rows):
         metrics = {"val_acc": val_acc} | ({"test_acc": test_acc, "epochs_run": 4.0} if test_acc is not None else {})
-        records.append(trial_tables.record(spec, {"train.lr": lr}, metrics, status=status, run_id=f"trial{index}"))
+        tags = {"fer_ray.n_val": "40"}  # what every fine-tuning trial tags
+        records.append(trial_tables.record(spec, {"train.lr": lr}, metrics, tags=tags, status=status, run_id=f"trial{index}"))
     report, summary = search_report(trial_tables.table(spec, records), spec.search.optuna)
 
     assert report.metrics == {"best_val_acc": 0.80, "best_trial_test_acc": 0.60}
     assert "Best finished trial: **trial2** — val_acc 0.8000, test accuracy 0.6000" in report.markdown
     assert "| 1 | trial1 | stopped early | 0.9000 | - |" in report.markdown
+    # 0.80 vs the first trial's 0.70 on 40 validation images: inside its interval, so no claim
+    assert "the best is +0.1000, +4 of 40 validation images" in report.markdown
+    assert "inside it: not evidence that the search improved on its first draw" in report.markdown
     assert list(summary["trial"]) == ["trial1", "trial2", "trial3", "trial0"]
     assert list(summary["status"]) == ["stopped", "finished", "finished", "finished"]
     assert summary["train.lr"].tolist() == pytest.approx([3e-3, 5e-4, 2e-3, 1e-3])

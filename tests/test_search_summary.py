@@ -13,6 +13,7 @@ from fer_ray.core.search import (
     STOPPED,
     SearchReportError,
     SearchTrial,
+    against_first_trial,
     best_finished_trial,
     parameter_figure,
     rank_trials,
@@ -74,3 +75,20 @@ def test_search_summary_ranks_marks_and_reports_the_validation_choice():
     assert rows[4].startswith("| - | t3 | failed | - | - | - |")
     assert "5 (3 finished, 1 stopped early by ASHA, 1 failed)" in markdown
     assert set(figures) == {"search_history.png", "search_parameters.png"}
+
+
+def test_the_best_is_compared_with_the_first_draw_beyond_the_noise_of_the_validation_images():
+    """The reference numbers: scipy's binomtest(74, 126).proportion_ci() = [0.496, 0.674]."""
+    first = SearchTrial("t0", 0, FINISHED, metric=74 / 126, test_acc=0.5)
+    close = SearchTrial("t5", 5, FINISHED, metric=75 / 126, test_acc=0.5)
+    far = SearchTrial("t6", 6, FINISHED, metric=90 / 126, test_acc=0.5)
+    sentence = against_first_trial([first, close], close, "val_acc", 126)
+    assert "the best is +0.0079, +1 of 126 validation images" in sentence
+    assert "[0.496-0.674]" in sentence and "inside it: not evidence that the search improved" in sentence
+    assert "above it: the search found a better configuration" in against_first_trial([first, far], far, "val_acc", 126)
+    assert "is the best: the search did not improve on it" in against_first_trial([first, close], first, "val_acc", 126)
+    assert against_first_trial([first, far], far, "val_acc", None) == ""
+    assert against_first_trial([first, far], far, "val_loss", 126) == ""
+    markdown, _, _ = summarise_search([first, close, far], "val_acc", "max", n_images=126)
+    assert "Best finished trial: **t6**" in markdown and "above it" in markdown
+    assert "Against the first trial" not in summarise_search([first, close, far], "val_acc", "max")[0]

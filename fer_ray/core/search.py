@@ -141,11 +141,45 @@ def parameter_figure(trials: Sequence[SearchTrial], metric_name: str, parameters
     return figure
 
 
-def summarise_search(trials: Sequence[SearchTrial], metric_name: str, mode: str) -> tuple[str, dict[str, Figure], dict[str, float]]:
+def against_first_trial(trials: Sequence[SearchTrial], best: SearchTrial, metric_name: str, n_images: int | None) -> str:
+    """One sentence: did the search find better than its first draw, beyond the noise of measuring an
+    accuracy on ``n_images`` validation images?
+
+    The first trial (start order 0) is a random sample of the space; a search that merely matches it
+    has shown nothing. The bar is the 95 % Clopper-Pearson interval of the first trial's accuracy on
+    the n images (scipy's binomtest): a best value inside it is not evidence of an improvement.
+    Images of one person are correlated, so the true interval is wider and the rule is lenient, as
+    the sentence says. Empty when the metric is no accuracy in [0, 1] or n is unknown."""
+    first = min(trials, key=lambda t: t.order)
+    if not n_images or "acc" not in metric_name or not all(0.0 <= t.metric <= 1.0 for t in (first, best)):
+        return ""
+    if first is best:
+        return f"The first trial ({first.name}, a random draw of the space) is the best: the search did not improve on it."
+    from scipy.stats import binomtest  # here: the rest of the report needs no scipy
+
+    low, high = binomtest(round(first.metric * n_images), n_images).proportion_ci(0.95)
+    gain = best.metric - first.metric
+    verdict = (
+        "above it: the search found a better configuration than its first draw"
+        if best.metric > high
+        else "inside it: not evidence that the search improved on its first draw"
+    )
+    return (
+        f"Against the first trial ({first.name}, a random draw of the space; {metric_name} {first.metric:.4f}): the best is "
+        f"{gain:+.4f}, {gain * n_images:+.0f} of {n_images} validation images. The first trial's 95 % interval is "
+        f"[{low:.3f}-{high:.3f}] (Clopper-Pearson over the images; images of one person are correlated, so the true "
+        f"interval is wider) and the best lies {verdict}."
+    )
+
+
+def summarise_search(
+    trials: Sequence[SearchTrial], metric_name: str, mode: str, n_images: int | None = None
+) -> tuple[str, dict[str, Figure], dict[str, float]]:
     """The report of a search: (markdown, figures, parent-run metrics).
 
     Markdown: the best finished trial (chosen on ``metric_name``, a validation metric) with its test
-    accuracy, then every trial ranked by the search metric, stopped trials marked. Figures:
+    accuracy and how it compares with the first trial on ``n_images`` validation images
+    (against_first_trial), then every trial ranked by the search metric, stopped trials marked. Figures:
     ``search_history.png`` and ``search_parameters.png``. Parent metrics: ``best_val_acc`` (the chosen
     trial's search metric) and ``best_trial_test_acc`` (its test accuracy, looked at only after choosing).
     """
@@ -165,6 +199,7 @@ def summarise_search(trials: Sequence[SearchTrial], metric_name: str, mode: str)
         + ", ".join(f"{k} = {_value_text(best.values[k])}" for k in parameters if k in best.values)
         + ".",
         "",
+        *([against, ""] if (against := against_first_trial(trials, best, metric_name, n_images)) else []),
         "| rank | trial | status | " + f"{metric_name} | test_acc | epochs | " + " | ".join(parameters) + " |",
         "|---|---|---|---|---|---|" + "---|" * len(parameters),
     ]

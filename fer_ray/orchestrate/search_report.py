@@ -51,10 +51,17 @@ def search_trials(table: TrialTable, optuna: OptunaConfig) -> list[SearchTrial]:
 def search_report(table: TrialTable, optuna: OptunaConfig) -> tuple[Report, pd.DataFrame]:
     """The search's Report, and its summary.csv rows (one per trial, ranked)."""
     trials = search_trials(table, optuna)
-    markdown, figures, metrics = summarise_search(trials, optuna.metric, optuna.mode)
+    markdown, figures, metrics = summarise_search(trials, optuna.metric, optuna.mode, _validation_images(table, optuna.metric))
     metrics = {f"best_{optuna.metric}" if key == "best_val_acc" else key: value for key, value in metrics.items()}
     rows = [
         {"rank": rank, "trial": t.name, "status": t.status, optuna.metric: t.metric, "test_acc": t.test_acc, "epochs": t.epochs, **t.values}
         for rank, t in rank_trials(trials, optuna.mode)
     ]
     return Report(markdown, figures, metrics), pd.DataFrame(rows)
+
+
+def _validation_images(table: TrialTable, metric: str) -> int | None:
+    """How many validation images the search metric was measured on: the ``fer_ray.n_val`` tag the
+    fine-tuning trials set (one split for every trial); None for another metric or without the tag."""
+    counts = {record.tags.get("fer_ray.n_val") for record in table} - {None}
+    return int(counts.pop()) if metric == "val_acc" and len(counts) == 1 else None
