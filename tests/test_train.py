@@ -21,6 +21,8 @@ from fer_ray.core.train import (
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    steps_per_epoch,
+    warmup_factor,
 )
 
 CPU = torch.device("cpu")
@@ -237,6 +239,50 @@ def test_learning_rate_schedules(schedule, expected):
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx(expected)
+
+
+def _step_lrs(monkeypatch, cfg: TrainConfig, count: int) -> list[float]:
+    """The lr every optimizer step of fit() used (train_step is wrapped to read it)."""
+    import fer_ray.core.train as train_module
+
+    seen = []
+    original = train_module.train_step
+
+    def recording(model, optimizer, *args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return original(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", recording)
+    model = _seeded_model(ModelConfig(arch="resnet18", weights="none", head=[], dropout=0.0))
+    fit(model, _random_split(count, seed=3, size=16), _random_split(4, seed=4, size=16), cfg, device=CPU)
+    return seen
+
+
+def test_warmup_raises_the_lr_linearly_over_its_steps_then_follows_the_schedule(monkeypatch):
+    """10 images in batches of 4: 3 steps per epoch (4, 4, 2); one warm-up epoch = 3 steps."""
+    cfg = TrainConfig(
+        epochs=3, lr=0.3, schedule="cosine", batch_size=4, warmup_epochs=1, patience=None, augment=AugmentConfig(enabled=False)
+    )
+    lrs = _step_lrs(monkeypatch, cfg, count=10)
+    cosine = [0.3 * (1 + math.cos(math.pi * epoch / 3)) / 2 for epoch in range(3)]
+    assert lrs[:3] == pytest.approx([0.1, 0.2, 0.3]), "step k of n uses (k+1)/n of the epoch's lr"
+    assert lrs[3:] == pytest.approx([cosine[1]] * 3 + [cosine[2]] * 3), "after the warm-up: the unchanged cosine"
+
+
+def test_warmup_across_two_epochs_and_none_by_default(monkeypatch):
+    cfg = TrainConfig(
+        epochs=2, lr=0.6, schedule="constant", batch_size=4, warmup_epochs=2, patience=None, augment=AugmentConfig(enabled=False)
+    )
+    assert _step_lrs(monkeypatch, cfg, count=10) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    default = TrainConfig(epochs=2, lr=0.6, schedule="cosine", batch_size=4, patience=None, augment=AugmentConfig(enabled=False))
+    assert default.warmup_epochs == 0
+    assert _step_lrs(monkeypatch, default, count=10) == pytest.approx([0.6] * 3 + [0.3] * 3), "0: the per-epoch schedule alone"
+
+
+def test_warmup_factor_and_steps_per_epoch():
+    assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+    assert [steps_per_epoch(count, 4) for count in (8, 9, 10, 3)] == [2, 2, 3, 1], "a last batch of one is skipped"
 
 
 def test_optimizers_follow_the_config():

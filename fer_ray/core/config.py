@@ -166,6 +166,13 @@ class TrainConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
     schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="linear lr warm-up over the first steps of this many epochs: step k of the n warm-up steps "
+        "uses (k+1)/n of the schedule's lr (0 = none)",
+    )
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(32, ge=1)
     patience: int | None = Field(5, ge=1, description="early stopping on val_acc; None = off")

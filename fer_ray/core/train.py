@@ -43,7 +43,7 @@ class TrainingError(ValueError):
 class EpochResult:
     """What one epoch did. Losses are mean cross-entropy per image (nats); accuracies in [0,1]
     (train: on the augmented batches, dropout on); val_* NaN when there is no validation split.
-    lr: the learning rate used during the epoch. seconds: the whole epoch (training + validation).
+    lr: the schedule's learning rate for the epoch (warm-up steps use a fraction of it). seconds: the whole epoch (training + validation).
     images_per_s: training images / training seconds."""
 
     epoch: int
@@ -134,13 +134,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch lr schedule: cosine to 0 over cfg.epochs, step (x STEP_GAMMA every
-    ceil(epochs / STEP_PARTS) epochs), or constant."""
+    ceil(epochs / STEP_PARTS) epochs), or constant. cfg.warmup_epochs is applied per step on top of
+    it, in fit (warmup_factor)."""
     schedulers = torch.optim.lr_scheduler
     if cfg.schedule == "cosine":
         return schedulers.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.schedule == "step":
         return schedulers.StepLR(optimizer, step_size=math.ceil(cfg.epochs / STEP_PARTS), gamma=STEP_GAMMA)
     return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch over ``count`` images (a last batch of one is skipped)."""
+    return count // batch_size + (1 if count % batch_size >= 2 else 0)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The fraction of the scheduled lr that 0-based optimizer step ``step`` uses: (step + 1) / warmup_steps
+    during the warm-up, 1.0 after it (and always when warmup_steps is 0)."""
+    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
 
 
 @dataclass
@@ -193,6 +205,7 @@ def fit(
         progress = _restore(load_checkpoint(resume_from), model, optimizer, scheduler)
     train_images, train_labels = train.images.to(device), train.labels.to(device)
     val_images, val_labels = val.images.to(device), val.labels.cpu()
+    epoch_steps = steps_per_epoch(len(train), cfg.batch_size)
 
     history: list[EpochResult] = []
     for epoch in range(progress.next_epoch, cfg.epochs + 1):
@@ -201,7 +214,8 @@ def fit(
         generator = _seed_epoch(cfg.seed, epoch, device)
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = _train_epoch(model, optimizer, train_images, train_labels, cfg, generator, options)
+        warmup = _Warmup(first_step=(epoch - 1) * epoch_steps, steps=cfg.warmup_epochs * epoch_steps)
+        train_loss, train_acc = _train_epoch(model, optimizer, train_images, train_labels, cfg, generator, options, warmup)
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = _validate(model, val_images, val_labels, cfg.batch_size)
         scheduler.step()
@@ -243,9 +257,21 @@ def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-def _train_epoch(model, optimizer, images, labels, cfg: TrainConfig, generator, options) -> tuple[float, float]:
-    """One pass over the shuffled training images; returns (mean loss, accuracy)."""
+@dataclass(frozen=True)
+class _Warmup:
+    """The lr warm-up as one epoch sees it: the run's 0-based index of the epoch's first step, and the
+    number of warm-up steps in the run (0: none)."""
+
+    first_step: int
+    steps: int
+
+
+def _train_epoch(model, optimizer, images, labels, cfg: TrainConfig, generator, options, warmup: _Warmup) -> tuple[float, float]:
+    """One pass over the shuffled training images; returns (mean loss, accuracy). Steps inside the
+    warm-up scale the scheduled lr by warmup_factor; the scheduled lr is back in place at the end."""
     model.train()
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    step = warmup.first_step
     count = images.shape[0]
     order = torch.randperm(count, generator=generator, device=images.device)
     loss_sum = torch.zeros((), device=images.device)
@@ -255,12 +281,19 @@ def _train_epoch(model, optimizer, images, labels, cfg: TrainConfig, generator, 
         rows = order[start : start + cfg.batch_size]
         if rows.shape[0] < 2:
             continue  # a batch of one cannot go through BatchNorm in training mode
+        if step < warmup.steps:
+            for group, lr in zip(optimizer.param_groups, scheduled):
+                group["lr"] = lr * warmup_factor(step, warmup.steps)
         batch_loss, batch_correct = train_step(
             model, optimizer, images[rows], labels[rows], augment=cfg.augment, generator=generator, options=options
         )
+        step += 1
         loss_sum += batch_loss
         correct += batch_correct
         seen += rows.shape[0]
+    if warmup.first_step < warmup.steps:  # the epoch scheduler steps from its own lr, not a warm-up fraction
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
     return loss_sum.item() / seen, correct.item() / seen
 
 
