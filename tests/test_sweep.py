@@ -85,6 +85,7 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
         assert row["test_acc"] == pytest.approx(by_lr[float(row["train.lr"])])
     report = (workdir / "reports" / "quickstart" / "report.md").read_text()
     assert f"{summary['test_acc'].iloc[0]:.3f}" in report
+    assert "- varied per trial (the values above are the base each trial changes): train.lr\n" in report
     parent_artifacts = {a.path for a in client.list_artifacts(parents["run_id"].iloc[0], "report")}
     assert "report/report.md" in parent_artifacts
     # the report folder started empty: what an earlier run left there is gone, not on this parent run

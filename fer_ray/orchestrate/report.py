@@ -41,6 +41,7 @@ from fer_ray.orchestrate.tracking import (
     TAG_TRIAL_VALUES,
     Tracker,
 )
+from fer_ray.orchestrate.trial import varying_keys
 
 #: where downloaded artifacts stay while the report is written (inside its folder)
 FETCHED = ".artifacts"
@@ -192,7 +193,9 @@ def _header(spec: SweepSpec, n_finished: int) -> str:
         f"- experiment: {spec.experiment}; profile: {spec.profile}; finished trials: {n_finished}",
         f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {spec.data.split.protocol}",
         f"- model: {spec.model.arch} (weights {spec.model.weights}); {spec.train.epochs} epochs",
-        # what each table's intervals cover is said by the table itself (generic, search or the experiment's)
-        "",
     ]
+    varied = sorted(varying_keys(spec) - {"source.model"})
+    if varied:  # the lines above give the sweep's base values: say which of them the trials change
+        lines.append(f"- varied per trial (the values above are the base each trial changes): {', '.join(varied)}")
+    lines.append("")  # what each table's intervals cover is said by the table itself (generic, search or the experiment's)
     return "\n".join(lines) + "\n"
