@@ -154,6 +154,8 @@ def _imports(path: Path, root: Path) -> set[str]:
             else:
                 names.add(node.module)
                 names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_module" and node.args:
+            names.add(ast.literal_eval(node.args[0]))  # an import on first use (core/lazy_import.py) is an import
     return names
 
 
@@ -175,13 +177,14 @@ def test_experiments_import_no_orchestrator_sweep_ray_or_mlflow():
 
 
 def test_the_scan_sees_a_forbidden_import(tmp_path):
-    """The scan itself: an import it must catch, in both spellings."""
+    """The scan itself: an import it must catch, in all three spellings (lazy_module's included)."""
     (tmp_path / "fer_ray" / "core" / "data").mkdir(parents=True)
     (tmp_path / "fer_ray" / "core" / "data" / "x.py").write_text(
-        "import ray\nfrom mlflow import MlflowClient\nfrom ...orchestrate import spec\n"
+        "import ray\nfrom mlflow import MlflowClient\nfrom ...orchestrate import spec\ntracking = lazy_module('fer_ray.orchestrate.tracking')\n"
     )
     assert _violations("core", ("ray", "mlflow", "fer_ray.orchestrate"), root=tmp_path) == [
         "fer_ray/core/data/x.py imports fer_ray.orchestrate",
+        "fer_ray/core/data/x.py imports fer_ray.orchestrate.tracking",
         "fer_ray/core/data/x.py imports mlflow",
         "fer_ray/core/data/x.py imports mlflow.MlflowClient",
         "fer_ray/core/data/x.py imports ray",
