@@ -188,16 +188,16 @@ def headline_model_size(runs: pd.DataFrame) -> str:
     return "test_acc " + ", ".join(f"{a.replace('resnet', 'R')}: {per_arch[a]:.3f}" for a in order)
 
 
-def headline_hpo(runs: pd.DataFrame, tracking_uri: str) -> str:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri)
-    best = [max((m.value for m in client.get_metric_history(run_id, "val_acc")), default=math.nan) for run_id in runs["run_id"]]
-    if not best:
+def headline_hpo(runs: pd.DataFrame) -> str:
+    """Best val_acc, the first trial's, and the best so far in start order, each a trial's last
+    reported val_acc (what the search ranked and ASHA compared), as the sweep's report reads them."""
+    ordered = runs.sort_values("start_time")  # mlflow.search_runs gives the newest first
+    values = _column(ordered, "val_acc").to_numpy(float)
+    if not len(values):
         return "no trials"
     return (
-        f"best val_acc {np.nanmax(best):.3f} (first trial {best[0]:.3f}; "
-        f"{len(best)} trials; best so far: {' '.join(f'{v:.2f}' for v in np.fmax.accumulate(best))})"
+        f"best val_acc {np.nanmax(values):.3f} (first trial {values[0]:.3f}; "
+        f"{len(values)} trials; best so far: {' '.join(f'{v:.2f}' for v in np.fmax.accumulate(values))})"
     )
 
 
@@ -228,6 +228,7 @@ HEADLINES: dict[str, Callable[[pd.DataFrame], str]] = {
     "quickstart": headline_finetune,
     "dataset_fraction": headline_fraction,
     "model_size": headline_model_size,
+    "hpo": headline_hpo,
     "evaluate": headline_metrics("test_acc", "test_macro_f1"),
     "noise": headline_metrics("acc_var_0", "acc_var_0.01", "acc_var_0.1", "acc_var_0.3"),
     "noise_sig": headline_noise_sig,
@@ -247,7 +248,7 @@ def headline(name: str, tracking_uri: str) -> str:
     """The sweep's headline (plus the test accuracy of a training stage it ran, if any)."""
     try:
         runs = child_runs(tracking_uri, name)
-        text = headline_hpo(runs, tracking_uri) if name == "hpo" else HEADLINES[name](runs)
+        text = HEADLINES[name](runs)
         trained = child_runs(tracking_uri, f"{name}-train")
         if len(trained):
             text += f"  | trained its models first: {headline_finetune(trained)}"
