@@ -31,11 +31,11 @@ quickstart: install
 # xdist group, tests/conftest.py: two sweeps never start Ray at once), the other the unit tests.
 XDIST := -n 2 --dist loadgroup
 
-## the test suite (real Ray, real MLflow, real torch; about 20 minutes on 2 cores)
+## the test suite (real Ray, real MLflow, real torch; about 10 minutes on 2 cores)
 test: install
 	$(PY) -m pytest $(XDIST)
 
-## the unit tests without Ray/MLflow end-to-end runs (marker `slow`), for iteration: about 3 minutes on 2 cores
+## the unit tests without Ray/MLflow end-to-end runs (marker `slow`), for iteration: about 1 minute on 2 cores
 test-fast: install
 	$(PY) -m pytest $(XDIST) -m "not slow" -q
 
