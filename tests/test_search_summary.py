@@ -92,3 +92,7 @@ def test_the_best_is_compared_with_the_first_draw_beyond_the_noise_of_the_valida
     markdown, _, _ = summarise_search([first, close, far], "val_acc", "max", n_images=126)
     assert "Best finished trial: **t6**" in markdown and "above it" in markdown
     assert "Against the first trial" not in summarise_search([first, close, far], "val_acc", "max")[0]
+    axis = summarise_search([first, close, far], "val_acc", "max", n_images=126)[1]["search_history.png"].axes[0]
+    (band,) = [patch for patch in axis.patches if patch.get_label().startswith("first trial's 95 % interval")]
+    assert band.get_label() == "first trial's 95 % interval (126 val images)"
+    assert (round(band.get_y(), 3), round(band.get_y() + band.get_height(), 3)) == (0.496, 0.674)

@@ -81,12 +81,23 @@ def best_finished_trial(trials: Sequence[SearchTrial], metric_name: str, mode: s
     return [t for _, t in rank_trials(candidates, mode)][0]
 
 
-def search_history_figure(trials: Sequence[SearchTrial], metric_name: str, mode: str, title: str = "") -> Figure:
+def search_history_figure(
+    trials: Sequence[SearchTrial],
+    metric_name: str,
+    mode: str,
+    title: str = "",
+    first_interval: tuple[float, float, int] | None = None,
+) -> Figure:
     """The search metric of every trial in start order (finished: dots; stopped early: crosses), and
-    the best finished value so far as a step line."""
+    the best finished value so far as a step line. first_interval: (low, high, n images) of the first
+    trial's 95 % interval (first_trial_interval), shaded across the plot: a best value inside the band
+    is within the noise of the first draw."""
     _check_mode(mode)
     figure = Figure(figsize=(6.4, 3.8), layout="constrained")
     axis = figure.add_subplot()
+    if first_interval is not None:
+        low, high, n_images = first_interval
+        axis.axhspan(low, high, color="grey", alpha=0.15, label=f"first trial's 95 % interval ({n_images} val images)")
     for status, marker, colour, label in ((FINISHED, "o", "tab:blue", "finished"), (STOPPED, "x", "tab:orange", "stopped early (ASHA)")):
         chosen = [t for t in trials if t.status == status and math.isfinite(t.metric)]
         if chosen:
@@ -141,6 +152,21 @@ def parameter_figure(trials: Sequence[SearchTrial], metric_name: str, parameters
     return figure
 
 
+def first_trial_interval(trials: Sequence[SearchTrial], metric_name: str, n_images: int | None) -> tuple[SearchTrial, float, float] | None:
+    """(the first trial, low, high): the 95 % Clopper-Pearson interval (scipy's binomtest) of its
+    accuracy on ``n_images`` validation images; None when the metric is no accuracy in [0, 1], n is
+    unknown or there are no trials."""
+    if not trials or not n_images or "acc" not in metric_name:
+        return None
+    first = min(trials, key=lambda t: t.order)
+    if not 0.0 <= first.metric <= 1.0:
+        return None
+    from scipy.stats import binomtest  # here: the rest of the report needs no scipy
+
+    low, high = binomtest(round(first.metric * n_images), n_images).proportion_ci(0.95)
+    return first, float(low), float(high)
+
+
 def against_first_trial(trials: Sequence[SearchTrial], best: SearchTrial, metric_name: str, n_images: int | None) -> str:
     """One sentence: did the search find better than its first draw, beyond the noise of measuring an
     accuracy on ``n_images`` validation images?
@@ -150,14 +176,12 @@ def against_first_trial(trials: Sequence[SearchTrial], best: SearchTrial, metric
     the n images (scipy's binomtest): a best value inside it is not evidence of an improvement.
     Images of one person are correlated, so the true interval is wider and the rule is lenient, as
     the sentence says. Empty when the metric is no accuracy in [0, 1] or n is unknown."""
-    first = min(trials, key=lambda t: t.order)
-    if not n_images or "acc" not in metric_name or not all(0.0 <= t.metric <= 1.0 for t in (first, best)):
+    interval = first_trial_interval(trials, metric_name, n_images)
+    if interval is None or not 0.0 <= best.metric <= 1.0:
         return ""
+    first, low, high = interval
     if first is best:
         return f"The first trial ({first.name}, a random draw of the space) is the best: the search did not improve on it."
-    from scipy.stats import binomtest  # here: the rest of the report needs no scipy
-
-    low, high = binomtest(round(first.metric * n_images), n_images).proportion_ci(0.95)
     gain = best.metric - first.metric
     verdict = (
         "above it: the search found a better configuration than its first draw"
@@ -215,7 +239,9 @@ def summarise_search(
             *[_value_text(trial.values[k]) if k in trial.values else "-" for k in parameters],
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    figures = {"search_history.png": search_history_figure(trials, metric_name, mode)}
+    interval = first_trial_interval(trials, metric_name, n_images)
+    band = None if interval is None else (interval[1], interval[2], n_images)
+    figures = {"search_history.png": search_history_figure(trials, metric_name, mode, first_interval=band)}
     if parameters:
         figures["search_parameters.png"] = parameter_figure(trials, metric_name, parameters)
     return "\n".join(lines) + "\n", figures, {"best_val_acc": float(best.metric), "best_trial_test_acc": float(best.test_acc)}
