@@ -105,7 +105,9 @@ def test_dataset_fraction_curve_draws_chance_from_the_reported_classes(tmp_path)
     mean_line, chance_line = axis.lines[0], axis.lines[1]
     assert list(mean_line.get_ydata()) == pytest.approx([0.19, 0.59])
     assert list(chance_line.get_ydata()) == pytest.approx([1 / 7, 1 / 7]) and chance_line.get_linestyle() == "--"
-    assert "chance (0.143)" in [text.get_text() for text in axis.get_legend().get_texts()]
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == ["mean over seeds", "95 % CI", "chance (0.143)"]
     without_recalls = [replace(r, metrics={"test_acc": r.metrics["test_acc"]}) for r in records]
     assert finetune_report.chance_accuracy(without_recalls) is None
     assert len(report(trial_tables.table(spec, without_recalls)).figures["accuracy_vs_fraction.png"].axes[0].lines) == 1
+    one_seed = report(trial_tables.table(spec, records[::2])).figures["accuracy_vs_fraction.png"].axes[0]
+    assert [text.get_text() for text in one_seed.get_legend().get_texts()] == ["one run per point (no interval)", "chance (0.143)"]

@@ -104,20 +104,21 @@ def metric_curve_figure(
     title: str,
     point_labels: list[str] | None = None,
     chance: float | None = None,
+    mean_label: str = "mean over seeds",
 ) -> Figure:
     """A metric against a swept value with its confidence band (the reference study's accuracy-vs-size graphs).
 
     x, mean, low, high: 1-D sequences of equal length (low/high may be NaN where one seed gives no
     interval; the band is then left out at that point). point_labels annotate the points (e.g. arch).
     chance: the accuracy of guessing (1 / number of classes), drawn as a dashed line so a reader sees
-    which points are above it; None: no line.
+    which points are above it; None: no line. mean_label: the legend's name of the points.
     """
     x, mean, low, high = (np.asarray(v, dtype=float) for v in (x, mean, low, high))
     order = np.argsort(x)
     x, mean, low, high = x[order], mean[order], low[order], high[order]
     figure = Figure(figsize=(5.5, 3.8))
     axis = figure.add_subplot()
-    axis.plot(x, mean, marker="o", color="tab:blue", label="mean over seeds")
+    axis.plot(x, mean, marker="o", color="tab:blue", label=mean_label)
     has_band = np.isfinite(low) & np.isfinite(high)
     if has_band.any():
         axis.fill_between(x[has_band], low[has_band], high[has_band], color="tab:blue", alpha=0.2, label="95 % CI")

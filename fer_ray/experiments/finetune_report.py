@@ -166,6 +166,8 @@ def study_figures(table: pd.DataFrame, keys: list[str], chance: float | None = N
         return {}
     key = keys[0]
     ci = (table["test_acc_low"], table["test_acc_high"])
+    seeds = int(table["n_seeds"].max()) if "n_seeds" in table else 0
+    style = {"chance": chance, "mean_label": "mean over seeds" if seeds > 1 else "one run per point (no interval)"}
     if key == "data.train_fraction":
         figure = metric_curve_figure(
             table[key] * 100,
@@ -174,7 +176,7 @@ def study_figures(table: pd.DataFrame, keys: list[str], chance: float | None = N
             xlabel="training identities used (%)",
             ylabel="test accuracy",
             title="Accuracy vs dataset size",
-            chance=chance,
+            **style,
         )
         return {"accuracy_vs_fraction.png": figure}
     if key == "model.arch" and "n_params" in table:
@@ -186,7 +188,7 @@ def study_figures(table: pd.DataFrame, keys: list[str], chance: float | None = N
             ylabel="test accuracy",
             title="Accuracy vs model size",
             point_labels=list(table[key]),
-            chance=chance,
+            **style,
         )
         return {"accuracy_vs_model_size.png": figure}
     return {}
