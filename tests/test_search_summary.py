@@ -15,6 +15,7 @@ from fer_ray.core.search import (
     SearchTrial,
     against_first_trial,
     best_finished_trial,
+    first_trial_interval,
     parameter_figure,
     rank_trials,
     search_history_figure,
@@ -82,13 +83,16 @@ def test_the_best_is_compared_with_the_first_draw_beyond_the_noise_of_the_valida
     first = SearchTrial("t0", 0, FINISHED, metric=74 / 126, test_acc=0.5)
     close = SearchTrial("t5", 5, FINISHED, metric=75 / 126, test_acc=0.5)
     far = SearchTrial("t6", 6, FINISHED, metric=90 / 126, test_acc=0.5)
-    sentence = against_first_trial([first, close], close, "val_acc", 126)
+    interval = first_trial_interval([first, close, far], "val_acc", 126)
+    assert interval[0] is first and (round(interval[1], 3), round(interval[2], 3)) == (0.496, 0.674)
+    sentence = against_first_trial(close, "val_acc", 126, interval)
     assert "the best is +0.0079, +1 of 126 validation images" in sentence
     assert "[0.496-0.674]" in sentence and "inside it: not evidence that the search improved" in sentence
-    assert "above it: the search found a better configuration" in against_first_trial([first, far], far, "val_acc", 126)
-    assert "is the best: the search did not improve on it" in against_first_trial([first, close], first, "val_acc", 126)
-    assert against_first_trial([first, far], far, "val_acc", None) == ""
-    assert against_first_trial([first, far], far, "val_loss", 126) == ""
+    assert "above it: the search found a better configuration" in against_first_trial(far, "val_acc", 126, interval)
+    assert "is the best: the search did not improve on it" in against_first_trial(first, "val_acc", 126, interval)
+    assert first_trial_interval([first, far], "val_acc", None) is None
+    assert first_trial_interval([first, far], "val_loss", 126) is None
+    assert against_first_trial(far, "val_acc", 126, None) == ""
     markdown, _, _ = summarise_search([first, close, far], "val_acc", "max", n_images=126)
     assert "Best finished trial: **t6**" in markdown and "above it" in markdown
     assert "Against the first trial" not in summarise_search([first, close, far], "val_acc", "max")[0]

@@ -167,7 +167,7 @@ def first_trial_interval(trials: Sequence[SearchTrial], metric_name: str, n_imag
     return first, float(low), float(high)
 
 
-def against_first_trial(trials: Sequence[SearchTrial], best: SearchTrial, metric_name: str, n_images: int | None) -> str:
+def against_first_trial(best: SearchTrial, metric_name: str, n_images: int, interval: tuple[SearchTrial, float, float] | None) -> str:
     """One sentence: did the search find better than its first draw, beyond the noise of measuring an
     accuracy on ``n_images`` validation images?
 
@@ -175,8 +175,8 @@ def against_first_trial(trials: Sequence[SearchTrial], best: SearchTrial, metric
     has shown nothing. The bar is the 95 % Clopper-Pearson interval of the first trial's accuracy on
     the n images (scipy's binomtest): a best value inside it is not evidence of an improvement.
     Images of one person are correlated, so the true interval is wider and the rule is lenient, as
-    the sentence says. Empty when the metric is no accuracy in [0, 1] or n is unknown."""
-    interval = first_trial_interval(trials, metric_name, n_images)
+    the sentence says. interval: first_trial_interval's answer; empty when that is None (no accuracy
+    in [0, 1], or n unknown)."""
     if interval is None or not 0.0 <= best.metric <= 1.0:
         return ""
     first, low, high = interval
@@ -208,6 +208,7 @@ def summarise_search(
     trial's search metric) and ``best_trial_test_acc`` (its test accuracy, looked at only after choosing).
     """
     best = best_finished_trial(trials, metric_name, mode)
+    interval = first_trial_interval(trials, metric_name, n_images)
     parameters = list(dict.fromkeys(k for t in trials for k in t.values))
     counts = {status: sum(t.status == status for t in trials) for status in (FINISHED, STOPPED, FAILED)}
     lines = [
@@ -223,7 +224,7 @@ def summarise_search(
         + ", ".join(f"{k} = {_value_text(best.values[k])}" for k in parameters if k in best.values)
         + ".",
         "",
-        *([against, ""] if (against := against_first_trial(trials, best, metric_name, n_images)) else []),
+        *([against, ""] if (against := against_first_trial(best, metric_name, n_images, interval)) else []),
         "| rank | trial | status | " + f"{metric_name} | test_acc | epochs | " + " | ".join(parameters) + " |",
         "|---|---|---|---|---|---|" + "---|" * len(parameters),
     ]
@@ -239,7 +240,6 @@ def summarise_search(
             *[_value_text(trial.values[k]) if k in trial.values else "-" for k in parameters],
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    interval = first_trial_interval(trials, metric_name, n_images)
     band = None if interval is None else (interval[1], interval[2], n_images)
     figures = {"search_history.png": search_history_figure(trials, metric_name, mode, first_interval=band)}
     if parameters:

@@ -26,6 +26,7 @@ repeat and McNemar against clean per repeat.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -39,8 +40,10 @@ from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.correctness import save_correctness
 from fer_ray.experiments.results import Report, TrialTable
 
+if TYPE_CHECKING:  # annotations only
+    import pandas as pd
+
 # the science stack, imported on first use (fer_ray/core/lazy_import.py)
-pd = lazy_module("pandas")
 prepare = lazy_module("fer_ray.core.data.prepare")
 evaluate = lazy_module("fer_ray.core.evaluate")
 group_stats = lazy_module("fer_ray.core.group_stats")

@@ -22,7 +22,7 @@ puts the means over models (and each model's central mass) on the parent run (pa
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -35,10 +35,12 @@ from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
 
+if TYPE_CHECKING:  # annotations only
+    from fer_ray.core.data.prepare import PreparedData
+
 # the science stack, imported on first use (fer_ray/core/lazy_import.py)
 torch = lazy_module("torch")
 cache = lazy_module("fer_ray.core.data.cache")
-prepare = lazy_module("fer_ray.core.data.prepare")
 evaluate = lazy_module("fer_ray.core.evaluate")
 plots = lazy_module("fer_ray.core.plots")
 saliency_maps = lazy_module("fer_ray.core.saliency_maps")
@@ -131,7 +133,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def select_by_name(data: prepare.PreparedData, names: list[str]) -> np.ndarray:
+def select_by_name(data: PreparedData, names: list[str]) -> np.ndarray:
     """Dataset rows (int64, in ``names`` order) of the files whose stem (or full name) matches each
     name, case-insensitive. Raises DataError listing every unknown name, or a name matching several
     files."""
@@ -154,7 +156,7 @@ def select_by_name(data: prepare.PreparedData, names: list[str]) -> np.ndarray:
     return np.array([index[name.casefold()][0] for name in names], dtype=np.int64)
 
 
-def select_per_class(data: prepare.PreparedData, per_class: int) -> np.ndarray:
+def select_per_class(data: PreparedData, per_class: int) -> np.ndarray:
     """The first ``per_class`` test images of each class (test split order = dataset order), class by
     class: dataset rows, int64. A class with fewer test images gives what it has."""
     test_rows, test_labels = data.test.indices, data.test.labels.numpy()
@@ -168,14 +170,14 @@ def select_per_class(data: prepare.PreparedData, per_class: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _split_of(data: prepare.PreparedData, row: int) -> str:
+def _split_of(data: PreparedData, row: int) -> str:
     for name in ("test", "val", "train"):
         if row in getattr(data.split, name):
             return name
     return "unused"
 
 
-def _title(data: prepare.PreparedData, row: int, predicted: int, probability: float, target: str) -> str:
+def _title(data: PreparedData, row: int, predicted: int, probability: float, target: str) -> str:
     """The figure's title; the image's own title says true / predicted class (prediction_labels)."""
     classes = data.dataset.classes
     return (
@@ -184,7 +186,7 @@ def _title(data: prepare.PreparedData, row: int, predicted: int, probability: fl
     )
 
 
-def _file_key(data: prepare.PreparedData, rows: np.ndarray, i: int) -> str:
+def _file_key(data: PreparedData, rows: np.ndarray, i: int) -> str:
     """The PNG name part of image i: its file stem, plus its position when stems repeat."""
     stems = [data.dataset.images[int(r)].path.stem for r in rows]
     return stems[i] if stems.count(stems[i]) == 1 else f"{stems[i]}_{i}"

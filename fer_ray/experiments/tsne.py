@@ -14,7 +14,7 @@ perplexity) and every model's k-NN accuracy on the parent run (parent_metrics).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -28,10 +28,13 @@ from fer_ray.experiments.base import Reporter, Trial, load_model_and_data
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.results import Report, TrialTable
 
+if TYPE_CHECKING:  # annotations only
+    import pandas as pd
+
+    from fer_ray.core.data.prepare import PreparedData
+
 # the science stack, imported on first use (fer_ray/core/lazy_import.py)
-pd = lazy_module("pandas")
 torch = lazy_module("torch")
-prepare = lazy_module("fer_ray.core.data.prepare")
 embedding = lazy_module("fer_ray.core.embedding")
 embedding_plots = lazy_module("fer_ray.core.embedding_plots")
 evaluate = lazy_module("fer_ray.core.evaluate")
@@ -116,7 +119,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _gather_splits(data: prepare.PreparedData, splits: list[str]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+def _gather_splits(data: PreparedData, splits: list[str]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """Dataset rows (N,), uint8 images (N, 3, S, S) and the split name of each row, in ``splits`` order."""
     sides = [getattr(data, name) for name in splits]
     rows = np.concatenate([side.indices for side in sides])
@@ -137,7 +140,7 @@ def _check_sizes(cfg: Settings, n_images: int) -> None:
         )
 
 
-def _marker_groups(data: prepare.PreparedData, rows: np.ndarray, split_of_row: np.ndarray, marker_by: str) -> np.ndarray | None:
+def _marker_groups(data: PreparedData, rows: np.ndarray, split_of_row: np.ndarray, marker_by: str) -> np.ndarray | None:
     """The marker value of every embedded image (str, "unknown" where the dataset does not say)."""
     if marker_by == "none":
         return None
@@ -145,7 +148,7 @@ def _marker_groups(data: prepare.PreparedData, rows: np.ndarray, split_of_row: n
     return np.array(["unknown" if v is None else str(v) for v in values], dtype=object)
 
 
-def _save_embedding(path: Path, embeddings: dict, labels, groups, data: prepare.PreparedData, rows, split_of_row) -> Path:
+def _save_embedding(path: Path, embeddings: dict, labels, groups, data: PreparedData, rows, split_of_row) -> Path:
     """The coordinates and what the plots need, as .npz (no pickles), written atomically."""
     return atomic_write(
         path,

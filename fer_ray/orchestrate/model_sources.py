@@ -21,19 +21,18 @@ if TYPE_CHECKING:  # MLflow is imported where a tracking server is asked: --dry-
     from fer_ray.orchestrate.tracking import Tracker
 
 TAG_TRAIN_HASH = "fer_ray.train_hash"
-#: section -> {field: default}: recipe fields added after hashes were recorded, hashed only when not at the default
-UNHASHED_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"warmup_epochs": 0}}
+#: train fields added after hashes were recorded: hashed only when set away from their default
+LATE_TRAIN_FIELDS = ("warmup_epochs",)
 
 
 def training_config(spec: SweepSpec) -> dict[str, Any]:
     """What determines a trained model: data, model and train sections (cache location excluded).
-    Fields added later enter only when set away from their default (UNHASHED_DEFAULTS), so a recipe that
+    Fields added later enter only when set away from their default (LATE_TRAIN_FIELDS), so a recipe that
     does not use them keeps the hash it had before they existed (and its finished runs stay reusable)."""
     data = spec.data.model_dump(mode="json", exclude={"cache_dir"})
-    train = spec.train.model_dump(mode="json")
-    for name, default in UNHASHED_DEFAULTS["train"].items():
-        if train[name] == default:
-            del train[name]
+    fields = type(spec.train).model_fields
+    at_default = {name for name in LATE_TRAIN_FIELDS if getattr(spec.train, name) == fields[name].default}
+    train = spec.train.model_dump(mode="json", exclude=at_default)
     return {"data": data, "model": spec.model.model_dump(mode="json"), "train": train}
 
 
