@@ -78,6 +78,7 @@ def test_unknown_override_key_is_rejected_before_validation():
     [
         ("model.arch=resnet19", "model.arch"),
         ("train.lr=-1", "train.lr"),
+        ("train.batch_size=1", "train.batch_size"),  # a batch of one cannot train (BatchNorm): not a ZeroDivisionError later
         ("data.split.test=0.9", "split.val + split.test must be < 1"),
         ("model.trainable=layer5", "unknown backbone block"),
         ("resources.gpu=1.5", "whole number"),

@@ -174,7 +174,7 @@ class TrainConfig(Strict):
         "uses (k+1)/n of the schedule's lr (0 = none)",
     )
     epochs: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=2, description="images per step; at least 2 (BatchNorm in training mode needs two)")
     patience: int | None = Field(5, ge=1, description="early stopping on val_acc; None = off")
     seed: int = 0
     augment: AugmentConfig = AugmentConfig()

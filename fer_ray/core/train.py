@@ -33,6 +33,8 @@ CHECKPOINT_FORMAT = "fer_ray.checkpoint/1"
 #: StepLR for schedule="step": the lr is multiplied by this every ceil(epochs / STEP_PARTS) epochs.
 STEP_GAMMA = 0.1
 STEP_PARTS = 3
+#: the smallest training batch: a batch of one cannot go through BatchNorm in training mode, so it is skipped
+MIN_BATCH = 2
 
 
 class TrainingError(ValueError):
@@ -145,8 +147,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
 
 
 def steps_per_epoch(count: int, batch_size: int) -> int:
-    """Optimizer steps in an epoch over ``count`` images (a last batch of one is skipped)."""
-    return count // batch_size + (1 if count % batch_size >= 2 else 0)
+    """Optimizer steps in an epoch over ``count`` images (a last batch under MIN_BATCH is skipped)."""
+    return count // batch_size + (1 if count % batch_size >= MIN_BATCH else 0)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -279,8 +281,8 @@ def _train_epoch(model, optimizer, images, labels, cfg: TrainConfig, generator, 
     seen = 0
     for start in range(0, count, cfg.batch_size):
         rows = order[start : start + cfg.batch_size]
-        if rows.shape[0] < 2:
-            continue  # a batch of one cannot go through BatchNorm in training mode
+        if rows.shape[0] < MIN_BATCH:
+            continue
         if step < warmup.steps:
             for group, lr in zip(optimizer.param_groups, scheduled):
                 group["lr"] = lr * warmup_factor(step, warmup.steps)
