@@ -37,3 +37,16 @@ def test_parent_params_are_what_the_sweep_varies():
     assert hpo["train.lr"] == '{"loguniform": [3e-05, 0.003]}' and hpo["optuna.num_samples"] == 8
     noise = varied_params(load_spec(sweeps / "noise_sig.yaml"))
     assert "train.seed" not in noise and noise["source.train_seeds"] == "[0]" and "settings.noise_seed" in noise
+
+
+def test_varying_keys_leave_out_a_search_choice_of_one_value():
+    """The embedded hpo searches model.trainable over [all] only: every trial has it, none varies it
+    (the report's "varied per trial" line and the order of run names follow this)."""
+    from pathlib import Path
+
+    from fer_ray.orchestrate.spec import load_spec
+    from fer_ray.orchestrate.trial import varying_keys
+
+    hpo = load_spec(Path(__file__).resolve().parent.parent / "sweeps" / "hpo.yaml")
+    assert varying_keys(hpo) == {"train.lr", "train.weight_decay", "model.dropout", "model.head"}
+    assert "model.trainable" in varying_keys(load_spec(Path(__file__).resolve().parent.parent / "sweeps" / "hpo.yaml", profile="none"))

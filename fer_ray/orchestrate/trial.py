@@ -155,8 +155,8 @@ SOURCE_MODEL_KEY = "source.model"
 def varying_keys(spec: SweepSpec) -> set[str]:
     """The trial keys whose value differs between the sweep's trials."""
     keys = {key for key, values in spec.search.grid.items() if len(values) > 1}
-    if spec.search.optuna is not None:
-        keys.update(spec.search.optuna.space)
+    if spec.search.optuna is not None:  # a choice of one value does not vary
+        keys.update(key for key, space in spec.search.optuna.space.items() if space.choice is None or len(space.choice) > 1)
     elif not spec.evaluates_model and len(spec.search.seeds) > 1:
         keys.add("train.seed")
     return keys
