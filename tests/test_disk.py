@@ -26,13 +26,14 @@ def folder_bytes(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_finished_trials_keep_their_model_once(tmp_path, monkeypatch):
+def test_finished_trials_keep_their_model_once_and_checkpoint_the_chosen_epochs(tmp_path, monkeypatch):
     import ray
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FER_RAY_CACHE", str(tmp_path / ".cache"))
     try:
-        code = main([str(REPO / "sweeps" / "quickstart.yaml"), "--num-cpus", "2", "--set", *TINY, "search.seeds=[0]"])
+        sets = [*TINY, "search.seeds=[0]", "train.epochs=3", "failure.checkpoint_every=2"]
+        code = main([str(REPO / "sweeps" / "quickstart.yaml"), "--num-cpus", "2", "--set", *sets])
     finally:
         ray.shutdown()
     assert code == 0
@@ -46,6 +47,9 @@ def test_finished_trials_keep_their_model_once(tmp_path, monkeypatch):
     trial_dirs = [p for p in (tmp_path / "ray_results").glob("quickstart-*/*") if (p / "result.json").is_file()]
     assert len(trial_dirs) == 2
     for trial_dir in trial_dirs:
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        checkpointed = {row["epoch"]: row.get("checkpoint_dir_name") is not None for row in rows if "val_acc" in row}
+        assert checkpointed == {1: False, 2: True, 3: True}, "failure.checkpoint_every: 2: epoch 2 and the last"
         checkpoints = sorted(trial_dir.glob("checkpoint_*"))
         assert len(checkpoints) == 1, "one Tune checkpoint per trial"
         assert [p.name for p in checkpoints[0].iterdir()] == [FINISHED_FILE], "no weights, no optimizer state left"

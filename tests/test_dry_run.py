@@ -96,3 +96,13 @@ def test_sqlite_store_reads_the_tags_tracking_writes():
     )
     assert json.dumps(str(sqlite_store.sqlite_path("sqlite:////data/mlflow.db"))) == '"/data/mlflow.db"'
     assert sqlite_store.sqlite_path("http://127.0.0.1:5000") is None
+
+
+def test_dry_run_says_when_every_training_set_size_trains_the_same_steps(workdir, capsys):
+    """dataset_fraction's embedded profile draws 378 images per epoch for every fraction
+    (train.images_per_epoch): the plan says so, so no one reads a data effect into a step count."""
+    assert main([str(SWEEPS / "dataset_fraction.yaml"), "--dry-run"]) == 0
+    assert "resnet18 (weights none), 4 epochs of 378 images (the same steps whatever the training-set size)" in capsys.readouterr().out
+    assert main([str(SWEEPS / "quickstart.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs of" not in out and " epochs\n" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -76,6 +77,15 @@ def test_search_summary_ranks_marks_and_reports_the_validation_choice():
     assert rows[4].startswith("| - | t3 | failed | - | - | - |")
     assert "5 (3 finished, 1 stopped early by ASHA, 1 failed)" in markdown
     assert set(figures) == {"search_history.png", "search_parameters.png"}
+
+
+def test_a_parameter_with_one_value_gets_no_panel():
+    fixed = [replace(t, values={**t.values, "model.trainable": "all"}) for t in TRIALS]
+    _, figures, _ = summarise_search(fixed, "val_acc", "max")
+    panels = [a.get_xlabel() for a in figures["search_parameters.png"].axes if a.get_visible()]
+    assert panels == ["train.lr", "model.head"], "model.trainable was 'all' in every trial"
+    single = [replace(t, values={"model.trainable": "all"}) for t in TRIALS]
+    assert set(summarise_search(single, "val_acc", "max")[1]) == {"search_history.png"}
 
 
 def test_the_best_is_compared_with_the_first_draw_beyond_the_noise_of_the_validation_images():

@@ -164,17 +164,19 @@ def test_old_and_new_settings_sections_together_are_an_error():
         resolve_spec({**MINIMAL, "eval": {}, "settings": {}})
 
 
-def test_a_recipe_field_at_its_default_leaves_the_training_hash_as_it_was():
-    """Finished training runs are found by fer_ray.orchestrate.model_sources.training_hash: train.warmup_epochs
-    (added later) enters it only when set, so recipes that do not use it keep the hashes recorded before it
-    existed (the values below were computed without the field)."""
+@pytest.mark.parametrize(("field", "default", "value"), [("warmup_epochs", 0, 1), ("images_per_epoch", None, 400)])
+def test_a_recipe_field_at_its_default_leaves_the_training_hash_as_it_was(field, default, value):
+    """Finished training runs are found by fer_ray.orchestrate.model_sources.training_hash: fields added
+    later (train.warmup_epochs, train.images_per_epoch) enter it only when set, so recipes that do not use
+    them keep the hashes recorded before they existed (the values below were computed without them)."""
     from fer_ray.orchestrate.model_sources import training_config, training_hash
 
     plain = resolve_spec({"name": "a", "experiment": "finetune"})
-    assert "warmup_epochs" not in training_config(plain)["train"]
+    assert field not in training_config(plain)["train"]
     assert training_hash(plain) == "5698d6ff6b7f"
     resnet50 = resolve_spec({"name": "a", "experiment": "finetune"}, ["train.epochs=3", "model.arch=resnet50"])
     assert training_hash(resnet50) == "636aaea75105"
-    assert training_hash(resolve_spec({"name": "a", "experiment": "finetune"}, ["train.warmup_epochs=0"])) == training_hash(plain)
-    warmed = resolve_spec({"name": "a", "experiment": "finetune"}, ["train.warmup_epochs=1"])
-    assert training_config(warmed)["train"]["warmup_epochs"] == 1 and training_hash(warmed) != training_hash(plain)
+    at_default = "null" if default is None else default
+    assert training_hash(resolve_spec({"name": "a", "experiment": "finetune"}, [f"train.{field}={at_default}"])) == training_hash(plain)
+    changed = resolve_spec({"name": "a", "experiment": "finetune"}, [f"train.{field}={value}"])
+    assert training_config(changed)["train"][field] == value and training_hash(changed) != training_hash(plain)

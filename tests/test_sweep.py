@@ -92,6 +92,8 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
     assert not (workdir / "reports" / "quickstart" / "stale.csv").exists() and not stale.exists()
     assert not {"report/stale.csv", "report/old_figures"} & parent_artifacts, parent_artifacts
     assert "Report:" in out and "quickstart" in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("lr=")]
+    assert listed[-2:] == ["lr=0.001,seed=0", "lr=0.0003,seed=0"], "the end summary lists the trials in grid order"
 
     # the parent run, where the MLflow UI opens: note, what varied, the report's numbers and figures
     parent = client.get_run(parents["run_id"].iloc[0])

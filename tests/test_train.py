@@ -17,6 +17,7 @@ from fer_ray.core.models import build_model
 from fer_ray.core.train import (
     EpochResult,
     TrainingError,
+    epoch_order,
     fit,
     load_checkpoint,
     make_optimizer,
@@ -315,3 +316,52 @@ def test_checkpoint_stores_the_weights_once_and_reads_the_best_back(tmp_path):
             assert loaded["best_model_state"] is loaded["model_state"]
             assert size < 3.3 * weights, "weights + AdamW's two moments, no second copy of the weights"
     assert stored[1][0] == 1 and stored[1][1], "the first epoch is always the best so far"
+
+
+@pytest.mark.parametrize(
+    ("every", "epochs", "patience", "expected"),
+    [
+        (1, 3, None, [1, 2, 3]),
+        (2, 5, None, [2, 4, 5]),  # the last epoch always
+        (0, 3, None, []),  # none: a retried trial starts over
+        (3, 10, 2, [3]),  # early stopping after epoch 3 (val_acc never rises: lr 1e-12) is the last epoch
+    ],
+)
+def test_checkpoint_every_writes_the_chosen_epochs_and_the_last(tmp_path, every, epochs, patience, expected):
+    train, val = _random_split(16, seed=7), _random_split(8, seed=8)
+    frozen = ModelConfig(arch="resnet18", head=[], dropout=0.0, trainable="none")
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-12, patience=patience, augment=AugmentConfig(enabled=False))
+    checkpoint = tmp_path / "checkpoint.pt"
+    reported: dict[int, int | None] = {}
+
+    def keep(result: EpochResult, path):
+        reported[result.epoch] = None if path is None else load_checkpoint(path)["epoch"]
+
+    fit(_seeded_model(frozen), train, val, cfg, device=CPU, checkpoint_path=checkpoint, on_epoch=keep, checkpoint_every=every)
+
+    assert [epoch for epoch, saved in reported.items() if saved is not None] == expected
+    assert all(saved in (None, epoch) for epoch, saved in reported.items())  # the file on_epoch gets is that epoch's
+    assert checkpoint.exists() == bool(expected)
+
+
+def test_epoch_order_repeats_whole_reshuffled_passes_up_to_images_per_epoch():
+    generator = torch.Generator().manual_seed(0)
+    assert sorted(epoch_order(5, None, generator).tolist()) == [0, 1, 2, 3, 4]
+    order = epoch_order(4, 10, torch.Generator().manual_seed(1)).tolist()
+    assert len(order) == 10
+    assert sorted(order[:4]) == sorted(order[4:8]) == [0, 1, 2, 3], "every image once per pass"
+    assert len(set(order[8:])) == 2, "the cut pass holds distinct images"
+    assert len(set(epoch_order(6, 3, generator).tolist())) == 3, "fewer than one pass: a cut permutation"
+
+
+def test_images_per_epoch_gives_a_small_training_set_the_steps_of_a_large_one():
+    train, val = _random_split(12, seed=11), _random_split(6, seed=12)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, images_per_epoch=40, warmup_epochs=1, patience=None,
+                      augment=AugmentConfig(enabled=False))  # fmt: skip
+    steps = []
+    model = _seeded_model()
+    model.register_forward_pre_hook(lambda module, args: steps.append(args[0].shape[0]) if module.training else None)
+
+    fit(model, train, val, cfg, device=CPU)
+
+    assert steps == [4] * 20, "40 images per epoch in batches of 4, for 2 epochs (12 training images)"

@@ -174,6 +174,12 @@ class TrainConfig(Strict):
         "uses (k+1)/n of the schedule's lr (0 = none)",
     )
     epochs: int = Field(10, ge=1, le=1000)
+    images_per_epoch: int | None = Field(
+        None,
+        ge=2,
+        description="training images drawn per epoch: passes over the training split, each reshuffled, cut at this "
+        "many (None = one pass). Equal steps for every training-set size (a dataset-fraction sweep)",
+    )
     batch_size: int = Field(32, ge=2, description="images per step; at least 2 (BatchNorm in training mode needs two)")
     patience: int | None = Field(5, ge=1, description="early stopping on val_acc; None = off")
     seed: int = 0

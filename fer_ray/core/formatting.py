@@ -27,6 +27,14 @@ def summary_cell(summary: Mapping[str, float], digits: int = 3) -> str:
     return mean_interval_cell(summary["mean"], summary["low"], summary["high"], digits)
 
 
+def epochs_text(epochs: int, images_per_epoch: int | None) -> str:
+    """How long a recipe trains: "4 epochs", or with train.images_per_epoch "4 epochs of 378 images
+    (the same steps whatever the training-set size)"."""
+    if images_per_epoch is None:
+        return f"{epochs} epochs"
+    return f"{epochs} epochs of {images_per_epoch} images (the same steps whatever the training-set size)"
+
+
 def model_label(train_seed, number: int) -> str:
     """How a report names a model: by where it came from (``train seed 0``) when its training seed is
     known, else by its position (``model 2``)."""

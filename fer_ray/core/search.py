@@ -242,8 +242,9 @@ def summarise_search(
         lines.append("| " + " | ".join(cells) + " |")
     band = None if interval is None else (interval[1], interval[2], n_images)
     figures = {"search_history.png": search_history_figure(trials, metric_name, mode, first_interval=band)}
-    if parameters:
-        figures["search_parameters.png"] = parameter_figure(trials, metric_name, parameters)
+    varied = [k for k in parameters if len({repr(t.values[k]) for t in trials if k in t.values}) > 1]
+    if varied:  # a choice of one value gives a panel with one column: nothing to compare
+        figures["search_parameters.png"] = parameter_figure(trials, metric_name, varied)
     return "\n".join(lines) + "\n", figures, {"best_val_acc": float(best.metric), "best_trial_test_acc": float(best.test_acc)}
 
 

@@ -151,6 +151,16 @@ def steps_per_epoch(count: int, batch_size: int) -> int:
     return count // batch_size + (1 if count % batch_size >= MIN_BATCH else 0)
 
 
+def epoch_order(count: int, images_per_epoch: int | None, generator: torch.Generator) -> torch.Tensor:
+    """Row indices (int64, on the generator's device) of the images one epoch trains on, in order: a
+    permutation of range(count); given images_per_epoch, as many permutations as it takes, joined and
+    cut at that length (every image once per pass, so a small training set repeats, not resamples)."""
+    if images_per_epoch is None:
+        return torch.randperm(count, generator=generator, device=generator.device)
+    passes = math.ceil(images_per_epoch / count)
+    return torch.cat([torch.randperm(count, generator=generator, device=generator.device) for _ in range(passes)])[:images_per_epoch]
+
+
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """The fraction of the scheduled lr that 0-based optimizer step ``step`` uses: (step + 1) / warmup_steps
     during the warm-up, 1.0 after it (and always when warmup_steps is 0)."""
@@ -180,6 +190,7 @@ def fit(
     checkpoint_path: Path | None = None,
     resume_from: Path | None = None,
     model_config: dict | None = None,
+    checkpoint_every: int = 1,
 ) -> FitResult:
     """Train ``model`` on ``train`` for cfg.epochs epochs, validating on ``val`` after each.
 
@@ -188,8 +199,9 @@ def fit(
     seeds derived from (cfg.seed, epoch), so a resumed run repeats the uninterrupted one (this
     reseeds torch's global generator). Split images (uint8) are copied to the device once.
     Early stopping: after cfg.patience epochs without a higher val_acc (off without val data).
-    checkpoint_path: written (atomically) after every epoch, then on_epoch(result, checkpoint_path)
-    is called. resume_from: a checkpoint of this run; training continues at its next epoch.
+    checkpoint_path: written (atomically) after every ``checkpoint_every``-th epoch and after the last
+    one (0: never), then on_epoch(result, checkpoint_path) is called (on_epoch(result, None) after an
+    epoch without a checkpoint). resume_from: a checkpoint of this run; training continues at its next epoch.
     model_config: stored in checkpoints as given (plain values, e.g. ModelConfig.model_dump(mode="json")).
     Raises TrainingError for fewer than two training images, CheckpointError for a bad resume file.
     """
@@ -207,7 +219,7 @@ def fit(
         progress = _restore(load_checkpoint(resume_from), model, optimizer, scheduler)
     train_images, train_labels = train.images.to(device), train.labels.to(device)
     val_images, val_labels = val.images.to(device), val.labels.cpu()
-    epoch_steps = steps_per_epoch(len(train), cfg.batch_size)
+    epoch_steps = steps_per_epoch(cfg.images_per_epoch or len(train), cfg.batch_size)
 
     history: list[EpochResult] = []
     for epoch in range(progress.next_epoch, cfg.epochs + 1):
@@ -230,14 +242,15 @@ def fit(
             val_acc=val_acc,
             lr=lr,
             seconds=time.perf_counter() - started,
-            images_per_s=len(train) / train_seconds,
+            images_per_s=(cfg.images_per_epoch or len(train)) / train_seconds,
         )
         history.append(result)
         progress.next_epoch = epoch + 1
-        if checkpoint_path is not None:
-            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress, cfg, model_config, epoch)
+        saved = None
+        if checkpoint_path is not None and _checkpoint_due(epoch, checkpoint_every, last=epoch == cfg.epochs or progress.stopped_early):
+            saved = _save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress, cfg, model_config, epoch)
         if on_epoch is not None:
-            on_epoch(result, checkpoint_path)
+            on_epoch(result, saved)
 
     if progress.best_model_state is not None:
         model.load_state_dict(progress.best_model_state)
@@ -269,13 +282,13 @@ class _Warmup:
 
 
 def _train_epoch(model, optimizer, images, labels, cfg: TrainConfig, generator, options, warmup: _Warmup) -> tuple[float, float]:
-    """One pass over the shuffled training images; returns (mean loss, accuracy). Steps inside the
-    warm-up scale the scheduled lr by warmup_factor; the scheduled lr is back in place at the end."""
+    """One epoch over the shuffled training images (epoch_order); returns (mean loss, accuracy). Steps
+    inside the warm-up scale the scheduled lr by warmup_factor; the scheduled lr is back in place at the end."""
     model.train()
     scheduled = [group["lr"] for group in optimizer.param_groups]
     step = warmup.first_step
-    count = images.shape[0]
-    order = torch.randperm(count, generator=generator, device=images.device)
+    order = epoch_order(images.shape[0], cfg.images_per_epoch, generator)
+    count = order.shape[0]
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     seen = 0
@@ -324,10 +337,15 @@ def _record_best(progress: _Progress, model: nn.Module, epoch: int, val_acc: flo
         progress.stopped_early = True
 
 
-def _save_checkpoint(path, model, optimizer, scheduler, progress: _Progress, cfg, model_config, epoch) -> None:
-    """The weights are stored once: when this epoch is the best, best_model_state is None (and
+def _checkpoint_due(epoch: int, every: int, last: bool) -> bool:
+    """Whether ``epoch`` writes a checkpoint: every ``every``-th epoch and the last one; never for every == 0."""
+    return every > 0 and (last or epoch % every == 0)
+
+
+def _save_checkpoint(path, model, optimizer, scheduler, progress: _Progress, cfg, model_config, epoch) -> Path:
+    """Returns ``path``. The weights are stored once: when this epoch is the best, best_model_state is None (and
     best_epoch == epoch) and load_checkpoint reads model_state as the best weights."""
-    save_torch_file(
+    return save_torch_file(
         {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,

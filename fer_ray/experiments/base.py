@@ -34,6 +34,9 @@ class Reporter(Protocol):
 
     #: a private folder for this trial's files (checkpoints, model, figures before upload)
     work_dir: Path
+    #: epochs between the checkpoints a training experiment writes (the last epoch always; 0: none):
+    #: the sweep's failure.checkpoint_every
+    checkpoint_every: int
 
     def epoch(self, metrics: dict[str, float], step: int, checkpoint: Path | None = None) -> None:
         """Per-epoch metrics (and the checkpoint file written for that epoch, if any)."""
@@ -55,8 +58,9 @@ class LocalReporter:
     """A Reporter that keeps everything in memory and on local disk: for running one experiment from
     Python (a notebook, a test) without Ray or MLflow."""
 
-    def __init__(self, work_dir: Path, resume_from: Path | None = None):
+    def __init__(self, work_dir: Path, resume_from: Path | None = None, checkpoint_every: int = 1):
         self.work_dir = Path(work_dir)
+        self.checkpoint_every = checkpoint_every
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.history: list[tuple[int, dict[str, float]]] = []
         self.checkpoints: list[Path] = []

@@ -70,6 +70,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         checkpoint_path=checkpoint_path,
         resume_from=reporter.resume_checkpoint(),
         model_config=trial.model.model_dump(mode="json"),
+        checkpoint_every=reporter.checkpoint_every,
     )
     evaluation = evaluate.evaluate_model(model, data.test, data.dataset)
     if trial.settings.confusion_matrix:

@@ -438,7 +438,8 @@ def _location(path_or_uri: str) -> tuple[str, str, str, str]:
 
 def saved_trials(tune_path: str) -> list:
     """Every trial of the Tune experiment at ``tune_path`` as Tune saved it last (``ray.tune``'s Trial:
-    config = its flat dotted values, status, last_result).
+    config = its flat dotted values, status, last_result), in the order Tune created them (a grid's
+    order, an Optuna search's sampling order; the saved state lists them in no fixed order).
 
     After an interrupt Tune marks every trial TERMINATED in memory, and the ResultGrid of a trial that
     never reported has no config; the saved state has both: there the unfinished trials are still
@@ -448,9 +449,16 @@ def saved_trials(tune_path: str) -> list:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it warns about every trial that never wrote a result
     try:
-        return tune.ExperimentAnalysis(tune_path).trials
+        return sorted(tune.ExperimentAnalysis(tune_path).trials, key=_creation_index)
     finally:
         quiet.setLevel(level)
+
+
+def _creation_index(trial) -> int:
+    """The count Tune gave ``trial`` when it created it: the head of its experiment tag
+    (``"3_model.arch=resnet50,..."``; a searcher's trial ids are random, a grid's are not)."""
+    head = str(trial.experiment_tag).split("_", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def was_interrupted(trials: list) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 
+from fer_ray.core.formatting import epochs_text
 from fer_ray.orchestrate.model_sources import TAG_TRAIN_HASH, training_hash
 from fer_ray.orchestrate.plan import TrialPlan, trial_plan
 from fer_ray.orchestrate.preflight import run_preflight
@@ -35,7 +36,7 @@ def dry_run(spec: SweepSpec, num_cpus: int | None = None) -> str:
         f"  resources: {resources.describe()}  -> up to {plan.concurrent} at once on {capacity.node_list()}"
         " (a local Ray on this machine; --address counts the cluster's at start)",
         f"  data: {spec.data.dataset} at {spec.data.image_size} px, split by {spec.data.split.by}",
-        f"  model: {spec.model.arch} (weights {spec.model.weights}), {spec.train.epochs} epochs",
+        f"  model: {spec.model.arch} (weights {spec.model.weights}), {epochs_text(spec.train.epochs, spec.train.images_per_epoch)}",
         "  varies:" if plan.varying else "  varies: nothing (one trial per seed)",
         *[f"    {key}: {values}" for key, values in plan.varying.items()],
         *[f"  {line}" for line in training],

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # MLflow is imported where a tracking server is asked: --dry-
 
 TAG_TRAIN_HASH = "fer_ray.train_hash"
 #: train fields added after hashes were recorded: hashed only when set away from their default
-LATE_TRAIN_FIELDS = ("warmup_epochs",)
+LATE_TRAIN_FIELDS = ("warmup_epochs", "images_per_epoch")
 
 
 def training_config(spec: SweepSpec) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from fer_ray.core.formatting import epochs_text
 from fer_ray.experiments import get_experiment
 from fer_ray.experiments.contract import Experiment
 from fer_ray.experiments.finetune_report import (
@@ -192,7 +193,7 @@ def _header(spec: SweepSpec, n_finished: int) -> str:
         "",
         f"- experiment: {spec.experiment}; profile: {spec.profile}; finished trials: {n_finished}",
         f"- data: {spec.data.dataset} at {spec.data.image_size} px; split: {spec.data.split.protocol}",
-        f"- model: {spec.model.arch} (weights {spec.model.weights}); {spec.train.epochs} epochs",
+        f"- model: {spec.model.arch} (weights {spec.model.weights}); {epochs_text(spec.train.epochs, spec.train.images_per_epoch)}",
     ]
     varied = sorted(varying_keys(spec) - {"source.model"})
     if varied:  # the lines above give the sweep's base values: say which of them the trials change

@@ -180,10 +180,11 @@ def model_label(source: str, spec: SweepSpec | None) -> str:
 class TuneMlflowReporter:
     """Reporter (fer_ray.experiments.base) that reports to Ray Tune and logs to one MLflow run."""
 
-    def __init__(self, tracker: Tracker, run_id: str, work_dir: Path, image_size: int = 64):
+    def __init__(self, tracker: Tracker, run_id: str, work_dir: Path, image_size: int = 64, checkpoint_every: int = 1):
         self.tracker = tracker
         self.run_id = run_id
         self.work_dir = work_dir
+        self.checkpoint_every = checkpoint_every
         #: the trained model's input side, for its MLflow Model signature
         self.image_size = image_size
         #: the latest per-epoch metrics; the trial's final Tune report repeats them (Optuna reads its
@@ -364,7 +365,7 @@ def run_trial(config: dict[str, Any], *, spec: SweepSpec, tracker: Tracker, pare
     # A run left open here (an exception, ASHA stopping the trial, a lost node) is closed by the driver
     # once Tune is done with the trial: it alone knows whether the trial failed or was stopped early.
     with tempfile.TemporaryDirectory(prefix="fer_ray_trial_") as folder:
-        reporter = TuneMlflowReporter(tracker, run_id, Path(folder), spec.data.image_size)
+        reporter = TuneMlflowReporter(tracker, run_id, Path(folder), spec.data.image_size, spec.failure.checkpoint_every)
         trial = trial_of(spec)
         if experiment.evaluates_model:
             trial = replace(trial, model_file=fetch_model(tracker, spec.source.model, Path(folder) / "source"))
