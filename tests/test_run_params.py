@@ -34,7 +34,7 @@ def test_parent_params_are_what_the_sweep_varies():
     sweeps = Path(__file__).resolve().parent.parent / "sweeps"
     assert varied_params(load_spec(sweeps / "quickstart.yaml")) == {"train.seed": "[0, 1]", "train.lr": "[0.001, 0.0003]"}
     hpo = varied_params(load_spec(sweeps / "hpo.yaml"))
-    assert hpo["train.lr"] == '{"loguniform": [3e-05, 0.003]}' and hpo["optuna.num_samples"] == 8
+    assert hpo["train.lr"] == '{"loguniform": [3e-05, 0.003]}' and hpo["optuna.num_samples"] == 24
     noise = varied_params(load_spec(sweeps / "noise_sig.yaml"))
     assert "train.seed" not in noise and noise["source.train_seeds"] == "[0]" and "settings.noise_seed" in noise
 
