@@ -32,7 +32,7 @@ from fer_ray.orchestrate.console import (
     summary_table,
 )
 from fer_ray.orchestrate.spec import resolve_spec
-from fer_ray.orchestrate.trial import run_name
+from fer_ray.orchestrate.trial import run_name, short_keys
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
@@ -78,6 +78,14 @@ def test_trial_names_of_other_model_sources_and_sampled_values():
     assert run_name({"train.lr": 0.0021503467431, "train.seed": 0}, hpo) == "lr=0.00215,seed=0"
     assert run_name({"train.lr": 0.001, "model.head": [512, 128]}, hpo) == "lr=0.001,head=[512,128]", "no blank in a name"
     assert run_name({}, hpo) == "trial"
+
+
+def test_trial_names_tell_keys_with_the_same_last_part_apart():
+    spec = resolve_spec({"name": "n", "experiment": "finetune"}, [])
+    config = {"data.split.seed": 1, "train.seed": 0, "train.lr": 0.001, "train.augment.enabled": False}
+    assert run_name(config) == "split.seed=1,train.seed=0,lr=0.001,augment.enabled=False"
+    assert run_name({"train.seed": 0, "train.augment.enabled": True}, spec) == "seed=0,augment.enabled=True"
+    assert short_keys(["a.x.seed", "b.x.seed", "c.seed"]) == {"a.x.seed": "a.x.seed", "b.x.seed": "b.x.seed", "c.seed": "c.seed"}
 
 
 # ------------------------------------------------------------------------------- views

@@ -134,8 +134,27 @@ def run_name(values: dict[str, Any], spec: SweepSpec | None = None) -> str:
     if spec is not None:
         items.sort(key=lambda item: item[0] not in varying_keys(spec))  # stable: the sweep's own order within each
     sampled = set() if spec is None else set(values) - set(spec.search.grid)
-    parts = [label or f"{key.split('.')[-1]}={_value_text(value, key in sampled)}" for key, value, label in items]
+    short = short_keys([key for key, _, label in items if label is None])
+    parts = [label or f"{short[key]}={_value_text(value, key in sampled)}" for key, value, label in items]
     return ",".join(parts) or "trial"
+
+
+#: last key parts that say nothing alone: named with their parent (``augment.enabled``)
+_BARE_KEY_PARTS = frozenset({"enabled"})
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Each dotted key's name in a trial name: its last part, or as many of its last parts as it takes
+    to tell it from the other keys (``split.seed`` and ``train.seed`` when both vary) or to say what a
+    bare flag belongs to (``augment.enabled``)."""
+    depth = {key: 2 if key.split(".")[-1] in _BARE_KEY_PARTS else 1 for key in keys}
+    while True:
+        names = {key: ".".join(key.split(".")[-depth[key] :]) for key in keys}
+        clashing = {key for key in keys if list(names.values()).count(names[key]) > 1 and depth[key] < len(key.split("."))}
+        if not clashing:
+            return names
+        for key in clashing:
+            depth[key] += 1
 
 
 def _value_text(value: Any, sampled: bool) -> str:
