@@ -58,9 +58,45 @@ def test_report_answers_first_with_the_best_configuration_and_its_interval(tmp_p
     assert 0.0 <= result.metrics["best_test_acc/ci_low"] <= result.metrics["best_test_acc/ci_high"] <= 1.0
     assert result.metrics["best_n_seeds"] == 2
     first = result.markdown.splitlines()[0]
-    assert first == f"**best: train.lr=0.001, test_acc 0.550 [{expected['low']:.3f}–{expected['high']:.3f}] over 2 seeds**"
+    assert first == (
+        f"**best: train.lr=0.001 (chosen on val_acc 0.450), test_acc 0.550 [{expected['low']:.3f}–{expected['high']:.3f}] over 2 seeds**"
+    )
+    assert result.metrics["best_val_acc"] == pytest.approx(0.45)
     assert "| 0.0003 | 0.250 [" in result.markdown and "clipped to [0, 1]" in result.markdown
     assert set(result.figures) == {"learning_curves.png", "best_confusion_matrix.png"}
+
+
+def test_the_best_configuration_is_chosen_on_validation_and_its_test_accuracy_read_afterwards(tmp_path):
+    """A configuration with the higher test_acc but the lower validation accuracy is not the best: picking
+    the largest of several test scores would quote a number biased upwards. best_val_acc (the tested
+    weights' validation accuracy) replaces the last epoch's val_acc when runs have it; without any
+    validation accuracy the highest test_acc is the best, and the line says why."""
+    spec = load_spec(SWEEPS / "quickstart.yaml")
+
+    def table(rows):
+        records = [
+            trial_tables.record(spec, {"train.lr": lr, "train.seed": 0}, metrics, run_id=f"r{i}") for i, (lr, metrics) in enumerate(rows)
+        ]
+        return trial_tables.table(spec, records)
+
+    validated = report(
+        table(
+            [
+                (0.001, {"test_acc": 0.7, "best_val_acc": 0.5, "val_acc": 0.9}),
+                (0.0003, {"test_acc": 0.6, "best_val_acc": 0.8, "val_acc": 0.1}),
+            ]
+        )
+    )
+    assert (
+        validated.markdown.splitlines()[0]
+        == "**best: train.lr=0.0003 (chosen on best_val_acc 0.800), test_acc 0.600 from one seed (no interval)**"
+    )
+    assert validated.metrics["best_test_acc"] == 0.6 and validated.metrics["best_val_acc"] == 0.8
+    assert "| train.lr | test_acc | best_val_acc | seeds |" in validated.markdown, "the tested weights' val accuracy, not the last epoch's"
+
+    untested = report(table([(0.001, {"test_acc": 0.7}), (0.0003, {"test_acc": 0.6})]))
+    assert untested.markdown.splitlines()[0].startswith("**best: train.lr=0.001 (the highest test_acc: no validation split to choose on)")
+    assert "best_val_acc" not in untested.metrics
 
 
 def test_confusion_matrix_sums_the_best_configurations_seeds_only(tmp_path):
@@ -85,7 +121,9 @@ def test_one_seed_gives_no_interval_and_no_bound_metrics(tmp_path):
     spec = load_spec(SWEEPS / "quickstart.yaml")
     records = [r for r in _records(spec, tmp_path) if r.values["train.seed"] == 0]
     result = report(trial_tables.table(spec, records))
-    assert result.markdown.splitlines()[0] == "**best: train.lr=0.001, test_acc 0.500 from one seed (no interval)**"
+    assert (
+        result.markdown.splitlines()[0] == "**best: train.lr=0.001 (chosen on val_acc 0.400), test_acc 0.500 from one seed (no interval)**"
+    )
     assert "best_test_acc/ci_low" not in result.metrics and result.metrics["best_test_acc"] == 0.5
 
 

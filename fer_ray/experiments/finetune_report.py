@@ -1,6 +1,7 @@
 """The fine-tuning report: which configuration trains best, how sure that is, how the training went.
 
-From the sweep's finished trials (a TrialTable): one line answering "which is best" first, then the
+From the sweep's finished trials (a TrialTable): one line answering "which is best" first (chosen on
+validation accuracy, its test accuracy read afterwards: best_row), then the
 per-configuration table (mean and 95 % CI over training seeds, clipped to [0, 1]), the reference
 study's figures (accuracy vs training fraction, vs model size) when the sweep varies one of those,
 learning curves (val_acc per epoch: mean and min-max band over seeds, per configuration) and the
@@ -28,8 +29,11 @@ from fer_ray.core.stats import ACCURACY_BOUNDS, SEEDS_COVER, mean_ci
 from fer_ray.experiments.finetune import CONFUSION_ARTIFACT, CURVE_METRIC
 from fer_ray.experiments.results import Report, TrialRecord, TrialTable
 
-#: metrics summarised when a run has them, in this order
-REPORT_METRICS = ("test_acc", "test_macro_f1", "val_acc", "n_params")
+#: metrics summarised when a run has them, in this order. best_val_acc: the validation accuracy of the
+#: weights that were tested (fit keeps the best epoch's); val_acc (the last epoch's) only without it
+REPORT_METRICS = ("test_acc", "test_macro_f1", "best_val_acc", "val_acc", "n_params")
+#: what the best configuration is chosen on, the first a table has: validation, then (no validation split) test
+SELECTION_METRICS = ("best_val_acc", "val_acc", "test_acc")
 #: grid keys the mean and CI run over (not rows of the table)
 SEED_KEYS = ("train.seed", "source.model")
 
@@ -47,7 +51,7 @@ def report(table: TrialTable) -> Report:
     summary = aggregate(finished, grid)
     if summary.empty or "test_acc" not in summary:
         return Report("No finished trial reported test_acc.\n")
-    best = summary.loc[summary["test_acc"].idxmax()]
+    best, chosen_on = best_row(summary)
     keys = list(grid)
     best_records = _records_of(finished, keys, [best[key] for key in keys])
     figures = study_figures(summary, keys, chance_accuracy(finished))
@@ -57,32 +61,48 @@ def report(table: TrialTable) -> Report:
     confusion = best_confusion_figure(best_records, _label(keys, best))
     if confusion is not None:
         figures["best_confusion_matrix.png"] = confusion
-    markdown = "\n".join([best_line(keys, best), "", table_markdown(summary, keys), ""])
+    markdown = "\n".join([best_line(keys, best, chosen_on), "", table_markdown(summary, keys), ""])
     return Report(markdown, figures, best_metrics(summary))
 
 
+def best_row(summary: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The best configuration of an ``aggregate`` table and the metric it was chosen on: the highest
+    mean validation accuracy (SELECTION_METRICS: model selection on the validation people; its test_acc
+    is only read afterwards, so the number quoted is not the largest of several test scores), or the
+    highest mean test_acc where no row has a validation accuracy. Ties: the first row (grid order)."""
+    chosen_on = next(m for m in SELECTION_METRICS if m in summary and summary[m].notna().any())
+    return summary.loc[summary[chosen_on].idxmax()], chosen_on
+
+
 def best_metrics(summary: pd.DataFrame) -> dict[str, float]:
-    """The parent run's numbers from an ``aggregate`` table: the best row's (highest mean test_acc)
-    ``best_test_acc``, its CI bounds ``best_test_acc/ci_low`` / ``ci_high`` (left out when NaN, i.e.
-    one seed) and ``best_n_seeds``; {} without test_acc."""
+    """The parent run's numbers from an ``aggregate`` table, for its best_row: ``best_test_acc``, its
+    CI bounds ``best_test_acc/ci_low`` / ``ci_high`` (left out when NaN, i.e. one seed),
+    ``best_n_seeds`` and, when chosen on it, ``best_val_acc``; {} without test_acc."""
     if summary.empty or "test_acc" not in summary:
         return {}
-    best = summary.loc[summary["test_acc"].idxmax()]
+    best, chosen_on = best_row(summary)
     metrics = {"best_test_acc": float(best["test_acc"]), "best_n_seeds": float(best["n_seeds"])}
+    if chosen_on != "test_acc":
+        metrics["best_val_acc"] = float(best[chosen_on])
     for bound in ("low", "high"):
         if not math.isnan(best[f"test_acc_{bound}"]):
             metrics[f"best_test_acc/ci_{bound}"] = float(best[f"test_acc_{bound}"])
     return metrics
 
 
-def best_line(keys: list[str], best: pd.Series) -> str:
-    """``best: train.lr=0.001, test_acc 0.510 [0.420–0.600] over 2 seeds`` (the CI as in the table), or
-    ``best: ..., test_acc 0.510 from one seed (no interval)``."""
+def best_line(keys: list[str], best: pd.Series, chosen_on: str) -> str:
+    """``best: train.lr=0.001 (chosen on best_val_acc 0.620), test_acc 0.510 [0.420–0.600] over 2
+    seeds`` (the CI as in the table), or ``... test_acc 0.510 from one seed (no interval)``; chosen on
+    test_acc: ``(the highest test_acc: no validation split to choose on)``."""
+    if chosen_on == "test_acc":
+        how = "the highest test_acc: no validation split to choose on"
+    else:
+        how = f"chosen on {chosen_on} {best[chosen_on]:.3f}"
     seeds = int(best["n_seeds"])
     if seeds == 1:
-        return f"**best: {_label(keys, best)}, test_acc {best['test_acc']:.3f} from one seed (no interval)**"
+        return f"**best: {_label(keys, best)} ({how}), test_acc {best['test_acc']:.3f} from one seed (no interval)**"
     cell = mean_interval_cell(best["test_acc"], best["test_acc_low"], best["test_acc_high"])
-    return f"**best: {_label(keys, best)}, test_acc {cell} over {seeds} seeds**"
+    return f"**best: {_label(keys, best)} ({how}), test_acc {cell} over {seeds} seeds**"
 
 
 def _label(keys: list[str], row: Mapping[str, Any]) -> str:
@@ -101,6 +121,8 @@ def aggregate(table: TrialTable, grid: dict[str, list]) -> pd.DataFrame:
     each metric over the trials of that point (seeds / models), and their count (``n_seeds``)."""
     keys = list(grid)
     metrics = [m for m in REPORT_METRICS if any(m in record.metrics for record in table)]
+    if "best_val_acc" in metrics and "val_acc" in metrics:
+        metrics.remove("val_acc")
     rows = []
     for point in itertools.product(*grid.values()):
         group = _records_of(table, keys, point)
