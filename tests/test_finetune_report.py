@@ -149,3 +149,22 @@ def test_dataset_fraction_curve_draws_chance_from_the_reported_classes(tmp_path)
     assert len(report(trial_tables.table(spec, without_recalls)).figures["accuracy_vs_fraction.png"].axes[0].lines) == 1
     one_seed = report(trial_tables.table(spec, records[::2])).figures["accuracy_vs_fraction.png"].axes[0]
     assert [text.get_text() for text in one_seed.get_legend().get_texts()] == ["one run per point (no interval)", "chance (0.143)"]
+
+
+def test_dataset_fraction_names_the_people_each_fraction_trained_on(tmp_path):
+    """n_train_people (a fact each fine-tuning run logs): labels on the fraction curve and a table column
+    where the rows differ; a table whose rows all trained on the same people has no such column."""
+    spec = load_spec(SWEEPS / "dataset_fraction.yaml")
+    rows = [(0.1, 0, 0.3, 4), (0.1, 1, 0.35, 4), (0.8, 0, 0.5, 27), (0.8, 1, 0.55, 27)]
+    records = [
+        trial_tables.record(spec, {"data.train_fraction": f, "train.seed": seed}, {"test_acc": acc, "n_train_people": n}, run_id=f"r{i}")
+        for i, (f, seed, acc, n) in enumerate(rows)
+    ]
+    result = report(trial_tables.table(spec, records))
+    axis = result.figures["accuracy_vs_fraction.png"].axes[0]
+    assert sorted(text.get_text() for text in axis.texts) == ["27", "4"] and axis.get_xlabel().endswith("labels: people")
+    assert "| data.train_fraction | test_acc | n_train_people | seeds |" in result.markdown
+    assert "| 0.1 | 0.325 [" in result.markdown and "] | 4 | 2 |" in result.markdown
+    same = [replace(r, metrics={**r.metrics, "n_train_people": 27, "n_params": 11.2e6}) for r in records]
+    assert "n_train_people" not in report(trial_tables.table(spec, same)).markdown
+    assert "n_params" not in report(trial_tables.table(spec, same)).markdown, "one network: its size is no column"

@@ -69,6 +69,8 @@ def test_quickstart_end_to_end(workdir, local_ray, capsys):
     assert set(children["status"]) == {"FINISHED"}
     assert children["metrics.test_acc"].between(0, 1).all()
     assert children["tags.fer_ray.protocol"].eq("subject-disjoint").all()
+    people = children["metrics.n_train_people"]  # of the 12 generated (6 per gender); val and test hold the rest
+    assert people.between(1, 11).all() and (people == people.round()).all(), people
     client = mlflow.MlflowClient(uri)
     for run_id in children["run_id"]:
         assert len(client.get_metric_history(run_id, "val_acc")) == 2, "one val_acc per epoch"

@@ -127,6 +127,7 @@ def metric_curve_figure(
     if point_labels is not None:
         for xi, yi, text in zip(x, mean, np.asarray(point_labels, dtype=object)[order]):
             axis.annotate(str(text), (xi, yi), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        axis.margins(x=0.12)  # room for the rightmost point's label inside the axes
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)

@@ -86,6 +86,7 @@ def run(trial: Trial, reporter: Reporter) -> dict[str, float]:
         model_file.save_model(model_path, model, trial.model, data.dataset.classes)
         reporter.artifact(model_path, MODEL_ARTIFACT_DIR)
     metrics = final_metrics(evaluation, result.best_val_acc, result.epochs_run, models.count_parameters(model)["total"])
+    metrics["n_train_people"] = float(len(set(data.dataset.identities[data.train.indices].tolist())))
     return metrics | accuracy_interval_metrics(evaluation, data)
 
 

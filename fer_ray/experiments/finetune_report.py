@@ -31,7 +31,9 @@ from fer_ray.experiments.results import Report, TrialRecord, TrialTable
 
 #: metrics summarised when a run has them, in this order. best_val_acc: the validation accuracy of the
 #: weights that were tested (fit keeps the best epoch's); val_acc (the last epoch's) only without it
-REPORT_METRICS = ("test_acc", "test_macro_f1", "best_val_acc", "val_acc", "n_params")
+REPORT_METRICS = ("test_acc", "test_macro_f1", "best_val_acc", "val_acc", "n_params", "n_train_people")
+#: facts of a configuration rather than results: one number per row, shown only where rows differ
+_FACTS = ("n_params", "n_train_people")
 #: what the best configuration is chosen on, the first a table has: validation, then (no validation split) test
 SELECTION_METRICS = ("best_val_acc", "val_acc", "test_acc")
 #: grid keys the mean and CI run over (not rows of the table)
@@ -130,7 +132,7 @@ def aggregate(table: TrialTable, grid: dict[str, list]) -> pd.DataFrame:
             continue
         row = dict(zip(keys, point))
         for metric in metrics:
-            bounds = None if metric == "n_params" else ACCURACY_BOUNDS
+            bounds = None if metric in _FACTS else ACCURACY_BOUNDS
             summary = mean_ci(pd.Series([r.metric(metric) for r in group], dtype=float), bounds=bounds)
             row.update({metric: summary["mean"], f"{metric}_low": summary["low"], f"{metric}_high": summary["high"]})
         row["n_seeds"] = len(group)
@@ -147,7 +149,7 @@ def _same(logged: Any, value: Any) -> bool:
 
 def table_markdown(table: pd.DataFrame, keys: list[str]) -> str:
     """The per-configuration table: cells ``mean [95 % CI]``, saying what the intervals cover."""
-    metrics = [m for m in REPORT_METRICS if m in table]
+    metrics = [m for m in REPORT_METRICS if m in table and not (m in _FACTS and table[m].nunique() <= 1)]
     header = "| " + " | ".join([*keys, *metrics, "seeds"]) + " |"
     lines = [
         f"Cells: mean [95 % CI {SEEDS_COVER}; '-' with one seed]; each run's own interval over test people: "
@@ -168,6 +170,8 @@ def table_markdown(table: pd.DataFrame, keys: list[str]) -> str:
 def _cell(mean: float, low: float, high: float, metric: str) -> str:
     if metric == "n_params":
         return f"{mean / 1e6:.1f} M"
+    if metric == "n_train_people":
+        return f"{mean:.0f}"
     return mean_interval_cell(mean, low, high)
 
 
@@ -191,13 +195,15 @@ def study_figures(table: pd.DataFrame, keys: list[str], chance: float | None = N
     seeds = int(table["n_seeds"].max()) if "n_seeds" in table else 0
     style = {"chance": chance, "mean_label": "mean over seeds" if seeds > 1 else "one run per point (no interval)"}
     if key == "data.train_fraction":
+        people = "n_train_people" in table
         figure = metric_curve_figure(
             table[key] * 100,
             table["test_acc"],
             *ci,
-            xlabel="training identities used (%)",
+            xlabel="training identities used (%)" + ("; labels: people" if people else ""),
             ylabel="test accuracy",
             title="Accuracy vs dataset size",
+            point_labels=[f"{n:.0f}" for n in table["n_train_people"]] if people else None,
             **style,
         )
         return {"accuracy_vs_fraction.png": figure}
