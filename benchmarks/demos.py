@@ -188,6 +188,14 @@ def headline_model_size(runs: pd.DataFrame) -> str:
     return "test_acc " + ", ".join(f"{a.replace('resnet', 'R')}: {per_arch[a]:.3f}" for a in order)
 
 
+def _rises(values: np.ndarray) -> str:
+    """Where the running best of ``values`` (in start order) goes up: "trial 5 (0.619), trial 20 (0.667)"
+    (1-based trial numbers; the first trial sets it), or "no later trial" when the first stays best."""
+    best = np.fmax.accumulate(values)
+    ups = [i for i in range(1, len(best)) if best[i] > best[i - 1]]
+    return ", ".join(f"trial {i + 1} ({best[i]:.3f})" for i in ups) or "no later trial"
+
+
 def headline_hpo(runs: pd.DataFrame) -> str:
     """Best val_acc, the first trial's, and the best so far in start order, each a trial's last
     reported val_acc (what the search ranked and ASHA compared), as the sweep's report reads them."""
@@ -197,7 +205,7 @@ def headline_hpo(runs: pd.DataFrame) -> str:
         return "no trials"
     return (
         f"best val_acc {np.nanmax(values):.3f} (first trial {values[0]:.3f}; "
-        f"{len(values)} trials; best so far: {' '.join(f'{v:.2f}' for v in np.fmax.accumulate(values))})"
+        f"{len(values)} trials; the best so far rises at {_rises(values)})"
     )
 
 
