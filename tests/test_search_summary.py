@@ -54,6 +54,7 @@ def test_search_figures_mark_stopped_trials_and_render():
     assert {text.get_text() for text in axis.get_legend().get_texts()} == {"finished", "stopped early (ASHA)", "best finished so far"}
     [step] = [line for line in axis.get_lines() if line.get_label() == "best finished so far"]
     assert list(step.get_ydata()) == [0.60, 0.75, 0.75]
+    assert list(step.get_xdata()) == [1, 3, 5], "trials counted from 1, as the report and the console do"
     panels = parameter_figure(TRIALS, "val_acc")
     visible = [a for a in panels.axes if a.get_visible()]
     assert [a.get_xlabel() for a in visible] == ["train.lr", "model.head"]

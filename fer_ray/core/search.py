@@ -88,7 +88,8 @@ def search_history_figure(
     title: str = "",
     first_interval: tuple[float, float, int] | None = None,
 ) -> Figure:
-    """The search metric of every trial in start order (finished: dots; stopped early: crosses), and
+    """The search metric of every trial against its start number (SearchTrial.order + 1: the first
+    trial is 1; finished: dots; stopped early: crosses), and
     the best finished value so far as a step line. first_interval: (low, high, n images) of the first
     trial's 95 % interval (first_trial_interval), shaded across the plot: a best value inside the band
     is within the noise of the first draw."""
@@ -101,13 +102,13 @@ def search_history_figure(
     for status, marker, colour, label in ((FINISHED, "o", "tab:blue", "finished"), (STOPPED, "x", "tab:orange", "stopped early (ASHA)")):
         chosen = [t for t in trials if t.status == status and math.isfinite(t.metric)]
         if chosen:
-            axis.scatter([t.order for t in chosen], [t.metric for t in chosen], marker=marker, color=colour, label=label, zorder=3)
+            axis.scatter([t.order + 1 for t in chosen], [t.metric for t in chosen], marker=marker, color=colour, label=label, zorder=3)
     finished = sorted((t for t in trials if t.status == FINISHED and math.isfinite(t.metric)), key=lambda t: t.order)
     if finished:
         values = np.array([t.metric for t in finished])
         best = np.maximum.accumulate(values) if mode == "max" else np.minimum.accumulate(values)
-        axis.step([t.order for t in finished], best, where="post", color="tab:blue", alpha=0.6, label="best finished so far")
-    axis.set_xlabel("trial (start order)")
+        axis.step([t.order + 1 for t in finished], best, where="post", color="tab:blue", alpha=0.6, label="best finished so far")
+    axis.set_xlabel("trial (start order, the first is 1)")  # 1-based, as the report and console count trials
     axis.set_ylabel(metric_name)
     axis.set_title(title or f"Search history ({metric_name}, {mode})")
     axis.grid(alpha=0.3)

@@ -219,7 +219,8 @@ def fit(
         progress = _restore(load_checkpoint(resume_from), model, optimizer, scheduler)
     train_images, train_labels = train.images.to(device), train.labels.to(device)
     val_images, val_labels = val.images.to(device), val.labels.cpu()
-    epoch_steps = steps_per_epoch(cfg.images_per_epoch or len(train), cfg.batch_size)
+    epoch_images = cfg.images_per_epoch or len(train)  # what one epoch trains on (epoch_order)
+    epoch_steps = steps_per_epoch(epoch_images, cfg.batch_size)
 
     history: list[EpochResult] = []
     for epoch in range(progress.next_epoch, cfg.epochs + 1):
@@ -242,7 +243,7 @@ def fit(
             val_acc=val_acc,
             lr=lr,
             seconds=time.perf_counter() - started,
-            images_per_s=(cfg.images_per_epoch or len(train)) / train_seconds,
+            images_per_s=epoch_images / train_seconds,
         )
         history.append(result)
         progress.next_epoch = epoch + 1

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,8 @@ def short_keys(keys: list[str]) -> dict[str, str]:
     depth = {key: 2 if key.split(".")[-1] in _BARE_KEY_PARTS else 1 for key in keys}
     while True:
         names = {key: ".".join(key.split(".")[-depth[key] :]) for key in keys}
-        clashing = {key for key in keys if list(names.values()).count(names[key]) > 1 and depth[key] < len(key.split("."))}
+        uses = Counter(names.values())
+        clashing = {key for key in keys if uses[names[key]] > 1 and depth[key] < key.count(".") + 1}
         if not clashing:
             return names
         for key in clashing:
